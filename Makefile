@@ -1,0 +1,62 @@
+# One-command set-up: `make demo` and `make test` create .venv if needed and install what is missing.
+# The install is keyed by pyproject.toml's content: unchanged pyproject → no pip call at all.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+DEMO_DIR ?= data/demo
+PIP_QUIET := --quiet --disable-pip-version-check --no-input
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED := 0
+export PYTHONWARNINGS := ignore::DeprecationWarning
+
+.PHONY: install test lint unit integration demo bench train-zoo clean-demo
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (first run takes a few minutes)"
+	$(PY) -m pip install $(PIP_QUIET) -U pip 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PY) -m pip install $(PIP_QUIET) torch==2.14.1 torchvision==0.29.1 2> >(grep -v "is ignored: it is neither" >&2)
+	$(PY) -m pip install $(PIP_QUIET) -e '.[dev]' 2> >(grep -v "is ignored: it is neither" >&2)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: install
+	$(PY) -m pytest -q tests/integration
+
+test: lint
+	$(PY) -m pytest -q tests/unit tests/integration
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 20 --dancers 4
+	$(VENV)/bin/alcm curate images --input $(DEMO_DIR)/raw/images/parquet --output $(DEMO_DIR)/curated-images
+	@echo
+	@echo "demo outputs:"
+	@echo "  toy world:      $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/images/labels.parquet)"
+	@echo "  kept rows:      $(DEMO_DIR)/curated-images/kept/"
+	@echo "  audit:          $(DEMO_DIR)/curated-images/audit/ (every row, decision, reasons, scores)"
+	@echo "  manifest:       $(DEMO_DIR)/curated-images/manifest.json"
+
+bench: install
+	$(PY) bench/curation_quality.py
+	$(PY) bench/curation_throughput.py
+
+train-zoo: install
+	$(VENV)/bin/alcm toy train-zoo --only scorers
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

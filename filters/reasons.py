@@ -1,0 +1,52 @@
+"""The stable vocabulary of curation decisions and reasons.
+
+Audits rely on these strings: a reason code is never renamed or reused for another meaning. New codes may be
+added; each is documented here and in the README's audit section.
+
+Decisions:
+
+- ``kept``: the row passed every filter and is in ``kept/``.
+- ``rejected``: the row was read and decoded, and one or more filters said no. All failing filters are listed.
+- ``quarantined``: the row could not be judged at all (unreadable bytes, malformed record, unsafe path). It has
+  exactly one reason and an ``error`` text.
+"""
+
+from __future__ import annotations
+
+KEPT = "kept"
+REJECTED = "rejected"
+QUARANTINED = "quarantined"
+DECISIONS = (KEPT, REJECTED, QUARANTINED)
+
+#: Reject reasons: the row is well-formed, a filter decided against it.
+REJECT_REASONS: dict[str, str] = {
+    "low_resolution": "shorter image side below curation.filters.min_side",
+    "bad_aspect": "long side / short side above curation.filters.max_aspect",
+    "caption_empty": "caption missing, empty or whitespace only",
+    "caption_too_short": "fewer words than curation.filters.caption_min_words",
+    "caption_too_long": "more characters than curation.filters.caption_max_chars",
+    "caption_control_chars": "caption contains control characters (other than tab/newline)",
+    "watermark": "watermark probability above curation.filters.watermark_max",
+    "low_aesthetic": "aesthetic score below curation.filters.aesthetic_min",
+    "low_clip_score": "CLIP image-text score below curation.filters.clip_min (caption does not match the image)",
+    "duplicate": "exact (sha256) or near (perceptual hash) duplicate of the kept row named in duplicate_of",
+}
+
+#: Quarantine reasons: the row could not be judged.
+QUARANTINE_REASONS: dict[str, str] = {
+    "undecodable": "image bytes missing, truncated or not an image",
+    "too_large": "declared pixel count or byte size above curation.decode limits (decompression-bomb guard)",
+    "bad_schema": "record malformed: missing or mistyped columns, unreadable shard, member without its pair",
+    "unsafe_path": "a path in the input leaves the dataset root (absolute, '..', or a symlink)",
+    "duplicate_key": "the same key was already read from an earlier row (sources in sorted order)",
+    "bad_encoding": "caption bytes are not valid UTF-8",
+}
+
+ALL_REASONS = {**REJECT_REASONS, **QUARANTINE_REASONS}
+
+
+def check_reason(reason: str) -> str:
+    """Return ``reason`` if it belongs to the vocabulary, else raise ValueError listing the valid codes."""
+    if reason not in ALL_REASONS:
+        raise ValueError(f"unknown reason code {reason!r}; valid codes: {', '.join(sorted(ALL_REASONS))}")
+    return reason

@@ -1,0 +1,141 @@
+"""``alcm``: the platform's command line. Every subcommand that does work runs a Prefect flow.
+
+Configuration errors are reported before any work starts, naming the key, the value and the fix (exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from flows.common import apply_env_defaults
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="AnimateLCM training platform.")
+toy_app = typer.Typer(no_args_is_help=True, help="The toy world: generate data, train the toy model zoo.")
+curate_app = typer.Typer(no_args_is_help=True, help="Curate datasets (Ray Data jobs).")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect profiles and resolved configs.")
+app.add_typer(toy_app, name="toy")
+app.add_typer(curate_app, name="curate")
+app.add_typer(config_app, name="config")
+
+PROFILE = typer.Option("toy", "--profile", "-p", help="Profile name under configs/ or a YAML path.")
+SET = typer.Option([], "--set", "-s", help="Config override key=value (repeatable).")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _config(profile: str, overrides: list[str]):
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        return load_config(profile, overrides)
+    except ConfigError as exc:
+        _fail(f"config: {exc}")
+
+
+@config_app.command("show")
+def config_show(profile: str = PROFILE, overrides: list[str] = SET) -> None:
+    """Print the resolved config of a profile with overrides, as JSON."""
+    from pipelines.config import to_dict
+
+    typer.echo(json.dumps(to_dict(_config(profile, overrides)), indent=2))
+
+
+@config_app.command("profiles")
+def config_profiles() -> None:
+    """List the shipped profiles."""
+    from pipelines.config import shipped_profiles
+
+    for name in shipped_profiles():
+        typer.echo(name)
+
+
+@toy_app.command("data")
+def toy_data(
+    out: Path = typer.Option(..., "--out", help="Directory to write the toy world into."),
+    seed: int = typer.Option(0, "--seed", help="Generator seed."),
+    images: int = typer.Option(2000, "--images", help="Image-text rows."),
+    videos: int = typer.Option(50, "--videos", help="Text-video clips."),
+    dancers: int = typer.Option(10, "--dancers", help="Dancer sequences."),
+    profile: str = PROFILE,
+) -> None:
+    """Generate a seeded toy world with ground-truth labels (flow ``toy-world``)."""
+    from flows.toy import ToyWorldParams, toy_world_flow
+
+    _config(profile, [])
+    summary = toy_world_flow(
+        ToyWorldParams(out=str(out), seed=seed, images=images, videos=videos, dancers=dancers, profile=profile)
+    )
+    typer.echo(f"toy world (seed {seed}) written to {out}: {json.dumps(summary.get('counts', {}))}")
+
+
+@toy_app.command("train-zoo")
+def toy_train_zoo(
+    only: list[str] = typer.Option([], "--only", help="Zoo part(s) to train (scorers). Default: all."),
+    out: Path = typer.Option(None, "--out", help="Zoo root (default: toyworld/zoo)."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+) -> None:
+    """Train the toy model zoo (flow ``train-toy-zoo``); slow, its products are committed."""
+    from flows.toy import ZOO_DIR, TrainZooParams, train_toy_zoo_flow
+    from pipelines.toy_world import ZOO_PARTS
+
+    bad = [p for p in only if p not in ZOO_PARTS]
+    if bad:
+        _fail(f"--only {bad[0]!r}: unknown zoo part; choose from {', '.join(ZOO_PARTS)}")
+    params = TrainZooParams(only=only or list(ZOO_PARTS), out=str(out or ZOO_DIR), seed=seed)
+    train_toy_zoo_flow(params)
+    typer.echo(f"toy zoo trained: {', '.join(params.only)} under {params.out}")
+
+
+@curate_app.command("images")
+def curate_images(
+    input_dir: Path = typer.Option(..., "--input", help="img2dataset Parquet, webdataset tars or captioned images."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+) -> None:
+    """Curate image-text data for quality and watermarks (flow ``curate-images``)."""
+    from flows.curate import CurateImagesParams, curate_images_flow
+
+    _config(profile, overrides)
+    if not input_dir.exists():
+        _fail(f"--input {input_dir} does not exist")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        _fail(f"--output {output_dir} is not empty; choose a new directory or pass --overwrite")
+    params = CurateImagesParams(
+        input_dir=str(input_dir.resolve()),
+        output_dir=str(output_dir.resolve()),
+        profile=profile,
+        overrides=list(overrides),
+        submit=submit,
+        overwrite=overwrite,
+    )
+    manifest = curate_images_flow(params)
+    counts = manifest["counts"]
+    typer.echo(f"curated {counts['input']} rows: {json.dumps(counts['by_decision'])}")
+    for reason, n in counts["by_reason"].items():
+        typer.echo(f"  {reason:<22} {n}")
+    typer.echo(
+        f"kept rows:  {output_dir / 'kept'}\naudit:      {output_dir / 'audit'}\n"
+        f"manifest:   {output_dir / 'manifest.json'}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    apply_env_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""What every flow shares: environment defaults, config validation, and running a job locally or on a cluster.
+
+A flow is thin: validate parameters (build the config, which raises naming the bad key before any work) → run the
+job (in this process against Ray, or submitted as a Ray job with ``submit=true``) → read the job's manifest →
+publish artifacts. Flows never load models or touch data themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+#: Set for every CLI invocation and flow run unless the user set them: nothing may reach a model hub, and the
+#: embedded Prefect must not phone home. The project loggers are forwarded into Prefect's run logs.
+ENV_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipelines,filters,models,toyworld,registry",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def apply_env_defaults() -> None:
+    """Apply :data:`ENV_DEFAULTS` without overriding values the user set."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class JobParams(BaseModel):
+    """Parameters every job flow takes (rendered as a form in the Prefect UI)."""
+
+    profile: str = Field("toy", description="Config profile: a name under configs/ (toy, sd15) or a YAML path.")
+    overrides: list[str] = Field(
+        default_factory=list, description="Config overrides, each key=value, e.g. curation.filters.min_side=48."
+    )
+    submit: bool = Field(
+        False, description="Submit the job to the Ray cluster's Jobs API (RAY_ADDRESS=http://head:8265) and wait."
+    )

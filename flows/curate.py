@@ -1,0 +1,77 @@
+"""Flow ``curate-images``: curate image-text data for quality and watermarks, and publish the reject-reason table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from pydantic import Field
+
+from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
+from flows.common import JobParams, apply_env_defaults
+from pipelines import curate_images, runtime
+from pipelines.config import Config, load_config
+from registry.manifest import read_manifest
+
+
+class CurateImagesParams(JobParams):
+    """Parameters of the ``curate-images`` flow."""
+
+    input_dir: str = Field(description="Directory of img2dataset Parquet shards, webdataset tars or captioned images.")
+    output_dir: str = Field(description="New directory for kept/, audit/ and manifest.json.")
+    overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
+
+
+@task(name="run-curation-job", cache_policy=NONE)
+def run_curation_job(cfg: Config, params: CurateImagesParams) -> dict:
+    """Run the Ray Data job (here, or submitted to the cluster) and return its manifest."""
+    if params.submit:
+        args = ["--input", params.input_dir, "--output", params.output_dir]
+        runtime.submit(curate_images.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
+        return read_manifest(Path(params.output_dir))
+    return curate_images.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+
+
+def reason_rows(manifest: dict) -> list[dict]:
+    """The reject-reason table: one row per reason seen, with its decision, count and meaning."""
+    rows = []
+    for reason, count in sorted(manifest["counts"]["by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):
+        decision = "quarantined" if reason in QUARANTINE_REASONS else "rejected"
+        rows.append({"reason": reason, "decision": decision, "rows": count, "meaning": ALL_REASONS.get(reason, "")})
+    return rows
+
+
+@flow(name="curate-images")
+def curate_images_flow(params: CurateImagesParams) -> dict:
+    """Curate image-text data: validate → run the job → read its manifest → publish counts per reason."""
+    apply_env_defaults()
+    logger = get_run_logger()
+    cfg = load_config(params.profile, params.overrides)
+    manifest = run_curation_job(cfg, params)
+    counts = manifest["counts"]
+    create_table_artifact(
+        key="curate-images-reasons",
+        table=reason_rows(manifest),
+        description=f"Rows per reject/quarantine reason for {params.input_dir} ({counts['input']} input rows)",
+    )
+    by = counts["by_decision"]
+    create_markdown_artifact(
+        key="curate-images-summary",
+        markdown=(
+            f"### Curated {counts['input']} rows\n\n| decision | rows |\n|---|---|\n"
+            + "".join(f"| {d} | {n} |\n" for d, n in by.items())
+            + f"\nOutput: `{params.output_dir}` (kept/, audit/, manifest.json), version `{manifest['version']}`"
+        ),
+        description="Curation summary",
+    )
+    logger.info(
+        "kept %d, rejected %d, quarantined %d of %d rows; outputs in %s (kept/, audit/, manifest.json)",
+        by["kept"],
+        by["rejected"],
+        by["quarantined"],
+        counts["input"],
+        params.output_dir,
+    )
+    return manifest

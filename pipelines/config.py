@@ -1,0 +1,300 @@
+"""Typed, nested, frozen configuration: profiles (``configs/<name>.yaml``) plus ``key=value`` overrides.
+
+Each component owns a frozen dataclass next to its code (``models.scorers.ScorersConfig``,
+``filters.rules.FilterConfig``, ...), validates its own values in ``__post_init__`` and receives only its own
+config. This module composes them into :class:`Config` and builds it from YAML strictly:
+
+- an unknown key, a missing required key or a value of the wrong type raises :class:`ConfigError` naming the full
+  dotted key, the bad value and the fix (e.g. the valid keys);
+- a component's own ``ValueError`` is re-raised as :class:`ConfigError` prefixed with the dotted path;
+- overrides ``a.b.c=value`` are parsed as YAML scalars/lists (``true``, ``0.5``, ``[1, 2]``, ``null``);
+- relative local paths in fields named ``weights``, ``*_dir``, ``*_path`` or ``*_file`` are made absolute against
+  the project root, so Ray workers (whose working directory differs) resolve them the same way. URIs
+  (``scheme://...``) are left alone.
+
+Profiles are complete configs: every profile file spells out every component. A test builds every shipped profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from filters.decode import DecodeConfig
+from filters.dedup import DedupConfig
+from filters.rules import FilterConfig
+from models.scorers import ScorersConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, mistyped or invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How jobs reach Ray."""
+
+    address: str | None = None
+    """Cluster address (``ray://host:10001`` or ``auto``); null means ``$RAY_ADDRESS`` if set, else a local Ray."""
+    num_cpus: int | None = None
+    """CPUs of the local Ray started for a job (null: all of this machine's). Ignored for a cluster."""
+    dashboard_address: str | None = None
+    """Ray Jobs API address (``http://host:8265``) used by ``--submit``; null means ``$RAY_ADDRESS``."""
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num_cpus={self.num_cpus!r}: must be ≥ 1, or null for all CPUs")
+
+
+@dataclass(frozen=True)
+class ToyWorldConfig:
+    """Size and seed of the generated toy world."""
+
+    seed: int = 0
+    """Seed of the generator; the same seed gives byte-identical data."""
+    images: int = 2000
+    """Number of image-text rows (clean and degraded)."""
+    videos: int = 50
+    """Number of text-video clips of moving shapes."""
+    dancers: int = 10
+    """Number of TikTok-style dancer sequences."""
+    image_size: int = 64
+    """Side of the square toy images, in pixels."""
+
+    def __post_init__(self) -> None:
+        for name in ("images", "videos", "dancers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
+        if self.image_size < 16:
+            raise ValueError(f"image_size={self.image_size!r}: must be ≥ 16 pixels")
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """The image-text curation job (``pipelines.curate_images``)."""
+
+    dataset_name: str = "curated-images"
+    """Name recorded in the output manifest."""
+    decode: DecodeConfig = DecodeConfig()
+    """Safe-decoding limits and the scorer thumbnail size."""
+    filters: FilterConfig = FilterConfig()
+    """Thresholds of the rule filters."""
+    dedup: DedupConfig = DedupConfig()
+    """Exact and near-duplicate detection."""
+    batch_size: int = 64
+    """Rows per batch in the decode and scoring stages."""
+    scorer_actors: int = 2
+    """Size of the Ray Data actor pool running the model scorers (each actor loads the models once)."""
+    scorer_cpus: float = 1.0
+    """CPUs reserved by each scorer actor."""
+    scorer_gpus: float = 0.0
+    """GPUs reserved by each scorer actor (0 on CPU machines)."""
+    folder_chunk: int = 256
+    """Image files of a plain folder input read per task."""
+    rows_per_file: int = 5000
+    """Largest number of rows in one output Parquet file."""
+
+    def __post_init__(self) -> None:
+        if not self.dataset_name.strip():
+            raise ValueError("dataset_name='': must be a non-empty name")
+        for name in ("batch_size", "scorer_actors", "folder_chunk", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        if self.scorer_cpus <= 0:
+            raise ValueError(f"scorer_cpus={self.scorer_cpus!r}: must be > 0")
+        if self.scorer_gpus < 0:
+            raise ValueError(f"scorer_gpus={self.scorer_gpus!r}: must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole platform configuration (one profile, fully resolved)."""
+
+    profile: str
+    """Profile name (``toy`` or ``sd15``)."""
+    data_dir: str
+    """Root of the platform's data (datasets, runs); relative paths are under the project root."""
+    ray: RayConfig
+    """How jobs reach Ray."""
+    toyworld: ToyWorldConfig
+    """The toy world generator."""
+    scorers: ScorersConfig
+    """Model scorers used by curation (CLIP, aesthetic, watermark)."""
+    curation: CurationConfig
+    """The image-text curation job."""
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _is_path_field(name: str) -> bool:
+    return name == "weights" or name == "data_dir" or name.endswith(("_dir", "_path", "_file"))
+
+
+def _resolve_path(value: str) -> str:
+    if "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (PROJECT_ROOT / p).resolve())
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}=null: a value is required ({_type_name(tp)})")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}={value!r}: expected a list, e.g. [1024, 128]")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string (quote it in YAML)")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
+
+
+def build(cls: type, data: Any, key: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a plain mapping, strictly (see the module docstring)."""
+    where = key or "<root>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}={data!r}: expected a mapping of {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        bad = f"{key}.{unknown[0]}" if key else unknown[0]
+        raise ConfigError(f"unknown key {bad!r}; valid keys of {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name not in data:
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if has_default:
+                continue
+            raise ConfigError(f"missing key {sub!r} ({_type_name(hints[name])}); add it to the profile or --set it")
+        value = _convert(hints[name], data[name], sub)
+        if isinstance(value, str) and _is_path_field(name):
+            value = _resolve_path(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        prefix = f"{key}." if key else ""
+        raise ConfigError(f"{prefix}{exc}") from exc
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and its YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. curation.filters.min_side=48")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: the key must be a dotted path, e.g. curation.batch_size")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with each ``key=value`` override applied (intermediate mappings created)."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of a profile name (``toy``) or an explicit path to a YAML file."""
+    candidate = Path(profile)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"profile file {candidate} does not exist")
+        return candidate
+    path = CONFIG_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"profile={profile!r}: no {path}; shipped profiles: {shipped} (or pass a .yaml path)")
+    return path
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles under ``configs/``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(profile: str = "toy", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a profile, apply overrides, and build the validated :class:`Config`."""
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile file {path}: not valid YAML ({exc})") from exc
+    return build(Config, apply_overrides(data, list(overrides)))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. a manifest or a submitted job's environment)."""
+    return build(Config, data)
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain, JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))

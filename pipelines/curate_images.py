@@ -1,0 +1,403 @@
+"""Image-text curation on Ray Data: read → decode → score → decide → deduplicate → write kept + audit + manifest.
+
+Stages and where they run:
+
+1. **read** (Ray tasks, one per source): every input row becomes one raw row (:mod:`pipelines.sources`); rows that
+   cannot be read are already quarantined here with their reason.
+2. **decode** (Ray tasks, batches): safe decoding (:mod:`filters.decode`) → width, height, format, mode, sha256,
+   perceptual hash and a square thumbnail for the scorers; undecodable/oversized rows are quarantined.
+3. **score** (Ray Data actor pool): CLIP image-text score, aesthetic score and watermark probability
+   (:class:`models.scorers.ImageTextScorer`), the models loaded once per actor. Every decodable row is scored, so
+   the audit holds every score of every row, including rows that a cheap filter rejects anyway.
+4. **decide** (Ray tasks): the rule filters (:mod:`filters.rules`) list every failing reason per row.
+5. **deduplicate** (driver, global): duplicate keys (the later row in reading order is quarantined as
+   ``duplicate_key``), then exact and near duplicates among the rows still kept (:mod:`filters.dedup`), each
+   rejected as ``duplicate`` with the kept row's key in ``duplicate_of``.
+6. **write**: ``kept/*.parquet`` (kept rows with image bytes and scores), ``audit/*.parquet`` (every input row,
+   no image bytes), then ``manifest.json``; all into a staging directory renamed into place at the end, so a
+   failed run leaves no partial dataset visible.
+
+Invariant (checked before publishing, raising if broken): kept + rejected + quarantined = rows read; audit ids
+are unique; kept keys are unique.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from filters.decode import DecodeConfig, decode_image, thumbnail_array
+from filters.dedup import find_duplicates
+from filters.reasons import KEPT, QUARANTINED, REJECTED
+from filters.rules import FilterConfig, apply_filters, filter_versions
+from models.scorers import ScorersConfig
+from pipelines import runtime
+from pipelines.config import Config, to_dict
+from pipelines.sources import Source, discover, read_source
+from registry.manifest import code_version, file_digest, prepare_output, publish, write_manifest
+
+log = logging.getLogger(__name__)
+
+JOB = "curate_images"
+SCORE_COLUMNS = ("clip_score", "aesthetic_score", "watermark_prob")
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("decision", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("duplicate_of", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("mode", pa.string()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("clip_score", pa.float32()),
+        ("aesthetic_score", pa.float32()),
+        ("watermark_prob", pa.float32()),
+    ]
+)
+#: Columns carried between stages but not in the audit.
+_WORK_FIELDS = [
+    ("image", pa.binary()),
+    ("decodable", pa.bool_()),
+    ("quarantine", pa.string()),
+    ("_pixels", pa.binary()),
+]
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    """Where the curated dataset went and its manifest."""
+
+    output: Path
+    manifest: dict
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def _read(item: dict, *, root: str, max_bytes: int) -> list[dict]:
+    source = Source(kind=item["kind"], path=item["path"], files=tuple(item["files"] or ()))
+    return list(read_source(Path(root), source, max_bytes=max_bytes))
+
+
+def _decode(df: pd.DataFrame, *, cfg: DecodeConfig) -> pa.Table:
+    n = len(df)
+    cols: dict[str, list] = {name: [None] * n for name in AUDIT_SCHEMA.names}
+    work: dict[str, list] = {
+        "image": [None] * n,
+        "decodable": [False] * n,
+        "quarantine": [None] * n,
+        "_pixels": [None] * n,
+    }
+    for i, row in enumerate(df.itertuples(index=False)):
+        for name in ("id", "key", "source", "url", "caption", "error"):
+            cols[name][i] = getattr(row, name)
+        work["image"][i] = row.image
+        quarantine = row.quarantine
+        if quarantine is None:
+            d = decode_image(row.image, cfg)
+            cols["width"][i], cols["height"][i] = (d.width or None), (d.height or None)
+            cols["format"][i] = d.format
+            if d.ok:
+                cols["mode"][i], cols["sha256"][i], cols["phash"][i] = d.mode, d.sha256, f"{d.phash:016x}"
+                work["decodable"][i] = True
+                work["_pixels"][i] = d.thumbnail
+            else:
+                quarantine, cols["error"][i] = d.reason, d.error
+        work["quarantine"][i] = quarantine
+    arrays = [pa.array(cols[f.name], type=f.type) for f in AUDIT_SCHEMA] + [
+        pa.array(work[name], type=tp) for name, tp in _WORK_FIELDS
+    ]
+    return pa.Table.from_arrays(
+        arrays, schema=pa.schema(list(AUDIT_SCHEMA) + [pa.field(n, t) for n, t in _WORK_FIELDS])
+    )
+
+
+class _ScoreActor:
+    """Ray Data actor: loads the scorers once, scores the decodable rows of each batch."""
+
+    def __init__(self, scorers: ScorersConfig, thumbnail_size: int) -> None:
+        from models.scorers import ImageTextScorer
+
+        self.scorer = ImageTextScorer(scorers)
+        self.size = thumbnail_size
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        decodable = table.column("decodable").to_pylist()
+        idx = [i for i, ok in enumerate(decodable) if ok]
+        pixels = table.column("_pixels").to_pylist()
+        captions = table.column("caption").to_pylist()
+        full = {c: np.full(table.num_rows, np.nan, dtype=np.float32) for c in SCORE_COLUMNS}
+        if idx:
+            images = [thumbnail_array(pixels[i], self.size) for i in idx]
+            scores = self.scorer.score(images, ["" if captions[i] is None else captions[i] for i in idx])
+            for c in SCORE_COLUMNS:
+                full[c][idx] = np.asarray(scores[c], dtype=np.float32)
+        for c in SCORE_COLUMNS:
+            pos = table.schema.get_field_index(c)
+            arr = pa.array(full[c], type=pa.float32(), mask=np.isnan(full[c]))
+            table = table.set_column(pos, c, arr)
+        return table.drop_columns(["_pixels"])
+
+
+def _decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
+    batch = {
+        name: table.column(name).to_numpy(zero_copy_only=False)
+        for name in ("key", "caption", "width", "height", "decodable", *SCORE_COLUMNS)
+    }
+    for c in ("width", "height"):
+        batch[c] = np.nan_to_num(batch[c].astype(np.float64), nan=0).astype(np.int64)
+    for c in SCORE_COLUMNS:
+        batch[c] = batch[c].astype(np.float64)
+    reasons = apply_filters(batch, cfg)
+    quarantine = table.column("quarantine").to_pylist()
+    decisions = []
+    for i, q in enumerate(quarantine):
+        if q is not None:
+            reasons[i] = [q]
+            decisions.append(QUARANTINED)
+        else:
+            decisions.append(REJECTED if reasons[i] else KEPT)
+    table = table.set_column(table.schema.get_field_index("decision"), "decision", pa.array(decisions, pa.string()))
+    return table.set_column(
+        table.schema.get_field_index("reasons"), "reasons", pa.array(reasons, pa.list_(pa.string()))
+    )
+
+
+def _apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | None, str | None]]) -> pa.Table:
+    """Apply the driver's global decisions: id → (decision, reason, duplicate_of, error)."""
+    if not updates:
+        return table
+    ids = table.column("id").to_pylist()
+    decision = table.column("decision").to_pylist()
+    reasons = table.column("reasons").to_pylist()
+    dup = table.column("duplicate_of").to_pylist()
+    error = table.column("error").to_pylist()
+    for i, rid in enumerate(ids):
+        if rid in updates:
+            decision[i], reason, dup[i], err = updates[rid]
+            reasons[i] = [reason] if decision[i] == QUARANTINED else [*reasons[i], reason]
+            error[i] = err if err is not None else error[i]
+    for name, values, tp in (
+        ("decision", decision, pa.string()),
+        ("reasons", reasons, pa.list_(pa.string())),
+        ("duplicate_of", dup, pa.string()),
+        ("error", error, pa.string()),
+    ):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, tp))
+    return table
+
+
+def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, str, str | None, str | None]]:
+    """Duplicate keys, then exact/near duplicates among kept rows (see the module docstring)."""
+    updates: dict[str, tuple[str, str, str | None, str | None]] = {}
+    judged = meta[meta["decision"] != QUARANTINED].sort_values("id")
+    first_id: dict[str, str] = {}
+    for rid, key in zip(judged["id"], judged["key"], strict=True):
+        if key in first_id:
+            updates[rid] = (QUARANTINED, "duplicate_key", None, f"key {key!r} already read as {first_id[key]}")
+        else:
+            first_id[key] = rid
+    kept = judged[(judged["decision"] == KEPT) & ~judged["id"].isin(updates.keys())]
+    dups = find_duplicates(
+        ids=kept["id"].tolist(),
+        keys=kept["key"].tolist(),
+        sha256=kept["sha256"].tolist(),
+        phash=[int(h, 16) for h in kept["phash"]],
+        pixels=(kept["width"].astype(np.int64) * kept["height"].astype(np.int64)).tolist(),
+        cfg=cfg.curation.dedup,
+    )
+    for rid, kept_key in dups.items():
+        updates[rid] = (REJECTED, "duplicate", kept_key, None)
+    return updates
+
+
+# ------------------------------------------------------------------------------------------------ job
+
+
+def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> CurationResult:
+    """Curate the image-text rows under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    cur = cfg.curation
+    sources, ignored = discover(input_dir, folder_chunk=cur.folder_chunk)
+    if not sources:
+        raise FileNotFoundError(f"input {input_dir}: no .parquet, .tar or image files found")
+    staging = prepare_output(output_dir, overwrite=overwrite)
+    try:
+        return _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> CurationResult:
+    cur = cfg.curation
+    root = input_dir if input_dir.is_dir() else input_dir.parent
+    log.info("curating %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
+    runtime.connect(cfg.ray)
+    items = [{"kind": s.kind, "path": s.path, "files": list(s.files)} for s in sources]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.flat_map(_read, fn_kwargs={"root": str(root), "max_bytes": cur.decode.max_bytes}, num_cpus=0.5)
+    ds = ds.map_batches(
+        _decode, fn_kwargs={"cfg": cur.decode}, batch_size=cur.batch_size, batch_format="pandas", num_cpus=0.5
+    )
+    ds = ds.map_batches(
+        _ScoreActor,
+        fn_constructor_kwargs={"scorers": cfg.scorers, "thumbnail_size": cur.decode.scorer_size},
+        batch_size=cur.batch_size,
+        batch_format="pyarrow",
+        concurrency=cur.scorer_actors,
+        num_cpus=cur.scorer_cpus,
+        num_gpus=cur.scorer_gpus,
+    )
+    ds = ds.map_batches(_decide, fn_kwargs={"cfg": cur.filters}, batch_format="pyarrow", num_cpus=0.5)
+    ds = ds.materialize()
+    timings["read_decode_score_decide_s"] = time.monotonic() - t0
+
+    t = time.monotonic()
+    meta = ds.select_columns(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
+    updates = _global_decisions(meta, cfg)
+    ds = ds.map_batches(_apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=0.5)
+    ds = ds.drop_columns(["decodable", "quarantine"]).materialize()
+    timings["deduplicate_s"] = time.monotonic() - t
+
+    t = time.monotonic()
+    kept_cols = [
+        "key",
+        "caption",
+        "image",
+        "format",
+        "width",
+        "height",
+        "url",
+        "sha256",
+        "phash",
+        *SCORE_COLUMNS,
+        "source",
+        "id",
+    ]
+    ds.filter(expr=f"decision == '{KEPT}'").select_columns(kept_cols).write_parquet(
+        str(staging / "kept"), max_rows_per_file=cur.rows_per_file
+    )
+    ds.drop_columns(["image"]).write_parquet(str(staging / "audit"), max_rows_per_file=cur.rows_per_file)
+    timings["write_s"] = time.monotonic() - t
+
+    manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
+    write_manifest(staging, manifest)
+    publish(staging, output_dir)
+    log.info("curated %d rows → %s: %s", manifest["counts"]["input"], output_dir, manifest["counts"]["by_decision"])
+    for reason, count in sorted(manifest["counts"]["by_reason"].items()):
+        log.info("  %-22s %d", reason, count)
+    return CurationResult(output=output_dir, manifest=manifest)
+
+
+def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, t0) -> dict:
+    audit = pq.read_table(staging / "audit", columns=["id", "key", "decision", "reasons"])
+    kept = (
+        pq.read_table(staging / "kept", columns=["key", "sha256", "caption"])
+        if any((staging / "kept").glob("*.parquet"))
+        else pa.table({"key": [], "sha256": [], "caption": []})
+    )
+    ids = audit.column("id").to_pylist()
+    decisions = Counter(audit.column("decision").to_pylist())
+    reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)
+    kept_keys = kept.column("key").to_pylist()
+    if len(ids) != rows_read or len(set(ids)) != len(ids):
+        raise RuntimeError(f"row accounting broken: read {rows_read} rows, audit has {len(ids)} ({len(set(ids))} ids)")
+    if (
+        sum(decisions.values()) != rows_read
+        or decisions[KEPT] != len(kept_keys)
+        or len(set(kept_keys)) != len(kept_keys)
+    ):
+        raise RuntimeError(f"row accounting broken: {dict(decisions)} vs {rows_read} read, {len(kept_keys)} kept rows")
+    h = hashlib.sha256()
+    for key, sha, caption in sorted(
+        zip(kept_keys, kept.column("sha256").to_pylist(), kept.column("caption").to_pylist(), strict=True)
+    ):
+        h.update(f"{key}\0{sha}\0{caption}\n".encode())
+    digest = "sha256:" + h.hexdigest()
+    root = input_dir if input_dir.is_dir() else input_dir.parent
+    inputs = []
+    for s in sources:
+        if s.kind in ("parquet", "tar"):
+            inputs.append({"path": s.path, "kind": s.kind, "digest": file_digest(root / s.path)})
+        elif s.kind == "folder":
+            inputs.append(
+                {"path": s.path, "kind": "folder", "files": len(s.files), "digest": _files_digest(root, s.files)}
+            )
+        else:
+            inputs.append({"path": s.path, "kind": s.kind, "digest": None})
+    timings["total_s"] = time.monotonic() - t0
+    return {
+        "kind": "image-text-dataset",
+        "job": JOB,
+        "name": cfg.curation.dataset_name,
+        "version": digest.split(":")[1][:12],
+        "digest": digest,
+        "counts": {
+            "input": rows_read,
+            "by_decision": {d: decisions.get(d, 0) for d in (KEPT, REJECTED, QUARANTINED)},
+            "by_reason": dict(sorted(reasons.items())),
+        },
+        "input_root": str(input_dir),
+        "inputs": inputs,
+        "ignored_files": ignored,
+        "outputs": {"kept": "kept/", "audit": "audit/"},
+        "filters": filter_versions(),
+        "config": to_dict(cfg),
+        "code_version": code_version(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def _files_digest(root: Path, files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for rel in files:
+        p = root / rel
+        try:
+            h.update(f"{rel}\0{file_digest(p)}\n".encode())
+        except OSError:
+            h.update(f"{rel}\0unreadable\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.curate_images --input DIR --output DIR [--config PROFILE|JSON] [--set k=v ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.curate_images", description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path, help="directory (or .parquet/.tar) to curate")
+    parser.add_argument("--output", required=True, type=Path, help="new directory for kept/, audit/, manifest.json")
+    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = runtime.job_config(args.config, args.overrides)
+    result = run(cfg, args.input, args.output, overwrite=args.overwrite)
+    log.info("manifest: %s", result.output / "manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Connecting jobs to Ray: a local Ray for the job, an existing cluster, or a submitted Ray job.
+
+- :func:`connect` joins the cluster named by ``ray.address`` or ``$RAY_ADDRESS`` if either is set, and otherwise
+  starts a local Ray for this process (``ray.num_cpus`` CPUs). It is idempotent.
+- :func:`submit` runs the same ``python -m pipelines.<job>`` entry point as a Ray job through the Jobs API
+  (``JobSubmissionClient``) at ``ray.dashboard_address`` or ``$RAY_ADDRESS`` (``http://head:8265``). The resolved
+  config travels in the job's runtime environment (``ALCM_CONFIG``, JSON), so the cluster runs exactly the config
+  the flow validated; the entry point's arguments carry only the job's inputs and outputs.
+
+Every job module exposes ``run(config, ...) -> result`` and ``main(argv)``; :func:`job_config` is how ``main`` gets
+its config (``--config`` JSON or YAML profile, or ``$ALCM_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+
+import ray
+
+from pipelines.config import Config, RayConfig, config_from_dict, load_config, to_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "ALCM_CONFIG"
+
+
+def connect(cfg: RayConfig) -> dict:
+    """Make sure this process is connected to Ray; return ``{"mode": "local"|"cluster", "address": ...}``."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return {"mode": "existing", "address": ray.get_runtime_context().gcs_address}
+    env = {k: v for k, v in os.environ.items() if k in ("HF_HUB_OFFLINE", "PYTHONPATH")}
+    runtime_env = {"env_vars": env} if env else None
+    if address and not address.startswith("http"):
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        mode = "cluster"
+    else:
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        mode = "local"
+    info = {"mode": mode, "address": ray.get_runtime_context().gcs_address}
+    log.info("connected to Ray (%s) at %s", mode, info["address"])
+    return info
+
+
+def job_config(config_arg: str | None, overrides: list[str]) -> Config:
+    """The config of a job entry point: ``--config`` (a profile name, YAML path or JSON), else ``$ALCM_CONFIG``."""
+    if config_arg and config_arg.lstrip().startswith("{"):
+        return config_from_dict(json.loads(config_arg))
+    if config_arg:
+        return load_config(config_arg, overrides)
+    if os.environ.get(CONFIG_ENV):
+        cfg = config_from_dict(json.loads(os.environ[CONFIG_ENV]))
+        if overrides:
+            from pipelines.config import apply_overrides
+
+            cfg = config_from_dict(apply_overrides(to_dict(cfg), overrides))
+        return cfg
+    return load_config("toy", overrides)
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A finished Ray job."""
+
+    job_id: str
+    status: str
+    logs: str
+    seconds: float
+
+
+def submit(
+    job: str,
+    args: list[str],
+    cfg: Config,
+    *,
+    address: str | None = None,
+    timeout_s: float = 3600.0,
+    poll_s: float = 1.0,
+    extra_env: dict[str, str] | None = None,
+) -> SubmittedJob:
+    """Submit ``python -m pipelines.<job> ARGS`` to the Ray Jobs API and wait for it to finish.
+
+    Raises RuntimeError (with the job's log tail) if the job fails or stops, TimeoutError after ``timeout_s``.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address = address or cfg.ray.dashboard_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ValueError("submit: no Jobs API address; set ray.dashboard_address or RAY_ADDRESS=http://head:8265")
+    client = JobSubmissionClient(address)
+    entrypoint = " ".join(
+        shlex.quote(a) for a in [sys.executable if _local(address) else "python", "-m", f"pipelines.{job}", *args]
+    )
+    env = {CONFIG_ENV: json.dumps(to_dict(cfg)), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env.update(extra_env or {})
+    start = time.monotonic()
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+    log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = client.get_job_status(job_id)
+    while status not in terminal:
+        if time.monotonic() - start > timeout_s:
+            client.stop_job(job_id)
+            raise TimeoutError(f"Ray job {job_id} did not finish within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    seconds = time.monotonic() - start
+    if status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"Ray job {job_id} ended {status}; log tail:\n{logs[-4000:]}")
+    return SubmittedJob(job_id=job_id, status=str(status), logs=logs, seconds=seconds)
+
+
+def _local(address: str) -> bool:
+    # A head node on this machine runs the job with this interpreter (the project's venv); a remote cluster
+    # runs it with the image's `python`.
+    return any(h in address for h in ("127.0.0.1", "localhost"))

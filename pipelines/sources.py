@@ -1,0 +1,321 @@
+"""Reading image-text inputs into uniform raw rows, safely and without losing any.
+
+Three layouts are read:
+
+- img2dataset-style Parquet shards: columns ``key``, ``caption``, and the image bytes in ``jpg``, ``png``, ``webp``
+  or ``image`` (the first non-null per row), optionally ``url``;
+- webdataset tars: members ``KEY.jpg|png|webp`` with ``KEY.txt`` (caption) and ``KEY.json`` (metadata);
+- a folder of images with ``.txt`` caption sidecars next to them.
+
+Every input row becomes exactly one raw row, a dict with the columns of :data:`RAW_COLUMNS`. A row that cannot be
+read is still emitted, with ``quarantine`` set to its reason (``bad_schema``, ``unsafe_path``, ``bad_encoding``,
+``too_large``) and ``error`` explaining it; an unreadable shard becomes one quarantined row naming the shard. Member
+names and paths that leave the dataset root (absolute, ``..``, symlinks, devices) are never opened. Tar members are
+read in memory, never extracted.
+
+A row's ``id`` is ``<source>#<index>`` with a zero-padded index (``<source>`` is the path relative to the input
+root), so ids are unique and sort in reading order; duplicate *keys* are resolved later, globally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_COLUMNS = ("jpg", "png", "webp", "image")
+RAW_COLUMNS = ("id", "key", "source", "caption", "image", "url", "quarantine", "error")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One unit of reading work: a Parquet shard, a tar, or a chunk of a plain image folder."""
+
+    kind: str
+    """``parquet``, ``tar``, ``folder`` or ``unsafe`` (a path that leaves the root; read as one quarantined row)."""
+    path: str
+    """Path relative to the input root (for ``folder``: the directory)."""
+    files: tuple[str, ...] = ()
+    """For ``folder`` sources: the image files (relative to the input root) of this chunk."""
+
+
+def _row(
+    rid: str,
+    key: str,
+    source: str,
+    caption: str | None = None,
+    image: bytes | None = None,
+    url: str | None = None,
+    quarantine: str | None = None,
+    error: str | None = None,
+) -> dict:
+    return {
+        "id": rid,
+        "key": key,
+        "source": source,
+        "caption": caption,
+        "image": image,
+        "url": url,
+        "quarantine": quarantine,
+        "error": error,
+    }
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list[str]]:
+    """Walk ``root`` (a directory, or a single .parquet/.tar file) and return the sources to read, in sorted order,
+    plus the relative paths of files that are not inputs (reported in the manifest, never silently dropped).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"input {root} does not exist")
+    if root.is_file():
+        kind = {".parquet": "parquet", ".tar": "tar"}.get(root.suffix.lower())
+        if kind is None:
+            raise ValueError(f"input {root}: a single input file must be .parquet or .tar (or pass a directory)")
+        return [Source(kind, str(root))], []
+    sources: list[Source] = []
+    ignored: list[str] = []
+    folders: dict[str, list[str]] = defaultdict(list)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink() and not _inside(root, full):
+                sources.append(Source("unsafe", rel))
+                continue
+            ext = full.suffix.lower()
+            if ext == ".parquet":
+                sources.append(Source("parquet", rel))
+            elif ext == ".tar":
+                sources.append(Source("tar", rel))
+            elif ext in IMAGE_EXTS:
+                folders[Path(rel).parent.as_posix()].append(rel)
+            elif ext in (".txt", ".json"):
+                continue  # sidecars, read with their image
+            else:
+                ignored.append(rel)
+    for folder, files in sorted(folders.items()):
+        for start in range(0, len(files), folder_chunk):
+            sources.append(Source("folder", folder, tuple(files[start : start + folder_chunk])))
+    sources.sort(key=lambda s: (s.path, s.files[:1]))
+    return sources, ignored
+
+
+def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]:
+    """Yield the raw rows of one source. Never raises for bad data: it yields quarantined rows instead."""
+    root = Path(root)
+    if source.kind == "parquet":
+        yield from _read_parquet(root, source.path)
+    elif source.kind == "tar":
+        yield from _read_tar(root, source.path, max_bytes=max_bytes)
+    elif source.kind == "folder":
+        yield from _read_folder(root, source, max_bytes=max_bytes)
+    elif source.kind == "unsafe":
+        yield _row(
+            f"{source.path}#00000000",
+            Path(source.path).stem,
+            source.path,
+            quarantine="unsafe_path",
+            error=f"{source.path} is a symlink that leaves the input root",
+        )
+    else:
+        raise ValueError(f"unknown source kind {source.kind!r}; expected parquet, tar, folder or unsafe")
+
+
+def _full_path(root: Path, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else root / p
+
+
+def _text(value: object) -> tuple[str | None, str | None]:
+    """Caption value → (text, quarantine reason)."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return None, "bad_encoding"
+    return None, "bad_schema"
+
+
+def _read_parquet(root: Path, rel: str) -> Iterator[dict]:
+    path = _full_path(root, rel)
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as exc:  # noqa: BLE001 - an unreadable shard is one quarantined row, by contract
+        yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"unreadable Parquet: {exc}")
+        return
+    names = set(schema.names)
+    image_cols = [c for c in IMAGE_COLUMNS if c in names]
+    problems = []
+    if "key" not in names:
+        problems.append("no 'key' column")
+    if not image_cols:
+        problems.append(f"no image column (expected one of {', '.join(IMAGE_COLUMNS)})")
+    for col in image_cols:
+        if not (pa.types.is_binary(schema.field(col).type) or pa.types.is_large_binary(schema.field(col).type)):
+            problems.append(f"column {col!r} is {schema.field(col).type}, expected binary")
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=256):
+            for rec in batch.to_pylist():
+                rid = f"{rel}#{index:08d}"
+                index += 1
+                key = rec.get("key")
+                key_str = str(key) if key is not None else rid
+                if problems:
+                    yield _row(rid, key_str, rel, quarantine="bad_schema", error="; ".join(problems))
+                    continue
+                if not isinstance(key, str) or not key.strip():
+                    yield _row(rid, key_str, rel, quarantine="bad_schema", error=f"key {key!r} is not a string")
+                    continue
+                caption, why = _text(rec.get("caption"))
+                if why:
+                    yield _row(rid, key, rel, quarantine=why, error=f"caption of type {type(rec.get('caption'))}")
+                    continue
+                image = next((rec[c] for c in image_cols if rec.get(c) is not None), None)
+                url = rec.get("url") if isinstance(rec.get("url"), str) else None
+                yield _row(rid, key, rel, caption=caption, image=image, url=url)
+    except Exception as exc:  # noqa: BLE001 - a shard that breaks mid-way: the rest of it is one quarantined row
+        yield _row(
+            f"{rel}#rest-{index:08d}",
+            rel,
+            rel,
+            quarantine="bad_schema",
+            error=f"Parquet read failed after {index} rows: {exc}",
+        )
+
+
+def _unsafe_member(name: str, member: tarfile.TarInfo) -> str | None:
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith(("/", "\\")):
+        return "absolute member path"
+    if ".." in p.parts:
+        return "member path contains '..'"
+    if member.issym() or member.islnk():
+        return "symlink or hard link member"
+    if not member.isfile():
+        return "not a regular file"
+    return None
+
+
+def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
+    path = _full_path(root, rel)
+    try:
+        tar = tarfile.open(path, mode="r:*")
+    except Exception as exc:  # noqa: BLE001 - an unreadable tar is one quarantined row, by contract
+        yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"unreadable tar: {exc}")
+        return
+    index = 0
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    order: list[str] = []
+    with tar:
+        try:
+            members = tar.getmembers()
+        except Exception as exc:  # noqa: BLE001
+            yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"corrupt tar index: {exc}")
+            return
+        for member in members:
+            if member.isdir():
+                continue
+            why = _unsafe_member(member.name, member)
+            if why:
+                yield _row(
+                    f"{rel}#{index:08d}", member.name, rel, quarantine="unsafe_path", error=f"{member.name}: {why}"
+                )
+                index += 1
+                continue
+            base = PurePosixPath(member.name)
+            # webdataset: the key is everything before the first dot of the file name, with its directory
+            stem, _, ext = base.name.partition(".")
+            key = str(base.parent / stem) if str(base.parent) != "." else stem
+            if key not in groups:
+                groups[key] = {}
+                order.append(key)
+            groups[key]["." + ext.lower()] = member
+        for key in order:
+            parts = groups[key]
+            rid = f"{rel}#{index:08d}"
+            index += 1
+            image_member = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+            if image_member is None:
+                yield _row(
+                    rid,
+                    key,
+                    rel,
+                    quarantine="bad_schema",
+                    error=f"sample {key!r} has no image member (members: {', '.join(sorted(parts))})",
+                )
+                continue
+            if image_member.size > max_bytes:
+                yield _row(rid, key, rel, quarantine="too_large", error=f"{image_member.size} bytes > {max_bytes}")
+                continue
+            try:
+                image = tar.extractfile(image_member).read()
+                caption, why, url = None, None, None
+                if ".txt" in parts:
+                    caption, why = _text(tar.extractfile(parts[".txt"]).read())
+                if ".json" in parts:
+                    meta = json.loads(tar.extractfile(parts[".json"]).read() or b"{}")
+                    url = meta.get("url") if isinstance(meta, dict) and isinstance(meta.get("url"), str) else None
+            except Exception as exc:  # noqa: BLE001 - a truncated member is a quarantined row
+                yield _row(rid, key, rel, quarantine="bad_schema", error=f"member read failed: {exc}")
+                continue
+            if why:
+                yield _row(rid, key, rel, quarantine=why, error="caption .txt is not valid UTF-8")
+                continue
+            yield _row(rid, key, rel, caption=caption, image=image, url=url)
+
+
+def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]:
+    for rel in source.files:
+        path = root / rel
+        rid = rel
+        key = Path(rel).stem
+        if path.is_symlink() and not _inside(root, path):
+            yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{rel} links outside the input root")
+            continue
+        try:
+            size = path.stat().st_size
+            if size > max_bytes:
+                yield _row(rid, key, source.path, quarantine="too_large", error=f"{size} bytes > {max_bytes}")
+                continue
+            image = path.read_bytes()
+            caption, why = None, None
+            sidecar = path.with_suffix(".txt")
+            if sidecar.exists():
+                if sidecar.is_symlink() and not _inside(root, sidecar):
+                    yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{sidecar} links outside")
+                    continue
+                caption, why = _text(sidecar.read_bytes())
+        except OSError as exc:
+            yield _row(rid, key, source.path, quarantine="bad_schema", error=f"read failed: {exc}")
+            continue
+        if why:
+            yield _row(rid, key, source.path, quarantine=why, error="caption sidecar is not valid UTF-8")
+            continue
+        yield _row(rid, key, source.path, caption=caption, image=image)

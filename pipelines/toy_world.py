@@ -1,0 +1,102 @@
+"""Jobs of the toy world: generate a seeded world, and train the toy model zoo.
+
+These wrap :mod:`toyworld` (pure generators and trainers) with the job contract: a typed ``run``-style function
+and a ``python -m pipelines.toy_world`` entry point. The toy world is the embedded default data source of every
+later job, so ``pipelines`` may import ``toyworld``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from pipelines.config import Config
+from registry.manifest import code_version
+
+log = logging.getLogger(__name__)
+
+ZOO_PARTS = ("scorers",)
+
+
+def generate(
+    cfg: Config,
+    out: Path,
+    *,
+    seed: int | None = None,
+    images: int | None = None,
+    videos: int | None = None,
+    dancers: int | None = None,
+) -> dict:
+    """Write a toy world under ``out`` (images/, videos/, dancers/, world.json); arguments override the config."""
+    from toyworld.generate import generate_world
+
+    tw = cfg.toyworld
+    t = time.monotonic()
+    summary = generate_world(
+        Path(out),
+        seed=tw.seed if seed is None else seed,
+        images=tw.images if images is None else images,
+        videos=tw.videos if videos is None else videos,
+        dancers=tw.dancers if dancers is None else dancers,
+        image_size=tw.image_size,
+    )
+    log.info("toy world written to %s in %.1f s", out, time.monotonic() - t)
+    return summary
+
+
+def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
+    """Train the requested parts of the toy zoo (``scorers``; later issues add teachers and the captioner)."""
+    parts = list(only or ZOO_PARTS)
+    unknown = [p for p in parts if p not in ZOO_PARTS]
+    if unknown:
+        raise ValueError(f"unknown zoo part(s) {unknown}; choose from {', '.join(ZOO_PARTS)}")
+    results = {}
+    for part in parts:
+        if part == "scorers":
+            from toyworld.zoo import train_scorers
+
+            results[part] = train_scorers(Path(out_root) / "scorers", seed=seed)
+        else:
+            raise ValueError(f"unknown zoo part {part!r}; choose from {', '.join(ZOO_PARTS)}")
+    return {"parts": results, "code_version": code_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.toy_world data --out DIR`` or ``... train-zoo [--only scorers]``."""
+    from pipelines.runtime import job_config
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.toy_world")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    data = sub.add_parser("data")
+    data.add_argument("--out", required=True, type=Path)
+    data.add_argument("--seed", type=int)
+    data.add_argument("--images", type=int)
+    data.add_argument("--videos", type=int)
+    data.add_argument("--dancers", type=int)
+    zoo = sub.add_parser("train-zoo")
+    zoo.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "toyworld" / "zoo")
+    zoo.add_argument("--only", action="append")
+    zoo.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "data":
+        generate(
+            job_config(args.config, []),
+            args.out,
+            seed=args.seed,
+            images=args.images,
+            videos=args.videos,
+            dancers=args.dancers,
+        )
+    elif args.cmd == "train-zoo":
+        train_zoo(args.out, only=args.only, seed=args.seed)
+    else:
+        raise ValueError(f"unknown command {args.cmd!r}; choose data or train-zoo")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Job manifests: the contract between a job's outputs and whatever records them.
+
+Every job writes ``manifest.json`` at the root of its output, *last*, after its data files are complete. A
+manifest holds: ``name``, ``version``, ``digest`` (content digest of the dataset), ``kind``, ``counts``,
+``inputs`` (each with its path and digest), ``config`` (the resolved config), ``code_version``, ``timings``
+and job-specific fields. Flows read it and record it in the registry; jobs never write the registry.
+
+Outputs are published atomically: a job writes into a staging directory next to the destination and renames it
+into place, so a reader sees either no dataset or a complete one. This module is torch- and Ray-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def file_digest(path: Path, *, chunk: int = 1 << 20) -> str:
+    """``sha256:<hex>`` of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def tree_digest(paths: list[Path], root: Path) -> str:
+    """``sha256:<hex>`` over the sorted (relative path, file digest) pairs of ``paths``."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda q: q.relative_to(root).as_posix()):
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_digest(p)}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the project (with ``-dirty`` if the tree has changes), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("ALCM_CODE_VERSION", "unknown")
+    return sha + ("-dirty" if dirty else "")
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` (sorted keys, atomic replace) and return its path."""
+    path = Path(out_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    """Read a job's manifest; a missing one means the job did not finish."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the job that writes {out_dir} did not finish")
+    return json.loads(path.read_text())
+
+
+def prepare_output(out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Check that ``out_dir`` can be published and return a fresh staging directory beside it.
+
+    Raises before any work if the destination exists and is not empty (unless ``overwrite``) or its parent is
+    not writable.
+    """
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output {out_dir} exists and is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"output {out_dir} is not empty; choose a new directory or pass overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out_dir.parent, os.W_OK):
+        raise PermissionError(f"output parent {out_dir.parent} is not writable")
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def publish(staging: Path, out_dir: Path) -> Path:
+    """Move a finished staging directory into place as ``out_dir`` (replacing an empty or overwritable one)."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out_dir)
+    return out_dir

@@ -1,0 +1,15 @@
+"""Shared test set-up: offline environment, one local Ray and one Prefect harness per session, a small toy world."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
+    os.environ.setdefault(_key, _value)
+os.environ.pop("RAY_ADDRESS", None)

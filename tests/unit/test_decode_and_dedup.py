@@ -1,0 +1,114 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from filters.decode import DecodeConfig, decode_image, hamming, phash, to_rgb
+from filters.dedup import DedupConfig, find_duplicates
+
+CFG = DecodeConfig(max_pixels=1_000_000, max_bytes=1_000_000, scorer_size=32)
+
+
+def encode(img, fmt="PNG", **kw):
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def picture(seed=0, size=(64, 64)):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+
+
+def test_good_png_decodes_with_facts_and_thumbnail():
+    d = decode_image(encode(picture()), CFG)
+    assert d.ok and (d.width, d.height) == (64, 64) and d.format == "png" and d.mode == "RGB"
+    assert len(d.thumbnail) == 32 * 32 * 3
+    assert len(d.sha256) == 64 and 0 <= d.phash < 2**64
+
+
+@pytest.mark.parametrize("data", [b"", None, b"not an image at all", encode(picture(), "JPEG")[:200]])
+def test_bad_bytes_are_undecodable_not_a_crash(data):
+    d = decode_image(data, CFG)
+    assert not d.ok and d.reason == "undecodable" and d.error
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    bomb = encode(Image.new("L", (2000, 2000)))
+    d = decode_image(bomb, CFG)
+    assert not d.ok and d.reason == "too_large" and "2000x2000" in d.error
+
+
+def test_too_many_bytes_is_too_large():
+    d = decode_image(b"x" * 2_000_000, CFG)
+    assert d.reason == "too_large"
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "CMYK", "P", "I;16"])
+def test_odd_modes_are_normalised_to_rgb(mode):
+    img = picture().convert("RGBA" if mode == "RGBA" else "RGB")
+    if mode == "I;16":
+        arr = (np.asarray(img.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+        img = Image.fromarray(arr)
+    elif mode != "RGBA":
+        img = img.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    d = decode_image(encode(img, fmt), CFG)
+    assert d.ok, d.error
+    assert d.mode == mode
+
+
+def test_sixteen_bit_is_rescaled_not_clipped():
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    rgb = np.asarray(to_rgb(Image.fromarray(arr)))
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_phash_survives_reencoding_but_separates_different_images():
+    a = picture(1)
+    reencoded = Image.open(io.BytesIO(encode(a, "JPEG", quality=40)))
+    assert hamming(phash(a), phash(reencoded)) <= 4
+    assert hamming(phash(a), phash(picture(2))) > 10
+
+
+def test_exact_and_near_duplicates_keep_the_largest_then_smallest_key():
+    ids = ["s#0", "s#1", "s#2", "s#3", "s#4"]
+    keys = ["b", "a", "c", "d", "e"]
+    sha = ["x", "x", "y", "z", "w"]
+    ph = [0, 0, 0b1111, 0x5555_5555_0000_0000, 0xFFFF_FFFF_FFFF_FFF0]
+    pixels = [100, 100, 400, 100, 100]
+    dups = find_duplicates(ids, keys, sha, ph, pixels, DedupConfig(phash_max_distance=6))
+    # s#0, s#1 are exact twins; s#2 is within 4 bits of them and has the most pixels, so it is kept.
+    assert dups == {"s#0": "c", "s#1": "c"}
+
+
+def test_dedup_choice_does_not_depend_on_row_order():
+    ids = [f"s#{i}" for i in range(4)]
+    keys = ["k3", "k1", "k2", "k0"]
+    sha = ["a", "a", "a", "b"]
+    ph = [5, 5, 5, 0xFFFF_FFFF_FFFF_FFF0]
+    pixels = [10, 10, 10, 10]
+    forward = find_duplicates(ids, keys, sha, ph, pixels, DedupConfig())
+    backward = find_duplicates(ids[::-1], keys[::-1], sha[::-1], ph[::-1], pixels[::-1], DedupConfig())
+    assert forward == backward == {"s#0": "k1", "s#2": "k1"}
+
+
+def test_near_duplicate_detection_can_be_switched_off():
+    dups = find_duplicates(["a", "b"], ["a", "b"], ["1", "2"], [0, 1], [1, 1], DedupConfig(near=False))
+    assert dups == {}
+
+
+def test_banding_finds_every_pair_within_the_distance():
+    rng = np.random.default_rng(0)
+    base = [int(x) for x in rng.integers(0, 2**63, 50, dtype=np.int64)]
+    ids, keys, hashes = [], [], []
+    for i, h in enumerate(base):
+        flip = sum(1 << int(b) for b in rng.choice(64, 6, replace=False))
+        ids += [f"o{i}", f"n{i}"]
+        keys += [f"o{i:03d}", f"p{i:03d}"]
+        hashes += [h, h ^ flip]
+    dups = find_duplicates(ids, keys, [str(i) for i in range(len(ids))], hashes, [1] * len(ids), DedupConfig())
+    for i in range(50):
+        assert dups.get(f"n{i}") == f"o{i:03d}"
