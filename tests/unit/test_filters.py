@@ -3,8 +3,15 @@ import numpy as np
 from filters.reasons import ALL_REASONS, QUARANTINE_REASONS, REJECT_REASONS
 from filters.rules import FILTERS, FilterConfig, apply_filters
 
-CFG = FilterConfig(min_side=48, max_aspect=2.0, caption_min_words=3, caption_max_chars=40, watermark_max=0.5,
-                   aesthetic_min=0.5, clip_min=20.0)
+CFG = FilterConfig(
+    min_side=48,
+    max_aspect=2.0,
+    caption_min_words=3,
+    caption_max_chars=40,
+    watermark_max=0.5,
+    aesthetic_min=0.5,
+    clip_min=20.0,
+)
 
 
 def batch(**cols):
@@ -71,8 +78,18 @@ def test_every_filter_emits_a_documented_reject_reason_and_names_are_unique():
 
 
 def test_reason_vocabulary_has_the_required_codes():
-    required_reject = {"low_resolution", "bad_aspect", "caption_empty", "caption_too_short", "caption_too_long",
-                       "caption_control_chars", "watermark", "low_aesthetic", "low_clip_score", "duplicate"}
+    required_reject = {
+        "low_resolution",
+        "bad_aspect",
+        "caption_empty",
+        "caption_too_short",
+        "caption_too_long",
+        "caption_control_chars",
+        "watermark",
+        "low_aesthetic",
+        "low_clip_score",
+        "duplicate",
+    }
     required_quarantine = {"undecodable", "too_large", "bad_schema", "unsafe_path"}
     assert required_reject <= set(REJECT_REASONS)
     assert required_quarantine <= set(QUARANTINE_REASONS)

@@ -29,8 +29,18 @@ def add(tar, name, data, **kw):
 
 
 def test_img2dataset_parquet_rows_are_read_with_caption_and_bytes(tmp_path):
-    pq.write_table(pa.table({"key": ["a", "b"], "caption": ["x y z", None], "jpg": [png(), None],
-                             "png": [None, png()], "url": ["u", None]}), tmp_path / "part-0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "key": ["a", "b"],
+                "caption": ["x y z", None],
+                "jpg": [png(), None],
+                "png": [None, png()],
+                "url": ["u", None],
+            }
+        ),
+        tmp_path / "part-0.parquet",
+    )
     rows, _ = rows_of(tmp_path)
     assert [(r["id"], r["key"], r["caption"], r["quarantine"]) for r in rows] == [
         ("part-0.parquet#00000000", "a", "x y z", None),
@@ -47,8 +57,10 @@ def test_parquet_without_image_column_quarantines_every_row_as_bad_schema(tmp_pa
 
 
 def test_mistyped_columns_and_non_utf8_captions_are_quarantined(tmp_path):
-    pq.write_table(pa.table({"key": ["a", "b"], "caption": [b"ok words here", b"\xff\xfe"],
-                             "jpg": [png(), png()]}), tmp_path / "p.parquet")
+    pq.write_table(
+        pa.table({"key": ["a", "b"], "caption": [b"ok words here", b"\xff\xfe"], "jpg": [png(), png()]}),
+        tmp_path / "p.parquet",
+    )
     pq.write_table(pa.table({"key": [1], "caption": ["x"], "jpg": ["not bytes"]}), tmp_path / "q.parquet")
     rows, _ = rows_of(tmp_path)
     assert [r["quarantine"] for r in rows] == [None, "bad_encoding", "bad_schema"]

@@ -1,0 +1,46 @@
+"""One local Ray, one Prefect harness and one small toy world per test session."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def toy_images(tmp_path_factory):
+    """A 260-row toy image world (seed 4242) written as Parquet shards and webdataset tars, with its labels."""
+    from toyworld.images import generate_image_records, write_image_dataset
+
+    out = tmp_path_factory.mktemp("toy") / "images"
+    records = generate_image_records(4242, 260)
+    write_image_dataset(out, records, rows_per_shard=100)
+    labels = pq.read_table(out / "labels.parquet").to_pandas().set_index("key")
+    return out, labels
+
+
+@pytest.fixture(scope="session")
+def curated(toy_images, ray_local, tmp_path_factory):
+    """The toy Parquet shards curated once with the toy profile."""
+    from pipelines.config import load_config
+    from pipelines.curate_images import run
+
+    src, _ = toy_images
+    out = tmp_path_factory.mktemp("curated") / "out"
+    return run(load_config("toy"), src / "parquet", out)
