@@ -73,7 +73,7 @@ def toy_data(
     summary = toy_world_flow(
         ToyWorldParams(out=str(out), seed=seed, images=images, videos=videos, dancers=dancers, profile=profile)
     )
-    typer.echo(f"toy world (seed {seed}) written to {out}: {json.dumps(summary.get('counts', {}))}")
+    typer.echo(f"toy world (seed {seed}) written to {out}: {json.dumps(summary['counts'])}")
 
 
 @toy_app.command("train-zoo")

@@ -35,13 +35,11 @@ def toy_world_flow(params: ToyWorldParams) -> dict:
     summary = toy_world.generate(
         cfg, Path(params.out), seed=params.seed, images=params.images, videos=params.videos, dancers=params.dancers
     )
-    labels = summary.get("labels", {}).get("images", {}) if isinstance(summary.get("labels"), dict) else {}
-    if labels:
-        create_table_artifact(
-            key="toy-world-labels",
-            table=[{"label": k, "rows": v} for k, v in labels.items()],
-            description=f"Image labels of toy world seed {params.seed}",
-        )
+    create_table_artifact(
+        key="toy-world-labels",
+        table=[{"label": k, "rows": v} for k, v in sorted(summary["image_label_counts"].items())],
+        description=f"Image rows per ground-truth label, toy world seed {params.seed}",
+    )
     logger.info("toy world (seed %d) written to %s", params.seed, params.out)
     return summary
 

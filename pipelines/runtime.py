@@ -35,13 +35,13 @@ def connect(cfg: RayConfig) -> dict:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return {"mode": "existing", "address": ray.get_runtime_context().gcs_address}
-    env = {k: v for k, v in os.environ.items() if k in ("HF_HUB_OFFLINE", "PYTHONPATH")}
-    runtime_env = {"env_vars": env} if env else None
+    # No runtime_env here: a local Ray's workers inherit this process's environment, and a submitted job's
+    # driver already carries the job's runtime_env (passing one again conflicts with it).
     if address and not address.startswith("http"):
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
         mode = "cluster"
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
         mode = "local"
     info = {"mode": mode, "address": ray.get_runtime_context().gcs_address}
     log.info("connected to Ray (%s) at %s", mode, info["address"])
@@ -87,6 +87,8 @@ def submit(
     """Submit ``python -m pipelines.<job> ARGS`` to the Ray Jobs API and wait for it to finish.
 
     Raises RuntimeError (with the job's log tail) if the job fails or stops, TimeoutError after ``timeout_s``.
+    A cluster with Ray's token authentication needs ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or
+    ``~/.ray/auth_token``) in this process's environment; Ray's client adds it to every request.
     """
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def head_node(tmp_path):
+def head_node(tmp_path, monkeypatch):
+    """A Ray head node with the Jobs API on 127.0.0.1, token authentication on (Ray's default)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     ray_bin = Path(sys.executable).parent / "ray"
     gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     proc = subprocess.Popen(
@@ -45,9 +48,10 @@ def head_node(tmp_path):
     deadline = time.monotonic() + 120
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-                if r.status == 200:
-                    break
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                break
+        except urllib.error.HTTPError:
+            break  # the dashboard answers (401 when Ray's token authentication is on): it is up
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
