@@ -3,9 +3,11 @@
 Three layouts are read:
 
 - img2dataset-style Parquet shards: columns ``key``, ``caption``, and the image bytes in ``jpg``, ``png``, ``webp``
-  or ``image`` (the first non-null per row), optionally ``url``;
+  or ``image`` (the first non-null per row), optionally ``url``; or, instead of bytes, ``image_path``: a file path
+  relative to the dataset root (a path that leaves the root is quarantined as ``unsafe_path``, never opened);
 - webdataset tars: members ``KEY.jpg|png|webp`` with ``KEY.txt`` (caption) and ``KEY.json`` (metadata);
-- a folder of images with ``.txt`` caption sidecars next to them.
+- a folder of images with ``.txt`` caption sidecars next to them (only when the root holds no Parquet or tar
+  shards; otherwise loose images are listed as ignored files in the manifest).
 
 Every input row becomes exactly one raw row, a dict with the columns of :data:`RAW_COLUMNS`. A row that cannot be
 read is still emitted, with ``quarantine`` set to its reason (``bad_schema``, ``unsafe_path``, ``bad_encoding``,
@@ -116,6 +118,11 @@ def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list
                 continue  # sidecars, read with their image
             else:
                 ignored.append(rel)
+    if any(s.kind in ("parquet", "tar") for s in sources):
+        # A root with shards is a shard dataset: loose images there are referenced files (``image_path``) or
+        # strays, not a second input. They are reported as ignored, never silently curated twice.
+        ignored.extend(f for files in folders.values() for f in files)
+        folders = {}
     for folder, files in sorted(folders.items()):
         for start in range(0, len(files), folder_chunk):
             sources.append(Source("folder", folder, tuple(files[start : start + folder_chunk])))
@@ -127,7 +134,7 @@ def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]
     """Yield the raw rows of one source. Never raises for bad data: it yields quarantined rows instead."""
     root = Path(root)
     if source.kind == "parquet":
-        yield from _read_parquet(root, source.path)
+        yield from _read_parquet(root, source.path, max_bytes=max_bytes)
     elif source.kind == "tar":
         yield from _read_tar(root, source.path, max_bytes=max_bytes)
     elif source.kind == "folder":
@@ -161,7 +168,21 @@ def _text(value: object) -> tuple[str | None, str | None]:
     return None, "bad_schema"
 
 
-def _read_parquet(root: Path, rel: str) -> Iterator[dict]:
+def _read_referenced(root: Path, ref: str, *, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    """Bytes of an image referenced by a path relative to the dataset root → (bytes, quarantine, error)."""
+    if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts or not _inside(root, root / ref):
+        return None, "unsafe_path", f"image_path {ref!r} leaves the dataset root"
+    path = root / ref
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            return None, "too_large", f"{ref}: {size} bytes > {max_bytes}"
+        return path.read_bytes(), None, None
+    except OSError as exc:
+        return None, "bad_schema", f"image_path {ref!r}: {exc}"
+
+
+def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
     path = _full_path(root, rel)
     try:
         pf = pq.ParquetFile(path)
@@ -174,8 +195,9 @@ def _read_parquet(root: Path, rel: str) -> Iterator[dict]:
     problems = []
     if "key" not in names:
         problems.append("no 'key' column")
-    if not image_cols:
-        problems.append(f"no image column (expected one of {', '.join(IMAGE_COLUMNS)})")
+    path_col = "image_path" if "image_path" in names and pa.types.is_string(schema.field("image_path").type) else None
+    if not image_cols and not path_col:
+        problems.append(f"no image column (expected one of {', '.join(IMAGE_COLUMNS)}, or image_path)")
     for col in image_cols:
         if not (pa.types.is_binary(schema.field(col).type) or pa.types.is_large_binary(schema.field(col).type)):
             problems.append(f"column {col!r} is {schema.field(col).type}, expected binary")
@@ -199,6 +221,11 @@ def _read_parquet(root: Path, rel: str) -> Iterator[dict]:
                     continue
                 image = next((rec[c] for c in image_cols if rec.get(c) is not None), None)
                 url = rec.get("url") if isinstance(rec.get("url"), str) else None
+                if image is None and path_col and rec.get(path_col):
+                    image, why, err = _read_referenced(root, rec[path_col], max_bytes=max_bytes)
+                    if why:
+                        yield _row(rid, key, rel, caption=caption, url=url, quarantine=why, error=err)
+                        continue
                 yield _row(rid, key, rel, caption=caption, image=image, url=url)
     except Exception as exc:  # noqa: BLE001 - a shard that breaks mid-way: the rest of it is one quarantined row
         yield _row(

@@ -118,3 +118,24 @@ def test_oversized_members_are_not_read(tmp_path):
         add(tar, "big.png", png())
     rows, _ = rows_of(tmp_path, max_bytes=10)
     assert rows[0]["quarantine"] == "too_large" and rows[0]["image"] is None
+
+
+def test_parquet_image_paths_are_read_under_the_root_and_escapes_are_quarantined(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(png())
+    (tmp_path.parent / "outside.png").write_bytes(png())
+    pq.write_table(
+        pa.table(
+            {
+                "key": ["a", "b", "c", "d"],
+                "caption": ["x y z"] * 4,
+                "image_path": ["imgs/a.png", "../outside.png", "/etc/passwd", "imgs/missing.png"],
+            }
+        ),
+        tmp_path / "refs.parquet",
+    )
+    rows, ignored = rows_of(tmp_path)
+    assert [r["quarantine"] for r in rows] == [None, "unsafe_path", "unsafe_path", "bad_schema"]
+    assert ignored == ["imgs/a.png"]
+    assert rows[0]["image"] == png()
+    assert rows[1]["image"] is None and rows[2]["image"] is None
