@@ -25,7 +25,6 @@ import bench.common as common
 
 def single_process(cfg, input_dir: Path, out: Path) -> int:
     """The curation work without Ray: the job's stage functions in one loop. Returns rows processed."""
-    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -39,8 +38,7 @@ def single_process(cfg, input_dir: Path, out: Path) -> int:
     for source in sources:
         rows = list(read_source(input_dir, source, max_bytes=cur.decode.max_bytes))
         for start in range(0, len(rows), cur.batch_size):
-            df = pd.DataFrame(rows[start : start + cur.batch_size])
-            table = job._decode(df, cfg=cur.decode)
+            table = job._decode(pa.Table.from_pylist(rows[start : start + cur.batch_size]), cfg=cur.decode)
             table = scorer(table)
             tables.append(job._decide(table, cfg=cur.filters))
     table = pa.concat_tables(tables)

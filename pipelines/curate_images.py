@@ -100,8 +100,9 @@ def _read(item: dict, *, root: str, max_bytes: int) -> list[dict]:
     return list(read_source(Path(root), source, max_bytes=max_bytes))
 
 
-def _decode(df: pd.DataFrame, *, cfg: DecodeConfig) -> pa.Table:
-    n = len(df)
+def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
+    rows = batch.to_pylist()
+    n = len(rows)
     cols: dict[str, list] = {name: [None] * n for name in AUDIT_SCHEMA.names}
     work: dict[str, list] = {
         "image": [None] * n,
@@ -109,13 +110,13 @@ def _decode(df: pd.DataFrame, *, cfg: DecodeConfig) -> pa.Table:
         "quarantine": [None] * n,
         "_pixels": [None] * n,
     }
-    for i, row in enumerate(df.itertuples(index=False)):
+    for i, row in enumerate(rows):
         for name in ("id", "key", "source", "url", "caption", "error"):
-            cols[name][i] = getattr(row, name)
-        work["image"][i] = row.image
-        quarantine = row.quarantine
+            cols[name][i] = row.get(name)
+        work["image"][i] = row.get("image")
+        quarantine = row.get("quarantine")
         if quarantine is None:
-            d = decode_image(row.image, cfg)
+            d = decode_image(row.get("image"), cfg)
             cols["width"][i], cols["height"][i] = (d.width or None), (d.height or None)
             cols["format"][i] = d.format
             if d.ok:
@@ -261,7 +262,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(_read, fn_kwargs={"root": str(root), "max_bytes": cur.decode.max_bytes}, num_cpus=0.5)
     ds = ds.map_batches(
-        _decode, fn_kwargs={"cfg": cur.decode}, batch_size=cur.batch_size, batch_format="pandas", num_cpus=0.5
+        _decode, fn_kwargs={"cfg": cur.decode}, batch_size=cur.batch_size, batch_format="pyarrow", num_cpus=0.5
     )
     ds = ds.map_batches(
         _ScoreActor,
