@@ -33,7 +33,7 @@ def single_process(cfg, input_dir: Path, out: Path) -> int:
 
     cur = cfg.curation
     sources, _ = discover(input_dir, folder_chunk=cur.folder_chunk)
-    scorer = job._ScoreActor(cfg.scorers, cur.decode.scorer_size)
+    scorer = job._ScoreActor(cfg.scorers)
     tables = []
     for source in sources:
         rows = list(read_source(input_dir, source, max_bytes=cur.decode.max_bytes))

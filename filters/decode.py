@@ -35,7 +35,8 @@ class DecodeConfig:
     max_bytes: int = 64 * 1024 * 1024
     """Largest encoded image size in bytes; above it the row is ``too_large``."""
     scorer_size: int = 224
-    """Side of the square RGB thumbnail handed to the model scorers (resized, not cropped)."""
+    """Shorter side of the RGB thumbnail handed to the model scorers (aspect kept; each scorer crops or resizes
+    it to its own input by its own recipe)."""
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
@@ -60,6 +61,7 @@ class Decoded:
     sha256: str | None = None
     phash: int | None = None
     thumbnail: bytes | None = None
+    thumbnail_size: tuple[int, int] | None = None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -152,7 +154,7 @@ def decode_image(data: bytes | None, cfg: DecodeConfig) -> Decoded:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is a quarantine, by contract
         return Decoded(ok=False, reason="undecodable", error=f"{type(exc).__name__}: {exc}")
     width, height = rgb.size
-    thumb = rgb.resize((cfg.scorer_size, cfg.scorer_size), Image.Resampling.BICUBIC)
+    thumb = rgb.resize(thumbnail_size(width, height, cfg.scorer_size), Image.Resampling.BICUBIC)
     return Decoded(
         ok=True,
         width=width,
@@ -162,9 +164,22 @@ def decode_image(data: bytes | None, cfg: DecodeConfig) -> Decoded:
         sha256=sha256_bytes(data),
         phash=phash(rgb),
         thumbnail=np.asarray(thumb, dtype=np.uint8).tobytes(),
+        thumbnail_size=thumb.size,
     )
 
 
-def thumbnail_array(thumbnail: bytes, size: int) -> np.ndarray:
-    """The scorer thumbnail bytes back as a (size, size, 3) uint8 array."""
-    return np.frombuffer(thumbnail, dtype=np.uint8).reshape(size, size, 3)
+#: Longest thumbnail side, in multiples of the shorter one: beyond it (a 1×100000 strip) the image is squashed,
+#: which bounds memory; such rows are rejected as ``bad_aspect`` anyway.
+MAX_THUMBNAIL_ASPECT = 4
+
+
+def thumbnail_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) of the scorer thumbnail: shorter side ``short_side``, aspect kept up to :data:`MAX_THUMBNAIL_ASPECT`."""
+    scale = short_side / min(width, height)
+    cap = short_side * MAX_THUMBNAIL_ASPECT
+    return min(max(round(width * scale), 1), cap), min(max(round(height * scale), 1), cap)
+
+
+def thumbnail_array(thumbnail: bytes, width: int, height: int) -> np.ndarray:
+    """The scorer thumbnail bytes back as a (height, width, 3) uint8 array."""
+    return np.frombuffer(thumbnail, dtype=np.uint8).reshape(height, width, 3)

@@ -81,6 +81,8 @@ _WORK_FIELDS = [
     ("decodable", pa.bool_()),
     ("quarantine", pa.string()),
     ("_pixels", pa.binary()),
+    ("_pixels_w", pa.int32()),
+    ("_pixels_h", pa.int32()),
 ]
 
 
@@ -109,6 +111,8 @@ def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
         "decodable": [False] * n,
         "quarantine": [None] * n,
         "_pixels": [None] * n,
+        "_pixels_w": [None] * n,
+        "_pixels_h": [None] * n,
     }
     for i, row in enumerate(rows):
         for name in ("id", "key", "source", "url", "caption", "error"):
@@ -123,6 +127,7 @@ def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
                 cols["mode"][i], cols["sha256"][i], cols["phash"][i] = d.mode, d.sha256, f"{d.phash:016x}"
                 work["decodable"][i] = True
                 work["_pixels"][i] = d.thumbnail
+                work["_pixels_w"][i], work["_pixels_h"][i] = d.thumbnail_size
             else:
                 quarantine, cols["error"][i] = d.reason, d.error
         work["quarantine"][i] = quarantine
@@ -137,20 +142,20 @@ def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
 class _ScoreActor:
     """Ray Data actor: loads the scorers once, scores the decodable rows of each batch."""
 
-    def __init__(self, scorers: ScorersConfig, thumbnail_size: int) -> None:
+    def __init__(self, scorers: ScorersConfig) -> None:
         from models.scorers import ImageTextScorer
 
         self.scorer = ImageTextScorer(scorers)
-        self.size = thumbnail_size
 
     def __call__(self, table: pa.Table) -> pa.Table:
         decodable = table.column("decodable").to_pylist()
         idx = [i for i, ok in enumerate(decodable) if ok]
         pixels = table.column("_pixels").to_pylist()
+        widths, heights = table.column("_pixels_w").to_pylist(), table.column("_pixels_h").to_pylist()
         captions = table.column("caption").to_pylist()
         full = {c: np.full(table.num_rows, np.nan, dtype=np.float32) for c in SCORE_COLUMNS}
         if idx:
-            images = [thumbnail_array(pixels[i], self.size) for i in idx]
+            images = [thumbnail_array(pixels[i], widths[i], heights[i]) for i in idx]
             scores = self.scorer.score(images, ["" if captions[i] is None else captions[i] for i in idx])
             for c in SCORE_COLUMNS:
                 full[c][idx] = np.asarray(scores[c], dtype=np.float32)
@@ -158,7 +163,7 @@ class _ScoreActor:
             pos = table.schema.get_field_index(c)
             arr = pa.array(full[c], type=pa.float32(), mask=np.isnan(full[c]))
             table = table.set_column(pos, c, arr)
-        return table.drop_columns(["_pixels"])
+        return table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"])
 
 
 def _decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
@@ -266,7 +271,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
     )
     ds = ds.map_batches(
         _ScoreActor,
-        fn_constructor_kwargs={"scorers": cfg.scorers, "thumbnail_size": cur.decode.scorer_size},
+        fn_constructor_kwargs={"scorers": cfg.scorers},
         batch_size=cur.batch_size,
         batch_format="pyarrow",
         concurrency=cur.scorer_actors,

@@ -38,7 +38,7 @@ def decided(rows):
             )
             .cast("float32"),
         )
-    return _decide(table.drop_columns(["_pixels"]), cfg=CFG.curation.filters)
+    return _decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=CFG.curation.filters)
 
 
 def test_decode_quarantines_bad_bytes_and_keeps_reader_quarantine():

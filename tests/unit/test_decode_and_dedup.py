@@ -25,7 +25,7 @@ def picture(seed=0, size=(64, 64)):
 def test_good_png_decodes_with_facts_and_thumbnail():
     d = decode_image(encode(picture()), CFG)
     assert d.ok and (d.width, d.height) == (64, 64) and d.format == "png" and d.mode == "RGB"
-    assert len(d.thumbnail) == 32 * 32 * 3
+    assert len(d.thumbnail) == 32 * 32 * 3 and d.thumbnail_size == (32, 32)
     assert len(d.sha256) == 64 and 0 <= d.phash < 2**64
 
 
@@ -112,3 +112,10 @@ def test_banding_finds_every_pair_within_the_distance():
     dups = find_duplicates(ids, keys, [str(i) for i in range(len(ids))], hashes, [1] * len(ids), DedupConfig())
     for i in range(50):
         assert dups.get(f"n{i}") == f"o{i:03d}"
+
+
+def test_thumbnails_keep_the_aspect_and_bound_the_long_side():
+    d = decode_image(encode(picture(size=(128, 64))), CFG)
+    assert d.thumbnail_size == (64, 32) and len(d.thumbnail) == 64 * 32 * 3
+    strip = decode_image(encode(picture(size=(1000, 10))), CFG)
+    assert strip.thumbnail_size == (128, 32)
