@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=90210)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--profile", default="toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--out", type=Path, default=None, help="write the full result as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         world = common.toy_image_world(Path(tmp) / "world", seed=args.seed, rows=args.rows)
         gen_s = time.monotonic() - t
         t = time.monotonic()
-        result = run(load_config(args.profile), world / "parquet", Path(tmp) / "curated")
+        result = run(load_config(args.profile, args.overrides), world / "parquet", Path(tmp) / "curated")
         curate_s = time.monotonic() - t
         audit = pads.dataset(result.output / "audit").to_table().to_pandas()
         labels = pq.read_table(world / "labels.parquet").to_pandas().set_index("key")

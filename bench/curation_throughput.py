@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=777)
     parser.add_argument("--profile", default="toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--baseline-threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import load_config
     from pipelines.curate_images import run
 
-    cfg = load_config(args.profile)
+    cfg = load_config(args.profile, args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
         world = common.toy_image_world(Path(tmp) / "world", seed=args.seed, rows=args.rows)
         src = world / "parquet"

@@ -41,7 +41,8 @@ def connect(cfg: RayConfig) -> dict:
         ray.init(address=address, log_to_driver=True)
         mode = "cluster"
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local" always starts a new Ray for this job, even if another one (e.g. `ray start`) runs here.
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
         mode = "local"
     info = {"mode": mode, "address": ray.get_runtime_context().gcs_address}
     log.info("connected to Ray (%s) at %s", mode, info["address"])
