@@ -131,3 +131,35 @@ def test_non_empty_output_is_refused_before_any_work(toy_images, tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         run(load_config("toy"), src / "parquet", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_kept_rows_carry_their_original_bytes_and_scores(curated):
+    import hashlib
+
+    kept = kept_of(curated.output)
+    assert len(kept) > 0
+    for _, row in kept.head(20).iterrows():
+        assert hashlib.sha256(row.image).hexdigest() == row.sha256
+    assert kept[["clip_score", "aesthetic_score", "watermark_prob"]].notna().all().all()
+
+
+def test_a_folder_of_captioned_images_is_curated_with_sidecars(toy_images, ray_local, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.config import load_config
+    from pipelines.curate_images import run
+
+    src, labels = toy_images
+    table = pq.read_table(next((src / "parquet").glob("*.parquet"))).to_pylist()[:30]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for rec in table:
+        ext = "png" if rec["png"] is not None else "jpg"
+        (folder / f"{rec['key']}.{ext}").write_bytes(rec["png"] or rec["jpg"])
+        (folder / f"{rec['key']}.txt").write_text(rec["caption"] or "", encoding="utf-8")
+    result = run(load_config("toy"), folder, tmp_path / "out")
+    audit = audit_of(result.output).set_index("key")
+    assert sorted(audit.index) == sorted(r["key"] for r in table)
+    for key in audit.index:
+        if labels.loc[key, "label"] in ("corrupt", "oversized"):
+            assert audit.loc[key, "decision"] == "quarantined"
