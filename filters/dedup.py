@@ -1,16 +1,18 @@
 """Exact and near-duplicate detection with a deterministic choice of the kept row.
 
-Duplicates are a property of the whole dataset, not of a row, so this runs once over the columns of every row
-that survived the other filters (id, key, sha256, phash, pixel count): 16–100 bytes a row, which fits in one
-process for tens of millions of rows.
+Duplicates are a property of the whole dataset, not of a row, so this runs once over a few columns of every
+judged row (id, key, sha256, phash, pixel count, whether the other filters kept it): about 100 bytes a row, which
+fits in one process for tens of millions of rows.
 
 - Exact duplicates share the sha256 of their encoded bytes.
 - Near duplicates have 64-bit perceptual hashes within ``phash_max_distance`` bits. Candidate pairs come from
   banding: the hash is cut into ``phash_max_distance + 1`` bands, and by the pigeonhole principle two hashes within
   that distance agree exactly on at least one band; candidates are then checked exactly.
 - Rows linked by either relation form groups (union-find, so the relation is made transitive). In each group the
-  kept row is the one with the most pixels, ties broken by the smallest key, then the smallest id: the same input
-  always keeps the same row, whatever order the rows arrive in.
+  representative is a row the other filters kept if there is one, then the one with the most pixels, ties broken
+  by the smallest key, then the smallest id: the same input always keeps the same row, whatever order the rows
+  arrive in. Every other member is a duplicate of it, so a copy of a rejected row is reported as a duplicate too
+  (and a clean copy of a watermarked original is kept in its place).
 """
 
 from __future__ import annotations
@@ -66,14 +68,17 @@ def find_duplicates(
     phash: list[int],
     pixels: list[int],
     cfg: DedupConfig,
+    preferred: list[bool] | None = None,
 ) -> dict[str, str]:
-    """Map the id of every duplicate row to the key of the row kept in its place.
+    """Map the id of every duplicate row to the key of its group's representative.
 
-    Rows not in the result are unique (or the kept representative of their group).
+    ``preferred`` marks rows the other filters kept; a group's representative is one of them when it can be.
+    Rows not in the result are unique (or the representative of their group).
     """
     n = len(ids)
-    if not (len(keys) == len(sha256) == len(phash) == len(pixels) == n):
-        raise ValueError("find_duplicates: ids, keys, sha256, phash and pixels must have the same length")
+    preferred = [True] * n if preferred is None else preferred
+    if not (len(keys) == len(sha256) == len(phash) == len(pixels) == len(preferred) == n):
+        raise ValueError("find_duplicates: ids, keys, sha256, phash, pixels, preferred must have the same length")
     uf = _UnionFind(n)
     if cfg.exact:
         first: dict[str, int] = {}
@@ -101,7 +106,7 @@ def find_duplicates(
     for members in groups.values():
         if len(members) < 2:
             continue
-        keeper = min(members, key=lambda i: (-pixels[i], keys[i], ids[i]))
+        keeper = min(members, key=lambda i: (not preferred[i], -pixels[i], keys[i], ids[i]))
         for i in members:
             if i != keeper:
                 duplicate_of[ids[i]] = keys[keeper]

@@ -11,8 +11,9 @@ Stages and where they run:
    the audit holds every score of every row, including rows that a cheap filter rejects anyway.
 4. **decide** (Ray tasks): the rule filters (:mod:`filters.rules`) list every failing reason per row.
 5. **deduplicate** (driver, global): duplicate keys (the later row in reading order is quarantined as
-   ``duplicate_key``), then exact and near duplicates among the rows still kept (:mod:`filters.dedup`), each
-   rejected as ``duplicate`` with the kept row's key in ``duplicate_of``.
+   ``duplicate_key``), then exact and near duplicates among all judged rows (:mod:`filters.dedup`): in each group
+   one representative (a kept row if there is one) stays, every other member gets ``duplicate`` added to its
+   reasons with the representative's key in ``duplicate_of`` — so a copy of a rejected row says so too.
 6. **write**: ``kept/*.parquet`` (kept rows with image bytes and scores), ``audit/*.parquet`` (every input row,
    no image bytes), then ``manifest.json``; all into a staging directory renamed into place at the end, so a
    failed run leaves no partial dataset visible.
@@ -215,7 +216,7 @@ def _apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | N
 
 
 def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, str, str | None, str | None]]:
-    """Duplicate keys, then exact/near duplicates among kept rows (see the module docstring)."""
+    """Duplicate keys, then exact/near duplicates among judged rows (see the module docstring)."""
     updates: dict[str, tuple[str, str, str | None, str | None]] = {}
     judged = meta[meta["decision"] != QUARANTINED].sort_values("id")
     first_id: dict[str, str] = {}
@@ -224,14 +225,15 @@ def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, s
             updates[rid] = (QUARANTINED, "duplicate_key", None, f"key {key!r} already read as {first_id[key]}")
         else:
             first_id[key] = rid
-    kept = judged[(judged["decision"] == KEPT) & ~judged["id"].isin(updates.keys())]
+    rows = judged[~judged["id"].isin(updates.keys())]
     dups = find_duplicates(
-        ids=kept["id"].tolist(),
-        keys=kept["key"].tolist(),
-        sha256=kept["sha256"].tolist(),
-        phash=[int(h, 16) for h in kept["phash"]],
-        pixels=(kept["width"].astype(np.int64) * kept["height"].astype(np.int64)).tolist(),
+        ids=rows["id"].tolist(),
+        keys=rows["key"].tolist(),
+        sha256=rows["sha256"].tolist(),
+        phash=[int(h, 16) for h in rows["phash"]],
+        pixels=(rows["width"].astype(np.int64) * rows["height"].astype(np.int64)).tolist(),
         cfg=cfg.curation.dedup,
+        preferred=(rows["decision"] == KEPT).tolist(),
     )
     for rid, kept_key in dups.items():
         updates[rid] = (REJECTED, "duplicate", kept_key, None)

@@ -119,3 +119,9 @@ def test_thumbnails_keep_the_aspect_and_bound_the_long_side():
     assert d.thumbnail_size == (64, 32) and len(d.thumbnail) == 64 * 32 * 3
     strip = decode_image(encode(picture(size=(1000, 10))), CFG)
     assert strip.thumbnail_size == (128, 32)
+
+
+def test_a_row_the_other_filters_kept_represents_its_group():
+    dups = find_duplicates(["a", "b"], ["a", "b"], ["x", "x"], [0, 0], [100, 1], DedupConfig(), preferred=[False, True])
+    # "a" has more pixels and the smaller key, but was rejected (e.g. watermarked): the clean copy stays.
+    assert dups == {"a": "b"}

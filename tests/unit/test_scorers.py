@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,49 @@ def test_scorers_config_from_dict_round_trips_and_rejects_unknown_keys():
     assert ScorersConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="clip.weight: unknown setting"):
         ScorersConfig.from_dict({**cfg.to_dict(), "clip": {"model": "ViT-L-14", "weight": None}})
+
+
+# ------------------------------------------------------------------ the committed toy zoo scorers (toyworld/zoo.py)
+
+
+@pytest.fixture(scope="module")
+def zoo_scorer_and_manifest():
+    from toyworld.zoo import DEFAULT_SCORERS_DIR, toy_scorers_config
+
+    manifest = json.loads((DEFAULT_SCORERS_DIR / "manifest.json").read_text())
+    cfg = toy_scorers_config(str(DEFAULT_SCORERS_DIR), model_config_dir=str(BUNDLED_OPEN_CLIP_CONFIG_DIR))
+    return ImageTextScorer(cfg), manifest
+
+
+def test_committed_toy_scorer_files_match_their_manifest_digests(zoo_scorer_and_manifest):
+    from toyworld.zoo import DEFAULT_SCORERS_DIR
+
+    _, manifest = zoo_scorer_and_manifest
+    for name, entry in manifest["files"].items():
+        assert digest_file(DEFAULT_SCORERS_DIR / entry["file"]) == entry["sha256"], name
+    assert set(manifest["thresholds"]) == {"clip_min", "aesthetic_min", "watermark_max"}
+
+
+def test_committed_toy_scorers_flag_mismatched_captions_blur_and_watermarks(zoo_scorer_and_manifest):
+    from toyworld.degrade import add_watermark, blur
+    from toyworld.scenes import caption_for, mismatched_caption, render_scene, sample_scene
+
+    scorer, manifest = zoo_scorer_and_manifest
+    thresholds = manifest["thresholds"]
+    rng = np.random.default_rng(12345)  # neither the training nor the validation seed
+    scenes = [sample_scene(rng) for _ in range(24)]
+    clean = [render_scene(scene) for scene in scenes]
+    images = [np.asarray(img) for img in clean]
+    captions = [caption_for(scene) for scene in scenes]
+    right = scorer.score(images, captions)
+    wrong = scorer.score(images, [mismatched_caption(scene, rng) for scene in scenes])
+    blurred = scorer.score([np.asarray(blur(img, rng)) for img in clean], captions)
+    marked = scorer.score([np.asarray(add_watermark(img, rng)) for img in clean], captions)
+
+    assert np.mean(right["clip_score"] >= thresholds["clip_min"]) >= 0.8
+    assert np.mean(wrong["clip_score"] < thresholds["clip_min"]) >= 0.6
+    assert np.mean(right["clip_score"] > wrong["clip_score"]) >= 0.8
+    assert np.mean(right["aesthetic_score"] >= thresholds["aesthetic_min"]) >= 0.9
+    assert np.mean(blurred["aesthetic_score"] < thresholds["aesthetic_min"]) >= 0.9
+    assert np.mean(right["watermark_prob"] < thresholds["watermark_max"]) >= 0.9
+    assert np.mean(marked["watermark_prob"] >= thresholds["watermark_max"]) >= 0.85
