@@ -27,17 +27,10 @@ def raw(rows):
 
 def decided(rows):
     table = _decode(raw(rows), cfg=CFG.curation.decode)
-    for c in ("clip_score", "aesthetic_score", "watermark_prob"):
-        table = table.set_column(
-            table.schema.get_field_index(c),
-            c,
-            __import__("pyarrow")
-            .array(
-                [50.0, 1.0, 0.0][("clip_score", "aesthetic_score", "watermark_prob").index(c)]
-                for _ in range(table.num_rows)
-            )
-            .cast("float32"),
-        )
+    # Scores of a good image-text pair under the profile's thresholds, so only decoding and the rule filters decide.
+    f = CFG.curation.filters
+    for c, value in (("clip_score", f.clip_min + 1), ("aesthetic_score", f.aesthetic_min + 1), ("watermark_prob", 0.0)):
+        table = table.set_column(table.schema.get_field_index(c), c, pa.array([value] * table.num_rows, pa.float32()))
     return _decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=CFG.curation.filters)
 
 
