@@ -89,16 +89,19 @@ def find_duplicates(
                 first[digest] = i
     if cfg.near and n > 1:
         d = cfg.phash_max_distance
+        hashes = np.array(phash, dtype=np.uint64)
         for lo, hi in _bands(d):
-            mask = (1 << (hi - lo)) - 1
-            buckets: dict[int, list[int]] = defaultdict(list)
-            for i, h in enumerate(phash):
-                buckets[(h >> lo) & mask].append(i)
-            for members in buckets.values():
-                for a_pos, a in enumerate(members):
-                    for b in members[a_pos + 1 :]:
-                        if uf.find(a) != uf.find(b) and (phash[a] ^ phash[b]).bit_count() <= d:
-                            uf.union(a, b)
+            band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            order = np.argsort(band, kind="stable")
+            starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
+            for start, stop in zip(starts, np.r_[starts[1:], n], strict=True):
+                if stop - start < 2:
+                    continue
+                members = order[start:stop]
+                # Exact check of every pair in the bucket at once: popcount of the XOR matrix.
+                close = np.bitwise_count(hashes[members, None] ^ hashes[None, members]) <= d
+                for a, b in zip(*np.nonzero(np.triu(close, k=1)), strict=True):
+                    uf.union(int(members[a]), int(members[b]))
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(n):
         groups[uf.find(i)].append(i)

@@ -1,6 +1,6 @@
 """Typed, nested, frozen configuration: profiles (``configs/<name>.yaml``) plus ``key=value`` overrides.
 
-Each component owns a frozen dataclass next to its code (``models.scorers.ScorersConfig``,
+Each component owns a frozen dataclass next to its code (``models.scorer_config.ScorersConfig``,
 ``filters.rules.FilterConfig``, ...), validates its own values in ``__post_init__`` and receives only its own
 config. This module composes them into :class:`Config` and builds it from YAML strictly:
 
@@ -30,7 +30,7 @@ import yaml
 from filters.decode import DecodeConfig
 from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
-from models.scorers import ScorersConfig
+from models.scorer_config import ScorersConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -99,6 +99,8 @@ class CurationConfig:
     """CPUs reserved by each scorer actor."""
     scorer_gpus: float = 0.0
     """GPUs reserved by each scorer actor (0 on CPU machines)."""
+    decode_cpus: float = 0.5
+    """CPUs reserved by each read+decode task."""
     folder_chunk: int = 256
     """Image files of a plain folder input read per task."""
     rows_per_file: int = 5000
@@ -110,6 +112,8 @@ class CurationConfig:
         for name in ("batch_size", "scorer_actors", "folder_chunk", "rows_per_file"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        if self.decode_cpus <= 0:
+            raise ValueError(f"decode_cpus={self.decode_cpus!r}: must be > 0")
         if self.scorer_cpus <= 0:
             raise ValueError(f"scorer_cpus={self.scorer_cpus!r}: must be > 0")
         if self.scorer_gpus < 0:

@@ -2,19 +2,19 @@
 
 Stages and where they run:
 
-1. **read** (Ray tasks, one per source): every input row becomes one raw row (:mod:`pipelines.sources`); rows that
-   cannot be read are already quarantined here with their reason.
-2. **decode** (Ray tasks, batches): safe decoding (:mod:`filters.decode`) → width, height, format, mode, sha256,
-   perceptual hash and a square thumbnail for the scorers; undecodable/oversized rows are quarantined.
-3. **score** (Ray Data actor pool): CLIP image-text score, aesthetic score and watermark probability
-   (:class:`models.scorers.ImageTextScorer`), the models loaded once per actor. Every decodable row is scored, so
-   the audit holds every score of every row, including rows that a cheap filter rejects anyway.
-4. **decide** (Ray tasks): the rule filters (:mod:`filters.rules`) list every failing reason per row.
-5. **deduplicate** (driver, global): duplicate keys (the later row in reading order is quarantined as
+1. **read + decode** (Ray tasks, one per source, streaming chunks of ``batch_size`` rows): every input row becomes
+   one raw row (:mod:`pipelines.sources`; rows that cannot be read are quarantined with their reason), then safe
+   decoding (:mod:`filters.decode`) → width, height, format, mode, sha256, perceptual hash and a thumbnail for the
+   scorers; undecodable/oversized rows are quarantined.
+2. **score + decide** (Ray Data actor pool): CLIP image-text score, aesthetic score and watermark probability
+   (:class:`models.scorers.ImageTextScorer`), the models loaded once per actor; then the rule filters
+   (:mod:`filters.rules`) list every failing reason per row. Every decodable row is scored, so the audit holds
+   every score of every row, including rows that a cheap filter rejects anyway.
+3. **deduplicate** (driver, global): duplicate keys (the later row in reading order is quarantined as
    ``duplicate_key``), then exact and near duplicates among all judged rows (:mod:`filters.dedup`): in each group
    one representative (a kept row if there is one) stays, every other member gets ``duplicate`` added to its
    reasons with the representative's key in ``duplicate_of`` — so a copy of a rejected row says so too.
-6. **write**: ``kept/*.parquet`` (kept rows with image bytes and scores), ``audit/*.parquet`` (every input row,
+4. **write**: ``kept/*.parquet`` (kept rows with image bytes and scores), ``audit/*.parquet`` (every input row,
    no image bytes), then ``manifest.json``; all into a staging directory renamed into place at the end, so a
    failed run leaves no partial dataset visible.
 
@@ -30,6 +30,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from filters.decode import DecodeConfig, decode_image, thumbnail_array
 from filters.dedup import find_duplicates
 from filters.reasons import KEPT, QUARANTINED, REJECTED
 from filters.rules import FilterConfig, apply_filters, filter_versions
-from models.scorers import ScorersConfig
+from models.scorer_config import ScorersConfig
 from pipelines import runtime
 from pipelines.config import Config, to_dict
 from pipelines.sources import Source, discover, read_source
@@ -52,6 +53,9 @@ from registry.manifest import code_version, file_digest, prepare_output, publish
 log = logging.getLogger(__name__)
 
 JOB = "curate_images"
+#: CPUs reserved by the light bookkeeping stages (projection, global updates, writes): they must not wait for the
+#: scorer actors, which may still hold their CPUs while the pool shuts down.
+LIGHT_CPUS = 0.5
 SCORE_COLUMNS = ("clip_score", "aesthetic_score", "watermark_prob")
 
 AUDIT_SCHEMA = pa.schema(
@@ -98,9 +102,22 @@ class CurationResult:
 # ------------------------------------------------------------------------------------------------ stages
 
 
-def _read(item: dict, *, root: str, max_bytes: int) -> list[dict]:
-    source = Source(kind=item["kind"], path=item["path"], files=tuple(item["files"] or ()))
-    return list(read_source(Path(root), source, max_bytes=max_bytes))
+def _read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) -> Iterator[pa.Table]:
+    """Read each source of ``items`` and decode its rows, yielding decoded tables of up to ``chunk`` rows.
+
+    Reading and decoding share one task so raw bytes are not shipped between processes twice; yielding chunks
+    streams blocks to the scorers while the rest of a large shard is still being read.
+    """
+    for item in items.to_pylist():
+        source = Source(kind=item["kind"], path=item["path"], files=tuple(item["files"] or ()))
+        rows: list[dict] = []
+        for row in read_source(Path(root), source, max_bytes=cfg.max_bytes):
+            rows.append(row)
+            if len(rows) == chunk:
+                yield _decode(pa.Table.from_pylist(rows), cfg=cfg)
+                rows = []
+        if rows:
+            yield _decode(pa.Table.from_pylist(rows), cfg=cfg)
 
 
 def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
@@ -141,12 +158,17 @@ def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
 
 
 class _ScoreActor:
-    """Ray Data actor: loads the scorers once, scores the decodable rows of each batch."""
+    """Ray Data actor: loads the scorers once; scores the decodable rows of each batch, then applies the rules.
 
-    def __init__(self, scorers: ScorersConfig) -> None:
+    The rule filters run here rather than in a task of their own: they cost microseconds a row, and a separate
+    stage would ship every block through the object store once more.
+    """
+
+    def __init__(self, scorers: ScorersConfig, filters: FilterConfig) -> None:
         from models.scorers import ImageTextScorer
 
         self.scorer = ImageTextScorer(scorers)
+        self.filters = filters
 
     def __call__(self, table: pa.Table) -> pa.Table:
         decodable = table.column("decodable").to_pylist()
@@ -164,7 +186,7 @@ class _ScoreActor:
             pos = table.schema.get_field_index(c)
             arr = pa.array(full[c], type=pa.float32(), mask=np.isnan(full[c]))
             table = table.set_column(pos, c, arr)
-        return table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"])
+        return _decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=self.filters)
 
 
 def _decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
@@ -267,28 +289,32 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
     runtime.connect(cfg.ray)
     items = [{"kind": s.kind, "path": s.path, "files": list(s.files)} for s in sources]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_read, fn_kwargs={"root": str(root), "max_bytes": cur.decode.max_bytes}, num_cpus=0.5)
     ds = ds.map_batches(
-        _decode, fn_kwargs={"cfg": cur.decode}, batch_size=cur.batch_size, batch_format="pyarrow", num_cpus=0.5
+        _read_decode,
+        fn_kwargs={"root": str(root), "cfg": cur.decode, "chunk": cur.batch_size},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cur.decode_cpus,
     )
     ds = ds.map_batches(
         _ScoreActor,
-        fn_constructor_kwargs={"scorers": cfg.scorers},
+        fn_constructor_kwargs={"scorers": cfg.scorers, "filters": cur.filters},
         batch_size=cur.batch_size,
         batch_format="pyarrow",
         concurrency=cur.scorer_actors,
         num_cpus=cur.scorer_cpus,
         num_gpus=cur.scorer_gpus,
     )
-    ds = ds.map_batches(_decide, fn_kwargs={"cfg": cur.filters}, batch_format="pyarrow", num_cpus=0.5)
     ds = ds.materialize()
     timings["read_decode_score_decide_s"] = time.monotonic() - t0
 
     t = time.monotonic()
-    meta = ds.select_columns(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
+    meta = ds.select_columns(["id", "key", "decision", "sha256", "phash", "width", "height"], num_cpus=LIGHT_CPUS)
+    meta = meta.to_pandas()
     updates = _global_decisions(meta, cfg)
-    ds = ds.map_batches(_apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=0.5)
-    ds = ds.drop_columns(["decodable", "quarantine"]).materialize()
+    # Not materialised again: each of the two writes below applies the updates to the materialised blocks.
+    ds = ds.map_batches(_apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    ds = ds.drop_columns(["decodable", "quarantine"], num_cpus=LIGHT_CPUS)
     timings["deduplicate_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -306,10 +332,11 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
         "source",
         "id",
     ]
-    ds.filter(expr=f"decision == '{KEPT}'").select_columns(kept_cols).write_parquet(
-        str(staging / "kept"), max_rows_per_file=cur.rows_per_file
-    )
-    ds.drop_columns(["image"]).write_parquet(str(staging / "audit"), max_rows_per_file=cur.rows_per_file)
+    light = {"num_cpus": LIGHT_CPUS}
+    kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(kept_cols, num_cpus=LIGHT_CPUS)
+    kept.write_parquet(str(staging / "kept"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
+    audit = ds.drop_columns(["image"], num_cpus=LIGHT_CPUS)
+    audit.write_parquet(str(staging / "audit"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
 
     manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
