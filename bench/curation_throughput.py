@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  single process, {threads} torch thread(s) ({label}): {base_s:7.1f} s {n_base / base_s:8.1f} rows/s"
             f"  -> ratio Ray / single {ray_rate / (n_base / base_s):.2f}x"
         )
+    print(f"  Ray job phases (s): {result.manifest['timings']}")
     print("  target: ≥ 1.7x against the same-scorer-settings baseline")
     return 0
 
