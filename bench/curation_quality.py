@@ -51,7 +51,8 @@ EXPECTED = {
 
 def evaluate(audit, labels) -> dict:
     """Per-label recall, per-reason precision and the clean false-rejection rate from an audit joined to labels."""
-    df = labels.join(audit.set_index("key")[["decision", "reasons", "duplicate_of"]], how="left", rsuffix="_audit")
+    audit_cols = audit.set_index("key")[["decision", "reasons", "duplicate_of"]].add_suffix("_audit")
+    df = labels.join(audit_cols.rename(columns={"decision_audit": "decision", "reasons_audit": "reasons"}), how="left")
     missing = int(df["decision"].isna().sum())
     df["reasons"] = df["reasons"].apply(lambda r: [] if r is None else list(r))
     per_label = {}
