@@ -312,6 +312,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
     meta = ds.select_columns(["id", "key", "decision", "sha256", "phash", "width", "height"], num_cpus=LIGHT_CPUS)
     meta = meta.to_pandas()
     timings["collect_dedup_columns_s"] = time.monotonic() - t
+    t = time.monotonic()
     updates = _global_decisions(meta, cfg)
     # Not materialised again: each of the two writes below applies the updates to the materialised blocks.
     ds = ds.map_batches(_apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
