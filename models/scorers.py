@@ -106,6 +106,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _require_weights(key: str, path: str | None) -> None:
+    """Fail before building a model whose configured weights file is missing, naming the config key."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: {path} does not exist")
+
+
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a local state dict into ``module`` strictly; key or shape mismatches raise with the path named."""
     state = load_state_dict_file(path)
@@ -181,8 +187,7 @@ def build_clip(
         with torch.device("meta"), _quiet_random_init_warning():
             model = open_clip.create_model(cfg.model, pretrained=None, device="meta")
     else:
-        if cfg.weights is not None and not Path(cfg.weights).is_file():
-            raise FileNotFoundError(f"clip.weights: {cfg.weights} does not exist")
+        _require_weights("clip.weights", cfg.weights)
         with _quiet_random_init_warning():
             model = open_clip.create_model(cfg.model, pretrained=None, device=device)
         if cfg.weights is not None:
@@ -240,8 +245,7 @@ def build_aesthetic(cfg: AestheticConfig, *, device: str | torch.device = "cpu",
     if meta:
         with torch.device("meta"):
             return AestheticMLP(cfg.input_dim, cfg.hidden).eval()
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise FileNotFoundError(f"aesthetic.weights: {cfg.weights} does not exist")
+    _require_weights("aesthetic.weights", cfg.weights)
     model = AestheticMLP(cfg.input_dim, cfg.hidden)
     if cfg.weights is not None:
         load_weights(model, cfg.weights)
@@ -329,8 +333,7 @@ def build_watermark(
     if meta:
         with torch.device("meta"):
             return WatermarkDetector(cfg.arch, cfg.positive_index).eval()
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise FileNotFoundError(f"watermark.weights: {cfg.weights} does not exist")
+    _require_weights("watermark.weights", cfg.weights)
     detector = WatermarkDetector(cfg.arch, cfg.positive_index)
     if cfg.weights is not None:
         load_weights(detector.net, cfg.weights)
