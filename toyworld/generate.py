@@ -44,7 +44,7 @@ from toyworld.videos import generate_video_records, write_video_dataset
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "toyworld-1.0"
+GENERATOR_VERSION = "toyworld-1.1"  # 1.1: mp4s encoded at constant QP (byte-stable)
 """Bump when any generator's output for a given seed changes."""
 
 

@@ -146,7 +146,9 @@ def encode_mp4(frames: np.ndarray, *, fps: int = FPS, codec: str = "libx264") ->
         stream.codec_context.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "medium"}
+            # Constant quantiser, not crf: crf's rate control is floating point, and its decisions changed with
+            # the process's floating-point state (measured: importing torch changed the bytes of some clips).
+            stream.options = {"qp": "18", "preset": "medium"}
         elif codec == "mpeg4":
             stream.options = {"qscale": "2"}
         else:

@@ -108,3 +108,21 @@ def test_video_dataset_layout_is_complete_and_byte_identical_for_a_seed(records,
     assert all(row["direction"] == r["direction"] for row, r in zip(labels, records, strict=False))
     other = generate_video_records(4, 6)
     assert not np.array_equal(other[0]["frames"], records[0]["frames"])
+
+
+def test_mp4_bytes_do_not_depend_on_what_the_process_has_imported():
+    import subprocess
+    import sys
+
+    # torch changes the process's floating-point state; a float-driven rate control then changed the bitstream.
+    code = (
+        "import hashlib\n"
+        "from toyworld.videos import generate_video_records, encode_mp4\n"
+        "clips = [r['frames'] for s in (0, 3) for r in generate_video_records(s, 6)]\n"
+        "before = [hashlib.sha256(encode_mp4(f)).hexdigest() for f in clips]\n"
+        "import torch  # noqa: F401\n"
+        "after = [hashlib.sha256(encode_mp4(f)).hexdigest() for f in clips]\n"
+        "assert before == after, 'mp4 bytes changed after importing torch'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
