@@ -30,16 +30,23 @@ REJECT_REASONS: dict[str, str] = {
     "low_aesthetic": "aesthetic score below curation.filters.aesthetic_min",
     "low_clip_score": "CLIP image-text score below curation.filters.clip_min (caption does not match the image)",
     "duplicate": "exact (sha256) or near (perceptual hash) duplicate of the kept row named in duplicate_of",
+    # Video curation (video_curation.filters.*).
+    "too_short": "fewer frames than the clip needs (video_curation.filters.min_frames, after scene-cut splitting)",
+    "too_long": "duration above video_curation.filters.max_duration_s, or more frames than video.max_decode_frames",
+    "too_static": "motion score below video_curation.filters.motion_min (nearly still video)",
+    "too_jumpy": "motion score above video_curation.filters.motion_max (shaky or flickering video)",
+    "scene_cut": "the clip spans a scene cut and video_curation.filters.scene_cut is 'reject'",
 }
 
 #: Quarantine reasons: the row could not be judged.
 QUARANTINE_REASONS: dict[str, str] = {
-    "undecodable": "image bytes missing, truncated or not an image",
+    "undecodable": "image or video bytes missing, truncated, zero-byte or not an image/video",
     "too_large": "declared pixel count or byte size above curation.decode limits (decompression-bomb guard)",
     "bad_schema": "record malformed: missing or mistyped columns, unreadable shard, member without its pair",
     "unsafe_path": "a path in the input leaves the dataset root (absolute, '..', or a symlink)",
     "duplicate_key": "the same key was already read from an earlier row (sources in sorted order)",
     "bad_encoding": "caption bytes are not valid UTF-8",
+    "missing_frames": "a frame sequence has gaps in its numbering, no frames, or a frame that cannot be decoded",
 }
 
 ALL_REASONS = {**REJECT_REASONS, **QUARANTINE_REASONS}
