@@ -7,10 +7,11 @@ Layout of ``out``::
     dancers/  SEQ/images/NNNN.png, SEQ/pose/NNNN.json, labels.parquet          (toyworld.dancers)
     world.json
 
-``world.json`` holds the seed, counts, per-label counts, :data:`GENERATOR_VERSION`, the versions of the libraries
-whose encoders shape the bytes (Pillow, PyAV, pyarrow, numpy), and the sha256 of every other file, so two worlds
-can be compared by their manifests alone. It contains no timestamps: the same seed and library versions give a
-byte-identical world, manifest included.
+``world.json`` holds the seed, counts, per-label counts (image labels and expected decisions, video kinds and
+directions, dancer patterns), :data:`GENERATOR_VERSION`, the versions of the libraries whose encoders shape the
+bytes (Pillow, PyAV, pyarrow, numpy), and the sha256 of every other file, so two worlds can be compared by their
+manifests alone. It contains no timestamps: the same seed and library versions give a byte-identical world,
+manifest included.
 
 Decisions worth knowing:
 
@@ -44,7 +45,7 @@ from toyworld.videos import generate_video_records, write_video_dataset
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "toyworld-1.1"  # 1.1: mp4s encoded at constant QP (byte-stable)
+GENERATOR_VERSION = "toyworld-1.2"  # 1.2: video clips get labelled defect kinds; 1.1: mp4s at constant QP (byte-stable)
 """Bump when any generator's output for a given seed changes."""
 
 
@@ -90,6 +91,7 @@ def _write_world(tmp: Path, *, seed: int, images: int, videos: int, dancers: int
         "image_label_counts": image_summary["label_counts"],
         "image_expected_decision_counts": image_summary["expected_decision_counts"],
         "video_direction_counts": video_summary["direction_counts"],
+        "video_kind_counts": video_summary["kind_counts"],
         "dancer_pattern_counts": dancer_summary["pattern_counts"],
         "libraries": {
             "pillow": PIL.__version__,

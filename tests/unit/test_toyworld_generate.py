@@ -8,6 +8,7 @@ import json
 import pytest
 
 from toyworld.generate import GENERATOR_VERSION, generate_world
+from toyworld.videos import KINDS
 
 COUNTS = {"images": 40, "videos": 3, "dancers": 2}
 
@@ -25,7 +26,10 @@ def test_generate_world_writes_all_parts_and_a_manifest_with_file_digests(world)
     assert summary["seed"] == 3 and summary["counts"] == COUNTS
     assert summary["generator_version"] == GENERATOR_VERSION
     assert sum(summary["image_label_counts"].values()) == 40
-    assert sum(summary["video_direction_counts"].values()) == 3
+    assert sum(summary["video_kind_counts"].values()) == 3
+    assert set(summary["video_kind_counts"]) <= set(KINDS)
+    static = summary["video_kind_counts"].get("static", 0)
+    assert sum(summary["video_direction_counts"].values()) == 3 - static  # static clips have no direction
     assert sum(summary["dancer_pattern_counts"].values()) == 2
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "world.json")
     assert sorted(summary["files"]) == files
