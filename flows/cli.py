@@ -78,7 +78,7 @@ def toy_data(
 
 @toy_app.command("train-zoo")
 def toy_train_zoo(
-    only: list[str] = typer.Option([], "--only", help="Zoo part(s) to train (scorers). Default: all."),
+    only: list[str] = typer.Option([], "--only", help="Zoo part(s) to train (scorers, captioner). Default: all."),
     out: Path = typer.Option(None, "--out", help="Zoo root (default: toyworld/zoo)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
 ) -> None:
@@ -94,23 +94,38 @@ def toy_train_zoo(
     typer.echo(f"toy zoo trained: {', '.join(params.only)} under {params.out}")
 
 
+def _check_io(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    if not input_dir.exists():
+        _fail(f"--input {input_dir} does not exist")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        _fail(f"--output {output_dir} is not empty; choose a new directory or pass --overwrite")
+
+
+def _print_counts(what: str, counts: dict) -> None:
+    clips = f" ({counts['clips']} clips)" if "clips" in counts else ""
+    typer.echo(f"{what} {counts['input']} inputs{clips}: {json.dumps(counts['by_decision'])}")
+    for reason, n in counts["by_reason"].items():
+        typer.echo(f"  {reason:<22} {n}")
+
+
+SUBMIT = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
+
+
 @curate_app.command("images")
 def curate_images(
     input_dir: Path = typer.Option(..., "--input", help="img2dataset Parquet, webdataset tars or captioned images."),
     output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Curate image-text data for quality and watermarks (flow ``curate-images``)."""
     from flows.curate import CurateImagesParams, curate_images_flow
 
     _config(profile, overrides)
-    if not input_dir.exists():
-        _fail(f"--input {input_dir} does not exist")
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        _fail(f"--output {output_dir} is not empty; choose a new directory or pass --overwrite")
+    _check_io(input_dir, output_dir, overwrite)
     params = CurateImagesParams(
         input_dir=str(input_dir.resolve()),
         output_dir=str(output_dir.resolve()),
@@ -120,12 +135,75 @@ def curate_images(
         overwrite=overwrite,
     )
     manifest = curate_images_flow(params)
-    counts = manifest["counts"]
-    typer.echo(f"curated {counts['input']} rows: {json.dumps(counts['by_decision'])}")
-    for reason, n in counts["by_reason"].items():
-        typer.echo(f"  {reason:<22} {n}")
+    _print_counts("curated", manifest["counts"])
     typer.echo(
         f"kept rows:  {output_dir / 'kept'}\naudit:      {output_dir / 'audit'}\n"
+        f"manifest:   {output_dir / 'manifest.json'}"
+    )
+
+
+@curate_app.command("videos")
+def curate_videos(
+    input_dir: Path = typer.Option(..., "--input", help="Video files with .txt captions, webdataset tars, sequences."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Curate text-video data: duration, resolution, motion, scene cuts, watermark, aesthetic, CLIP (flow
+    ``curate-videos``)."""
+    from flows.videos import VideoJobParams, curate_videos_flow
+
+    _config(profile, overrides)
+    _check_io(input_dir, output_dir, overwrite)
+    params = VideoJobParams(
+        input_dir=str(input_dir.resolve()),
+        output_dir=str(output_dir.resolve()),
+        profile=profile,
+        overrides=list(overrides),
+        submit=submit,
+        overwrite=overwrite,
+    )
+    manifest = curate_videos_flow(params)
+    _print_counts("curated", manifest["counts"])
+    typer.echo(
+        f"kept clips: {output_dir / 'kept'}\naudit:      {output_dir / 'audit'}\n"
+        f"manifest:   {output_dir / 'manifest.json'}"
+    )
+
+
+@app.command("recaption")
+def recaption(
+    input_dir: Path = typer.Option(..., "--input", help="TikTok-style sequences, video files or webdataset tars."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for captioned/, audit/, manifest.json."),
+    backend: str = typer.Option(None, "--backend", help="transformers or lavis (default: the profile's)."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Recaption video clips with BLIP, storing pose control frames for TikTok-style data (flow
+    ``recaption-videos``)."""
+    from flows.videos import BACKENDS, RecaptionParams, recaption_videos_flow
+
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend {backend!r}: choose {' or '.join(BACKENDS)}")
+    params = RecaptionParams(
+        input_dir=str(input_dir.resolve()),
+        output_dir=str(output_dir.resolve()),
+        backend=backend,
+        profile=profile,
+        overrides=list(overrides),
+        submit=submit,
+        overwrite=overwrite,
+    )
+    _config(profile, params.config_overrides())
+    _check_io(input_dir, output_dir, overwrite)
+    manifest = recaption_videos_flow(params)
+    _print_counts("recaptioned", manifest["counts"])
+    typer.echo(
+        f"captioned:  {output_dir / 'captioned'}\naudit:      {output_dir / 'audit'}\n"
         f"manifest:   {output_dir / 'manifest.json'}"
     )
 

@@ -30,6 +30,9 @@ import yaml
 from filters.decode import DecodeConfig
 from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
+from filters.video_rules import VideoFilterConfig
+from models.captioner_config import CaptionerConfig
+from models.pose import PoseConfig
 from models.scorer_config import ScorersConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +124,132 @@ class CurationConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    """How clips are decoded and sampled from videos and frame sequences."""
+
+    frames: int = 16
+    """Frames per clip."""
+    stride: int = 4
+    """Source frames between two sampled frames."""
+    short_side: int = 512
+    """Shorter side of the stored frames, in pixels (aspect kept)."""
+    square: bool = False
+    """Centre-crop the stored frames to ``short_side`` × ``short_side``."""
+    frame_folder_fps: float = 30.0
+    """Frame rate assumed for frame-folder (TikTok) sequences, which carry none."""
+    max_bytes: int = 536_870_912
+    """Largest video file read (bytes); larger ones are quarantined as ``too_large``."""
+    max_pixels: int = 8_294_400
+    """Largest frame (width × height) decoded; larger ones are quarantined as ``too_large`` (3840×2160 default)."""
+    max_decode_frames: int = 18_000
+    """Most frames decoded from one input; longer inputs are rejected as ``too_long``."""
+    analysis_size: int = 32
+    """Side of the grey thumbnails used for motion and scene-cut statistics."""
+    chunk: int = 64
+    """Video files or sequences read per task."""
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "stride", "short_side", "max_bytes", "max_pixels", "max_decode_frames", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        if self.analysis_size < 4:
+            raise ValueError(f"analysis_size={self.analysis_size!r}: must be ≥ 4 pixels")
+        if self.frame_folder_fps <= 0:
+            raise ValueError(f"frame_folder_fps={self.frame_folder_fps!r}: must be > 0")
+
+    @property
+    def span(self) -> int:
+        """Source frames covered by one clip."""
+        return (self.frames - 1) * self.stride + 1
+
+
+AGGREGATIONS = ("clip_best", "first", "most_common")
+"""How one caption is chosen among a clip's candidates."""
+
+
+@dataclass(frozen=True)
+class RecaptionConfig:
+    """The recaptioning job (``pipelines.recaption``): BLIP captions for video clips (e.g. TikTok dances)."""
+
+    dataset_name: str = "recaptioned-videos"
+    """Name recorded in the output manifest."""
+    frames_at: tuple[float, ...] = (0.1, 0.5, 0.9)
+    """Positions in the sampled clip (0 = first frame, 1 = last) of the frames that get a candidate caption."""
+    aggregation: str = "clip_best"
+    """``clip_best`` (the candidate with the highest CLIP score against the middle frame), ``first``, or
+    ``most_common`` (ties go to the candidate of the frame nearest the middle)."""
+    control: PoseConfig = PoseConfig()
+    """Control frames (pose maps) stored with each clip."""
+    batch_size: int = 8
+    """Clips per captioning batch."""
+    actors: int = 2
+    """Size of the Ray Data actor pool running the captioner (each actor loads the model once)."""
+    actor_cpus: float = 1.0
+    """CPUs reserved by each captioner actor."""
+    actor_gpus: float = 0.0
+    """GPUs reserved by each captioner actor."""
+    ingest_cpus: float = 0.5
+    """CPUs reserved by each read+ingest task."""
+    rows_per_file: int = 1000
+    """Largest number of clips in one output Parquet file."""
+
+    def __post_init__(self) -> None:
+        if not self.dataset_name.strip():
+            raise ValueError("dataset_name='': must be a non-empty name")
+        if not self.frames_at or any(not 0.0 <= f <= 1.0 for f in self.frames_at):
+            raise ValueError(f"frames_at={list(self.frames_at)!r}: give one or more positions in [0, 1]")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+        for name in ("batch_size", "actors", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        for name in ("actor_cpus", "ingest_cpus"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.actor_gpus < 0:
+            raise ValueError(f"actor_gpus={self.actor_gpus!r}: must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class VideoCurationConfig:
+    """The text-video curation job (``pipelines.curate_videos``)."""
+
+    dataset_name: str = "curated-videos"
+    """Name recorded in the output manifest."""
+    filters: VideoFilterConfig = VideoFilterConfig()
+    """Thresholds of the video filters and the scene-cut policy."""
+    score_frames_at: tuple[float, ...] = (0.0, 0.5, 1.0)
+    """Positions in the sampled clip of the frames scored for watermark (max) and aesthetic (mean); the CLIP
+    score uses the middle sampled frame."""
+    batch_size: int = 8
+    """Clips per scoring batch."""
+    scorer_actors: int = 2
+    """Size of the Ray Data actor pool running the scorers."""
+    scorer_cpus: float = 1.0
+    """CPUs reserved by each scorer actor."""
+    scorer_gpus: float = 0.0
+    """GPUs reserved by each scorer actor."""
+    ingest_cpus: float = 0.5
+    """CPUs reserved by each read+ingest task."""
+    rows_per_file: int = 1000
+    """Largest number of clips in one output Parquet file."""
+
+    def __post_init__(self) -> None:
+        if not self.dataset_name.strip():
+            raise ValueError("dataset_name='': must be a non-empty name")
+        if not self.score_frames_at or any(not 0.0 <= f <= 1.0 for f in self.score_frames_at):
+            raise ValueError(f"score_frames_at={list(self.score_frames_at)!r}: give one or more positions in [0, 1]")
+        for name in ("batch_size", "scorer_actors", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        for name in ("scorer_cpus", "ingest_cpus"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.scorer_gpus < 0:
+            raise ValueError(f"scorer_gpus={self.scorer_gpus!r}: must be ≥ 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole platform configuration (one profile, fully resolved)."""
 
@@ -136,6 +265,14 @@ class Config:
     """Model scorers used by curation (CLIP, aesthetic, watermark)."""
     curation: CurationConfig
     """The image-text curation job."""
+    video: ClipConfig
+    """How clips are decoded and sampled (recaptioning and video curation)."""
+    captioner: CaptionerConfig
+    """The BLIP captioner (backend, weights, generation settings)."""
+    recaption: RecaptionConfig
+    """The recaptioning job."""
+    video_curation: VideoCurationConfig
+    """The text-video curation job."""
 
 
 # ----------------------------------------------------------------------------------------------- building

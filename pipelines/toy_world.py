@@ -17,7 +17,7 @@ from registry.manifest import code_version
 
 log = logging.getLogger(__name__)
 
-ZOO_PARTS = ("scorers",)
+ZOO_PARTS = ("scorers", "captioner")
 
 
 def generate(
@@ -47,7 +47,7 @@ def generate(
 
 
 def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
-    """Train the requested parts of the toy zoo (``scorers``; later issues add teachers and the captioner)."""
+    """Train the requested parts of the toy zoo (``scorers``, ``captioner``); each goes to ``out_root/<part>``."""
     parts = list(only or ZOO_PARTS)
     unknown = [p for p in parts if p not in ZOO_PARTS]
     if unknown:
@@ -58,6 +58,10 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
             from toyworld.zoo import train_scorers
 
             results[part] = train_scorers(Path(out_root) / "scorers", seed=seed)
+        elif part == "captioner":
+            from toyworld.captioner import train_captioner
+
+            results[part] = train_captioner(Path(out_root) / "captioner", seed=seed)
         else:
             raise ValueError(f"unknown zoo part {part!r}; choose from {', '.join(ZOO_PARTS)}")
     return {"parts": results, "code_version": code_version()}

@@ -44,3 +44,13 @@ def curated(toy_images, ray_local, tmp_path_factory):
     src, _ = toy_images
     out = tmp_path_factory.mktemp("curated") / "out"
     return run(load_config("toy"), src / "parquet", out)
+
+
+@pytest.fixture(scope="session")
+def toy_video_world(tmp_path_factory):
+    """A small toy world with labelled video kinds and dancers (seed 4343): videos/ and dancers/ with labels."""
+    from toyworld.generate import generate_world
+
+    out = tmp_path_factory.mktemp("toyvid") / "world"
+    generate_world(out, seed=4343, images=0, videos=40, dancers=6)
+    return out

@@ -1,0 +1,125 @@
+"""Flows ``recaption-videos`` (BLIP captions for video clips) and ``curate-videos`` (text-video curation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+from pydantic import Field
+
+from flows.common import JobParams, apply_env_defaults
+from flows.curate import reason_rows
+from pipelines import curate_videos, recaption, runtime
+from pipelines.config import Config, load_config
+from registry.manifest import read_manifest
+
+BACKENDS = ("transformers", "lavis")
+
+
+class VideoJobParams(JobParams):
+    """Inputs and outputs of a video job."""
+
+    input_dir: str = Field(
+        description="Directory of TikTok-style sequences (SEQ/images/0001.png), video files with .txt captions, "
+        "or video2dataset webdataset tars."
+    )
+    output_dir: str = Field(description="New directory for the dataset, audit/ and manifest.json.")
+    overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
+
+
+class RecaptionParams(VideoJobParams):
+    """Parameters of the ``recaption-videos`` flow."""
+
+    backend: str | None = Field(
+        None, description="Captioner backend: transformers or lavis (default: the profile's captioner.backend)."
+    )
+
+    def config_overrides(self) -> list[str]:
+        """The profile overrides, with the backend choice last."""
+        if self.backend is None:
+            return list(self.overrides)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}: choose {' or '.join(BACKENDS)}")
+        return [*self.overrides, f"captioner.backend={self.backend}"]
+
+
+def _job_args(params: VideoJobParams) -> list[str]:
+    args = ["--input", params.input_dir, "--output", params.output_dir]
+    return [*args, "--overwrite"] if params.overwrite else args
+
+
+@task(name="run-recaption-job", cache_policy=NONE)
+def run_recaption_job(cfg: Config, params: RecaptionParams) -> dict:
+    """Run the recaptioning job (here, or submitted to the cluster) and return its manifest."""
+    if params.submit:
+        runtime.submit(recaption.JOB, _job_args(params), cfg)
+        return read_manifest(Path(params.output_dir))
+    return recaption.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+
+
+@task(name="run-curate-videos-job", cache_policy=NONE)
+def run_curate_videos_job(cfg: Config, params: VideoJobParams) -> dict:
+    """Run the video curation job (here, or submitted to the cluster) and return its manifest."""
+    if params.submit:
+        runtime.submit(curate_videos.JOB, _job_args(params), cfg)
+        return read_manifest(Path(params.output_dir))
+    return curate_videos.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+
+
+def _summary(title: str, manifest: dict, output_dir: str, dataset: str) -> str:
+    counts = manifest["counts"]
+    return (
+        f"### {title}: {counts['input']} inputs, {counts['clips']} clips\n\n| decision | clips |\n|---|---|\n"
+        + "".join(f"| {d} | {n} |\n" for d, n in counts["by_decision"].items())
+        + f"\nOutput: `{output_dir}` ({dataset}, audit/, manifest.json), version `{manifest['version']}`"
+    )
+
+
+@flow(name="recaption-videos")
+def recaption_videos_flow(params: RecaptionParams) -> dict:
+    """Recaption video clips with BLIP: validate → run the job → read its manifest → publish a summary."""
+    apply_env_defaults()
+    logger = get_run_logger()
+    cfg = load_config(params.profile, params.config_overrides())
+    manifest = run_recaption_job(cfg, params)
+    create_table_artifact(
+        key="recaption-videos-reasons",
+        table=reason_rows(manifest),
+        description=f"Clips per reject/quarantine reason for {params.input_dir}",
+    )
+    create_markdown_artifact(
+        key="recaption-videos-summary",
+        markdown=_summary("Recaptioned", manifest, params.output_dir, "captioned/")
+        + f"\n\nCaptioner: `{cfg.captioner.name}` ({cfg.captioner.backend}), aggregation "
+        f"`{cfg.recaption.aggregation}` over frames at {list(cfg.recaption.frames_at)}",
+        description="Recaptioning summary",
+    )
+    by = manifest["counts"]["by_decision"]
+    logger.info("captioned %d clips (%d rejected, %d quarantined); outputs in %s", by["kept"], by["rejected"],
+                by["quarantined"], params.output_dir)  # fmt: skip
+    return manifest
+
+
+@flow(name="curate-videos")
+def curate_videos_flow(params: VideoJobParams) -> dict:
+    """Curate text-video data: validate → run the job → read its manifest → publish counts per reason."""
+    apply_env_defaults()
+    logger = get_run_logger()
+    cfg = load_config(params.profile, params.overrides)
+    manifest = run_curate_videos_job(cfg, params)
+    create_table_artifact(
+        key="curate-videos-reasons",
+        table=reason_rows(manifest),
+        description=f"Clips per reject/quarantine reason for {params.input_dir}",
+    )
+    create_markdown_artifact(
+        key="curate-videos-summary",
+        markdown=_summary("Curated videos", manifest, params.output_dir, "kept/"),
+        description="Video curation summary",
+    )
+    by = manifest["counts"]["by_decision"]
+    logger.info("kept %d, rejected %d, quarantined %d clips; outputs in %s", by["kept"], by["rejected"],
+                by["quarantined"], params.output_dir)  # fmt: skip
+    return manifest

@@ -1,0 +1,306 @@
+"""Text-video curation on Ray Data: read → ingest (sample, split at scene cuts) → score → decide → write + audit.
+
+Stages and where they run:
+
+1. **read + ingest** (Ray tasks, one per source chunk; :mod:`pipelines.video_ingest`): every input becomes one
+   clip, or one per cut-free segment when ``video_curation.filters.scene_cut`` is ``split``; frames sampled per
+   ``video.*``, motion score and scene cuts computed on the way. Unreadable inputs are quarantined with their reason;
+   segments or inputs shorter than a clip are rejected as ``too_short``, inputs past ``video.max_decode_frames``
+   as ``too_long``.
+2. **score + decide** (Ray Data actor pool, scorers loaded once per actor): watermark probability (max) and
+   aesthetic score (mean) over the sampled frames at ``video_curation.score_frames_at``, CLIP score of the middle
+   sampled frame against the caption; then the video rule filters (:mod:`filters.video_rules`) list every failing
+   reason: resolution, duration, caption, motion band, scene cut, watermark, aesthetic, CLIP.
+3. **global** (driver): a key read again later is quarantined as ``duplicate_key``.
+4. **write**: ``kept/*.parquet`` (kept clips with frame bytes and scores), ``audit/*.parquet`` (every clip, no
+   frame bytes), then ``manifest.json``, all into a staging directory renamed into place at the end.
+
+Invariant (checked before publishing): every input appears in the audit (``parent_id``), every clip once, and
+kept + rejected + quarantined = clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from filters.reasons import KEPT, QUARANTINED, REJECTED
+from filters.video_rules import VideoFilterConfig, apply_video_filters, video_filter_versions
+from models.scorer_config import ScorersConfig
+from models.video_io import decode_png
+from pipelines import runtime
+from pipelines.accounting import check_accounting, dataset_digest, inputs_with_digests
+from pipelines.config import Config, to_dict
+from pipelines.recaption import candidate_positions
+from pipelines.video_ingest import CutPolicy, read_ingest, source_items
+from pipelines.video_sources import discover_videos
+from registry.manifest import code_version, prepare_output, publish, write_manifest
+
+log = logging.getLogger(__name__)
+
+JOB = "curate_videos"
+LIGHT_CPUS = 0.25
+SCORE_COLUMNS = ("clip_score", "aesthetic_score", "watermark_prob")
+SCORE_FIELDS = [
+    ("decision", pa.string()),
+    ("clip_score", pa.float32()),
+    ("aesthetic_score", pa.float32()),
+    ("watermark_prob", pa.float32()),
+    ("duplicate_of", pa.string()),
+]
+
+
+@dataclass(frozen=True)
+class VideoCurationResult:
+    """Where the curated video dataset went and its manifest."""
+
+    output: Path
+    manifest: dict
+
+
+def cut_policy(filters: VideoFilterConfig) -> CutPolicy:
+    """Ingest's scene-cut handling for a filter config."""
+    if filters.scene_cut == "split":
+        return CutPolicy(split=True, threshold=filters.cut_threshold)
+    elif filters.scene_cut == "reject":
+        return CutPolicy(split=False, threshold=filters.cut_threshold)
+    elif filters.scene_cut == "ignore":
+        return CutPolicy(split=False, threshold=None)
+    else:
+        raise ValueError(f"scene_cut={filters.scene_cut!r}: choose split, reject or ignore")
+
+
+class _VideoScoreActor:
+    """Ray Data actor: loads the scorers once; scores the sampled frames of each clip, then applies the filters."""
+
+    def __init__(self, scorers: ScorersConfig, filters: VideoFilterConfig, score_frames_at) -> None:
+        from models.scorers import ImageTextScorer
+
+        self.scorer = ImageTextScorer(scorers)
+        self.filters = filters
+        self.score_frames_at = tuple(score_frames_at)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        for r in rows:
+            r.update({c: None for c in SCORE_COLUMNS}, duplicate_of=None)
+        judged = [r for r in rows if r["quarantine"] is None and not r["reasons"]]
+        images, captions, owners = [], [], []
+        for j, r in enumerate(judged):
+            n = len(r["frames"])
+            for p in [*candidate_positions(n, self.score_frames_at), n // 2]:
+                images.append(decode_png(r["frames"][p]))
+                captions.append(r["caption"] or "")
+                owners.append(j)
+        if images:
+            scores = self.scorer.score(images, captions)
+            owners_arr = np.asarray(owners)
+            for j, r in enumerate(judged):
+                at = np.flatnonzero(owners_arr == j)
+                r["watermark_prob"] = float(scores["watermark_prob"][at[:-1]].max())
+                r["aesthetic_score"] = float(scores["aesthetic_score"][at[:-1]].mean())
+                r["clip_score"] = float(scores["clip_score"][at[-1]])
+        if judged:
+            batch = {
+                "caption": np.array([r["caption"] for r in judged], dtype=object),
+                "width": np.array([r["width"] for r in judged], dtype=np.int64),
+                "height": np.array([r["height"] for r in judged], dtype=np.int64),
+                "scene_cuts": np.array([r["scene_cuts"] or 0 for r in judged], dtype=np.int64),
+            }
+            for c in ("duration_s", "motion_score", *SCORE_COLUMNS):
+                batch[c] = np.array([np.nan if r[c] is None else r[c] for r in judged], dtype=np.float64)
+            for r, reasons in zip(judged, apply_video_filters(batch, self.filters), strict=True):
+                r["reasons"] = reasons
+        for r in rows:
+            if r["quarantine"] is not None:
+                r["decision"], r["reasons"] = QUARANTINED, [r["quarantine"]]
+            else:
+                r["decision"] = REJECTED if r["reasons"] else KEPT
+        schema = pa.schema(list(table.schema) + [pa.field(n, t) for n, t in SCORE_FIELDS])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
+def duplicate_key_updates(meta: list[dict]) -> dict[str, str]:
+    """id → error for every judged clip whose key was already read by an earlier clip (in id order)."""
+    first: dict[str, str] = {}
+    updates = {}
+    for row in sorted(meta, key=lambda r: r["id"]):
+        if row["decision"] == QUARANTINED:
+            continue
+        if row["key"] in first:
+            updates[row["id"]] = f"key {row['key']!r} already read as {first[row['key']]}"
+        else:
+            first[row["key"]] = row["id"]
+    return updates
+
+
+def _apply_duplicate_keys(table: pa.Table, *, updates: dict[str, str]) -> pa.Table:
+    if not updates:
+        return table
+    ids = table.column("id").to_pylist()
+    cols = {name: table.column(name).to_pylist() for name in ("decision", "reasons", "error")}
+    for i, rid in enumerate(ids):
+        if rid in updates:
+            cols["decision"][i], cols["reasons"][i], cols["error"][i] = QUARANTINED, ["duplicate_key"], updates[rid]
+    for name, values in cols.items():
+        table = table.set_column(
+            table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type)
+        )
+    return table
+
+
+KEPT_COLUMNS = [
+    "key",
+    "caption",
+    "frames",
+    "frame_indices",
+    "control",
+    "control_kind",
+    "fps",
+    "width",
+    "height",
+    "n_frames",
+    "duration_s",
+    "segment",
+    "motion_score",
+    *SCORE_COLUMNS,
+    "source",
+    "id",
+    "parent_id",
+]
+"""Columns of ``kept/*.parquet``."""
+
+
+def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> VideoCurationResult:
+    """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    t0 = time.monotonic()
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    sources, ignored = discover_videos(input_dir, chunk=cfg.video.chunk)
+    if not sources:
+        raise FileNotFoundError(f"input {input_dir}: no videos, tars or frame sequences found")
+    staging = prepare_output(output_dir, overwrite=overwrite)
+    try:
+        return _run(cfg, input_dir, output_dir, staging, sources, ignored, t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> VideoCurationResult:
+    vc = cfg.video_curation
+    timings: dict[str, float] = {}
+    root = input_dir if input_dir.is_dir() else input_dir.parent
+    log.info("curating videos: %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
+    runtime.connect(cfg.ray)
+    items = source_items(sources)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        read_ingest,
+        fn_kwargs={
+            "root": str(root),
+            "cfg": cfg.video,
+            "cuts": cut_policy(vc.filters),
+            "pose": cfg.recaption.control,
+            "chunk": vc.batch_size,
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=vc.ingest_cpus,
+    )
+    ds = ds.map_batches(
+        _VideoScoreActor,
+        fn_constructor_kwargs={"scorers": cfg.scorers, "filters": vc.filters, "score_frames_at": vc.score_frames_at},
+        batch_size=vc.batch_size,
+        batch_format="pyarrow",
+        concurrency=vc.scorer_actors,
+        num_cpus=vc.scorer_cpus,
+        num_gpus=vc.scorer_gpus,
+    )
+    ds = ds.materialize()
+    timings["ingest_score_decide_s"] = time.monotonic() - t0
+    t = time.monotonic()
+    meta = ds.select_columns(["id", "key", "decision"], num_cpus=LIGHT_CPUS).take_all()
+    updates = duplicate_key_updates(meta)
+    ds = ds.map_batches(_apply_duplicate_keys, fn_kwargs={"updates": updates}, batch_format="pyarrow",
+                        num_cpus=LIGHT_CPUS)  # fmt: skip
+    light = {"num_cpus": LIGHT_CPUS}
+    kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(
+        KEPT_COLUMNS, num_cpus=LIGHT_CPUS
+    )
+    kept.write_parquet(str(staging / "kept"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
+    audit = ds.drop_columns(["frames", "control"], num_cpus=LIGHT_CPUS)
+    audit.write_parquet(str(staging / "audit"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
+    timings["write_s"] = time.monotonic() - t
+    manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
+    write_manifest(staging, manifest)
+    publish(staging, output_dir)
+    counts = manifest["counts"]
+    log.info("curated %d inputs (%d clips) → %s: %s", counts["input"], counts["clips"], output_dir,
+             counts["by_decision"])  # fmt: skip
+    for reason, count in sorted(counts["by_reason"].items()):
+        log.info("  %-22s %d", reason, count)
+    return VideoCurationResult(output=output_dir, manifest=manifest)
+
+
+def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timings, t0) -> dict:
+    audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
+    kept = (
+        pq.read_table(staging / "kept", columns=["key", "caption", "frame_indices"])
+        if any((staging / "kept").glob("*.parquet"))
+        else pa.table({"key": [], "caption": [], "frame_indices": []})
+    )
+    decisions = check_accounting(audit, kept.column("key").to_pylist())
+    reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)
+    digest = dataset_digest(kept, ["key", "caption", "frame_indices"])
+    timings["total_s"] = time.monotonic() - t0
+    return {
+        "kind": "text-video-dataset",
+        "job": JOB,
+        "name": cfg.video_curation.dataset_name,
+        "version": digest.split(":")[1][:12],
+        "digest": digest,
+        "counts": {
+            "input": len(set(audit.column("parent_id").to_pylist())),
+            "clips": audit.num_rows,
+            "by_decision": {d: decisions.get(d, 0) for d in (KEPT, REJECTED, QUARANTINED)},
+            "by_reason": dict(sorted(reasons.items())),
+        },
+        "input_root": str(input_dir),
+        "inputs": inputs_with_digests(root, sources),
+        "ignored_files": ignored,
+        "outputs": {"kept": "kept/", "audit": "audit/"},
+        "filters": video_filter_versions(),
+        "config": to_dict(cfg),
+        "code_version": code_version(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.curate_videos --input DIR --output DIR [--config PROFILE|JSON] [--set k=v ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.curate_videos", description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path, help="directory of videos, tars or frame sequences")
+    parser.add_argument("--output", required=True, type=Path, help="new directory for kept/, audit/, manifest.json")
+    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = runtime.job_config(args.config, args.overrides)
+    result = run(cfg, args.input, args.output, overwrite=args.overwrite)
+    log.info("manifest: %s", result.output / "manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""Recaptioning on Ray Data: video clips (TikTok-style sequences, video files, webdataset tars) → BLIP captions.
+
+Stages and where they run:
+
+1. **read + ingest** (Ray tasks, one per source chunk): raw rows (:mod:`pipelines.video_sources`) → sampled clips
+   with PNG frames and, for TikTok-style sequences with ``pose/`` JSON, OpenPose-style control frames
+   (:mod:`pipelines.video_ingest`). Unreadable inputs are quarantined with their reason; inputs shorter than a clip
+   are rejected as ``too_short`` (longer than ``video.max_decode_frames``: ``too_long``).
+2. **caption** (Ray Data actor pool; the captioner, and the CLIP model when aggregating by CLIP score, loaded once
+   per actor): a candidate caption for each frame at ``recaption.frames_at`` of the sampled clip, then one caption
+   chosen by ``recaption.aggregation``.
+3. **write**: ``captioned/*.parquet`` (captioned clips: frames, control frames, caption, every candidate with its
+   frame index and CLIP score, the model id and the generation settings), ``audit/*.parquet`` (every clip, no
+   frame bytes: decision, reasons, error), then ``manifest.json``; all into a staging directory renamed into
+   place at the end.
+
+Every input row is accounted for: each appears in the audit (as one clip, or one per scene-cut segment when the
+input was split), and captioned + rejected + quarantined clips = audit rows (checked before publishing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from filters.reasons import KEPT, QUARANTINED, REJECTED
+from models.captioner_config import CaptionerConfig
+from models.scorer_config import ScorersConfig
+from models.video_io import decode_png
+from pipelines import runtime
+from pipelines.accounting import check_accounting, dataset_digest, inputs_with_digests
+from pipelines.config import Config, to_dict
+from pipelines.video_ingest import CutPolicy, meta_json, read_ingest, source_items
+from pipelines.video_sources import discover_videos
+from registry.manifest import code_version, prepare_output, publish, write_manifest
+
+log = logging.getLogger(__name__)
+
+JOB = "recaption"
+LIGHT_CPUS = 0.25
+CAPTION_FIELDS = [
+    ("decision", pa.string()),
+    ("caption_candidates", pa.list_(pa.string())),
+    ("caption_scores", pa.list_(pa.float32())),
+    ("caption_frames", pa.list_(pa.int32())),
+    ("caption_model", pa.string()),
+    ("generation", pa.string()),
+    ("source_caption", pa.string()),
+]
+"""Columns the captioning stage adds; ``caption`` itself is replaced by the chosen candidate."""
+
+
+@dataclass(frozen=True)
+class RecaptionResult:
+    """Where the captioned dataset went and its manifest."""
+
+    output: Path
+    manifest: dict
+
+
+def candidate_positions(n: int, frames_at: tuple[float, ...]) -> list[int]:
+    """Positions (0..n-1) in a sampled clip of ``n`` frames for fractions ``frames_at`` (duplicates removed)."""
+    out: list[int] = []
+    for f in frames_at:
+        pos = int(round(f * (n - 1)))
+        if pos not in out:
+            out.append(pos)
+    return out
+
+
+def aggregate(candidates: list[str], positions: list[int], n: int, scores: list[float] | None, method: str) -> int:
+    """Index of the chosen candidate (see ``RecaptionConfig.aggregation``)."""
+    if not candidates:
+        raise ValueError("aggregate: no candidates")
+    middle = (n - 1) / 2
+    nearest = sorted(range(len(candidates)), key=lambda i: (abs(positions[i] - middle), i))
+    if method == "first":
+        return 0
+    elif method == "clip_best":
+        if scores is None:
+            raise ValueError("aggregation clip_best needs CLIP scores")
+        best = max(scores)
+        return next(i for i in nearest if scores[i] == best)
+    elif method == "most_common":
+        counts = Counter(candidates)
+        top = max(counts.values())
+        return next(i for i in nearest if counts[candidates[i]] == top)
+    else:
+        raise ValueError(f"aggregation {method!r}: choose clip_best, first or most_common")
+
+
+class _CaptionActor:
+    """Ray Data actor: loads the captioner (and CLIP for ``clip_best``) once, captions each batch of clips."""
+
+    def __init__(self, captioner: CaptionerConfig, scorers: ScorersConfig, frames_at, aggregation: str) -> None:
+        from models.captioner import build_captioner
+
+        self.captioner = build_captioner(captioner)
+        self.frames_at = tuple(frames_at)
+        self.aggregation = aggregation
+        self.generation = meta_json(to_dict(captioner.generation))
+        self.clip = None
+        if aggregation == "clip_best":
+            from models.scorers import ImageTextScorer
+
+            self.clip = ImageTextScorer(scorers)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        todo = [r for r in rows if r["quarantine"] is None and not r["reasons"]]
+        images, owners, positions = [], [], {}
+        for r in todo:
+            pos = candidate_positions(len(r["frames"]), self.frames_at)
+            positions[r["id"]] = pos
+            for p in pos:
+                images.append(decode_png(r["frames"][p]))
+                owners.append(r["id"])
+        captions = self.captioner.generate(images) if images else []
+        by_id: dict[str, list[str]] = {}
+        for owner, caption in zip(owners, captions, strict=True):
+            by_id.setdefault(owner, []).append(caption)
+        for r in rows:
+            r["source_caption"] = r["caption"]
+            if r["quarantine"] is not None:
+                r["decision"], r["reasons"] = QUARANTINED, [r["quarantine"]]
+                continue
+            if r["reasons"]:
+                r["decision"] = REJECTED
+                continue
+            cands, pos = by_id[r["id"]], positions[r["id"]]
+            scores = None
+            if self.clip is not None:
+                middle = decode_png(r["frames"][len(r["frames"]) // 2])
+                image = self.clip.image_embeddings([middle])[0]
+                scores = [float(100.0 * s) for s in self.clip.text_embeddings(cands) @ image]
+            choice = aggregate(cands, pos, len(r["frames"]), scores, self.aggregation)
+            r.update(
+                decision=KEPT,
+                caption=cands[choice],
+                caption_candidates=cands,
+                caption_scores=scores,
+                caption_frames=[r["frame_indices"][p] for p in pos],
+                caption_model=self.captioner.model_id,
+                generation=self.generation,
+            )
+        schema = pa.schema(list(table.schema) + [pa.field(n, t) for n, t in CAPTION_FIELDS])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
+CAPTIONED_COLUMNS = [
+    "key",
+    "caption",
+    "caption_candidates",
+    "caption_scores",
+    "caption_frames",
+    "caption_model",
+    "generation",
+    "source_caption",
+    "frames",
+    "frame_indices",
+    "control",
+    "control_kind",
+    "fps",
+    "width",
+    "height",
+    "n_frames",
+    "motion_score",
+    "source",
+    "id",
+    "parent_id",
+]
+"""Columns of ``captioned/*.parquet``."""
+
+
+def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> RecaptionResult:
+    """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    t0 = time.monotonic()
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    sources, ignored = discover_videos(input_dir, chunk=cfg.video.chunk)
+    if not sources:
+        raise FileNotFoundError(f"input {input_dir}: no videos, tars or TikTok-style sequences found")
+    staging = prepare_output(output_dir, overwrite=overwrite)
+    try:
+        return _run(cfg, input_dir, output_dir, staging, sources, ignored, t0)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> RecaptionResult:
+    rc = cfg.recaption
+    timings: dict[str, float] = {}
+    root = input_dir if input_dir.is_dir() else input_dir.parent
+    log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
+             cfg.captioner.backend)  # fmt: skip
+    runtime.connect(cfg.ray)
+    items = source_items(sources)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        read_ingest,
+        fn_kwargs={
+            "root": str(root),
+            "cfg": cfg.video,
+            "cuts": CutPolicy(split=False, threshold=None),
+            "pose": rc.control,
+            "chunk": rc.batch_size,
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=rc.ingest_cpus,
+    )
+    ds = ds.map_batches(
+        _CaptionActor,
+        fn_constructor_kwargs={
+            "captioner": cfg.captioner,
+            "scorers": cfg.scorers,
+            "frames_at": rc.frames_at,
+            "aggregation": rc.aggregation,
+        },
+        batch_size=rc.batch_size,
+        batch_format="pyarrow",
+        concurrency=rc.actors,
+        num_cpus=rc.actor_cpus,
+        num_gpus=rc.actor_gpus,
+    )
+    ds = ds.materialize()
+    timings["ingest_caption_s"] = time.monotonic() - t0
+    t = time.monotonic()
+    light = {"num_cpus": LIGHT_CPUS}
+    kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(
+        CAPTIONED_COLUMNS, num_cpus=LIGHT_CPUS
+    )
+    kept.write_parquet(str(staging / "captioned"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
+    audit = ds.drop_columns(["frames", "control"], num_cpus=LIGHT_CPUS)
+    audit.write_parquet(str(staging / "audit"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
+    timings["write_s"] = time.monotonic() - t
+    manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
+    write_manifest(staging, manifest)
+    publish(staging, output_dir)
+    counts = manifest["counts"]
+    log.info("recaptioned %d inputs (%d clips) → %s: %s", counts["input"], counts["clips"], output_dir,
+             counts["by_decision"])  # fmt: skip
+    return RecaptionResult(output=output_dir, manifest=manifest)
+
+
+def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timings, t0) -> dict:
+    audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
+    has_kept = any((staging / "captioned").glob("*.parquet"))
+    kept = (
+        pq.read_table(staging / "captioned", columns=["key", "caption", "frame_indices", "parent_id"])
+        if has_kept
+        else pa.table({"key": [], "caption": [], "frame_indices": [], "parent_id": []})
+    )
+    decisions = check_accounting(audit, kept.column("key").to_pylist())
+    reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)
+    parents = set(audit.column("parent_id").to_pylist())
+    captions = Counter(kept.column("caption").to_pylist())
+    digest = dataset_digest(kept, ["key", "caption", "frame_indices"])
+    timings["total_s"] = time.monotonic() - t0
+    return {
+        "kind": "captioned-video-dataset",
+        "job": JOB,
+        "name": cfg.recaption.dataset_name,
+        "version": digest.split(":")[1][:12],
+        "digest": digest,
+        "counts": {
+            "input": len(parents),
+            "clips": audit.num_rows,
+            "by_decision": {d: decisions.get(d, 0) for d in (KEPT, REJECTED, QUARANTINED)},
+            "by_reason": dict(sorted(reasons.items())),
+            "distinct_captions": len(captions),
+        },
+        "captioner": {
+            "backend": cfg.captioner.backend,
+            "name": cfg.captioner.name,
+            "generation": to_dict(cfg.captioner.generation),
+            "frames_at": list(cfg.recaption.frames_at),
+            "aggregation": cfg.recaption.aggregation,
+        },
+        "input_root": str(input_dir),
+        "inputs": inputs_with_digests(root, sources),
+        "ignored_files": ignored,
+        "outputs": {"captioned": "captioned/", "audit": "audit/"},
+        "config": to_dict(cfg),
+        "code_version": code_version(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.recaption --input DIR --output DIR [--config PROFILE|JSON] [--set k=v ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.recaption", description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path, help="directory of videos/tars/TikTok sequences")
+    parser.add_argument("--output", required=True, type=Path, help="new directory for captioned/, audit/, manifest")
+    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = runtime.job_config(args.config, args.overrides)
+    result = run(cfg, args.input, args.output, overwrite=args.overwrite)
+    log.info("manifest: %s", result.output / "manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
