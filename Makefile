@@ -7,6 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 DEMO_DIR ?= data/demo
 PIP_QUIET := --quiet --disable-pip-version-check --no-input
+# LAVIS (the captioner's second backend) pins libraries the main venv cannot take: it gets its own venv, keyed like
+# .venv's stamp but on its requirement lines. The torch line is the main venv's (same local wheels, same kernels).
+LAVIS_VENV := .venv-lavis
+LAVIS_PY := $(LAVIS_VENV)/bin/python
+LAVIS_TORCH_REQ := torch==2.14.1 torchvision==0.29.1
+LAVIS_REQ := salesforce-lavis==1.0.2 "numpy<2" "pandas<3"
+LAVIS_STAMP := $(LAVIS_VENV)/.installed-$(shell printf '%s\n' '$(LAVIS_TORCH_REQ)' '$(LAVIS_REQ)' | sha256sum | cut -c1-16)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install test lint unit integration demo bench train-zoo clean-demo
+.PHONY: install lavis-env test lint unit integration demo bench train-zoo clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +34,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(LAVIS_STAMP):
+	@test -x $(LAVIS_PY) || $(PYTHON) -m venv $(LAVIS_VENV)
+	@echo "installing LAVIS into $(LAVIS_VENV) (first run takes a few minutes)"
+	$(LAVIS_PY) -m pip install $(PIP_QUIET) -U pip 2> >(grep -v "is ignored: it is neither" >&2)
+	$(LAVIS_PY) -m pip install $(PIP_QUIET) $(LAVIS_TORCH_REQ) 2> >(grep -v "is ignored: it is neither" >&2)
+	$(LAVIS_PY) -m pip install $(PIP_QUIET) $(LAVIS_REQ) 2> >(grep -v "is ignored: it is neither" >&2)
+	@rm -f $(LAVIS_VENV)/.installed-*
+	@touch $@
+
+lavis-env: $(LAVIS_STAMP)
+
 lint: install
 	$(VENV)/bin/ruff check .
 
@@ -34,10 +52,10 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-integration: install
+integration: install lavis-env
 	$(PY) -m pytest -q tests/integration
 
-test: lint
+test: lint lavis-env
 	$(PY) -m pytest -q tests/unit tests/integration
 
 demo: install

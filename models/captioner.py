@@ -156,7 +156,8 @@ class TransformersCaptioner:
     def logits(self, images: list[np.ndarray], input_ids: np.ndarray) -> np.ndarray:
         """Decoder logits (B, L, V) for the given token ids (used to compare backends)."""
         ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=self.device)
-        return self.model(pixel_values=self.pixel_values(images), input_ids=ids).logits.float().cpu().numpy()
+        out = self.model(pixel_values=self.pixel_values(images), input_ids=ids, use_cache=False)
+        return out.logits.float().cpu().numpy()
 
     def close(self) -> None:
         """Nothing to release beyond the Python objects."""
