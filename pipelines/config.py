@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ def _resolve_path(value: str) -> str:
     if "://" in value:
         return value
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (PROJECT_ROOT / p).resolve())
+    # normpath, not resolve(): a venv's bin/python is a symlink whose target is a different interpreter.
+    return os.path.normpath(p if p.is_absolute() else PROJECT_ROOT / p)
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:

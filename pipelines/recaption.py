@@ -141,7 +141,10 @@ class _CaptionActor:
             if self.clip is not None:
                 middle = decode_png(r["frames"][len(r["frames"]) // 2])
                 image = self.clip.image_embeddings([middle])[0]
-                scores = [float(100.0 * s) for s in self.clip.text_embeddings(cands) @ image]
+                # Identical candidates must get identical scores: embed each distinct text once.
+                distinct = sorted(set(cands))
+                by_text = dict(zip(distinct, self.clip.text_embeddings(distinct) @ image, strict=True))
+                scores = [float(100.0 * by_text[c]) for c in cands]
             choice = aggregate(cands, pos, len(r["frames"]), scores, self.aggregation)
             r.update(
                 decision=KEPT,
