@@ -60,21 +60,24 @@ test: lint lavis-env
 
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 20 --dancers 4
+	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 --dancers 8
 	$(VENV)/bin/alcm curate images --input $(DEMO_DIR)/raw/images/parquet --output $(DEMO_DIR)/curated-images
+	$(VENV)/bin/alcm recaption --input $(DEMO_DIR)/raw/dancers --output $(DEMO_DIR)/recaptioned-dancers
+	$(VENV)/bin/alcm curate videos --input $(DEMO_DIR)/raw/videos/wds --output $(DEMO_DIR)/curated-videos
 	@echo
 	@echo "demo outputs:"
-	@echo "  toy world:      $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/images/labels.parquet)"
-	@echo "  kept rows:      $(DEMO_DIR)/curated-images/kept/"
-	@echo "  audit:          $(DEMO_DIR)/curated-images/audit/ (every row, decision, reasons, scores)"
-	@echo "  manifest:       $(DEMO_DIR)/curated-images/manifest.json"
+	@echo "  toy world:        $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/{images,videos,dancers}/labels.parquet)"
+	@echo "  curated images:   $(DEMO_DIR)/curated-images/{kept,audit}/ + manifest.json"
+	@echo "  captioned dances: $(DEMO_DIR)/recaptioned-dancers/captioned/ (captions, candidates, pose control frames)"
+	@echo "  curated videos:   $(DEMO_DIR)/curated-videos/{kept,audit}/ + manifest.json"
+	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
 
 bench: install
 	$(PY) bench/curation_quality.py
 	$(PY) bench/curation_throughput.py
 
 train-zoo: install
-	$(VENV)/bin/alcm toy train-zoo --only scorers
+	$(VENV)/bin/alcm toy train-zoo --only scorers --only captioner
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
