@@ -382,10 +382,11 @@ def to_normalised_tensor(
 # --------------------------------------------------------------------------------------------------- scorer
 
 
-class ImageTextScorer:
-    """CLIP score, aesthetic score and watermark probability for batches of images with captions.
+class ClipScorer:
+    """CLIP image and text embeddings (L2-normalised) for image-text similarity; only the CLIP model is loaded.
 
-    Build once per process or Ray actor (it loads three models), then call `score` per batch.
+    Used alone where only CLIP similarity is needed (choosing among caption candidates); `ImageTextScorer` adds the
+    aesthetic and watermark models.
     """
 
     def __init__(self, cfg: ScorersConfig) -> None:
@@ -393,26 +394,9 @@ class ImageTextScorer:
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
         self.clip, self.clip_size, self.tokenizer = build_clip(cfg.clip, device=self.device)
-        embed_dim = clip_embed_dim(self.clip)
-        if cfg.aesthetic.input_dim != embed_dim:
-            raise ValueError(
-                f"aesthetic.input_dim={cfg.aesthetic.input_dim}: CLIP model {cfg.clip.model} embeds images to "
-                f"{embed_dim} dims; set aesthetic.input_dim to {embed_dim}"
-            )
-        self.aesthetic = build_aesthetic(cfg.aesthetic, device=self.device)
-        self.watermark = build_watermark(cfg.watermark, device=self.device)
         preprocess_cfg = getattr(self.clip.visual, "preprocess_cfg", {}) or {}
         self.clip_mean = tuple(preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.clip_std = tuple(preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD))
-        logger.info(
-            "scorers loaded: clip=%s (%s), aesthetic=%s, watermark=%s (%s) on %s",
-            cfg.clip.model,
-            cfg.clip.weights or "random init",
-            cfg.aesthetic.weights or "random init",
-            cfg.watermark.arch,
-            cfg.watermark.weights or "random init",
-            self.device,
-        )
 
     @property
     def embed_dim(self) -> int:
@@ -425,12 +409,6 @@ class ImageTextScorer:
     def _clip_pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         crops = [resize_shortest_center_crop(img, self.clip_size) for img in images]
         return to_normalised_tensor(crops, self.clip_mean, self.clip_std, self.device)
-
-    def _watermark_pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        size = self.cfg.watermark.input_size
-        return to_normalised_tensor(
-            [resize_square(img, size) for img in images], IMAGENET_MEAN, IMAGENET_STD, self.device
-        )
 
     def _image_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         return nn.functional.normalize(self.clip.encode_image(self._clip_pixels(images)).float(), dim=-1)
@@ -460,6 +438,39 @@ class ImageTextScorer:
                     self._text_features(captions[s : s + self.cfg.batch_size]).cpu().numpy()
                 )
         return out
+
+
+class ImageTextScorer(ClipScorer):
+    """CLIP score, aesthetic score and watermark probability for batches of images with captions.
+
+    Build once per process or Ray actor (it loads three models), then call `score` per batch.
+    """
+
+    def __init__(self, cfg: ScorersConfig) -> None:
+        super().__init__(cfg)
+        embed_dim = clip_embed_dim(self.clip)
+        if cfg.aesthetic.input_dim != embed_dim:
+            raise ValueError(
+                f"aesthetic.input_dim={cfg.aesthetic.input_dim}: CLIP model {cfg.clip.model} embeds images to "
+                f"{embed_dim} dims; set aesthetic.input_dim to {embed_dim}"
+            )
+        self.aesthetic = build_aesthetic(cfg.aesthetic, device=self.device)
+        self.watermark = build_watermark(cfg.watermark, device=self.device)
+        logger.info(
+            "scorers loaded: clip=%s (%s), aesthetic=%s, watermark=%s (%s) on %s",
+            cfg.clip.model,
+            cfg.clip.weights or "random init",
+            cfg.aesthetic.weights or "random init",
+            cfg.watermark.arch,
+            cfg.watermark.weights or "random init",
+            self.device,
+        )
+
+    def _watermark_pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        size = self.cfg.watermark.input_size
+        return to_normalised_tensor(
+            [resize_square(img, size) for img in images], IMAGENET_MEAN, IMAGENET_STD, self.device
+        )
 
     def score(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> dict[str, np.ndarray]:
         """Score images with their captions.

@@ -110,9 +110,9 @@ class _CaptionActor:
         self.generation = meta_json(to_dict(captioner.generation))
         self.clip = None
         if aggregation == "clip_best":
-            from models.scorers import ImageTextScorer
+            from models.scorers import ClipScorer
 
-            self.clip = ImageTextScorer(scorers)
+            self.clip = ClipScorer(scorers)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = table.to_pylist()
