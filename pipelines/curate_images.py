@@ -301,7 +301,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
         fn_constructor_kwargs={"scorers": cfg.scorers, "filters": cur.filters},
         batch_size=cur.batch_size,
         batch_format="pyarrow",
-        concurrency=cur.scorer_actors,
+        compute=ray.data.ActorPoolStrategy(size=cur.scorer_actors),
         num_cpus=cur.scorer_cpus,
         num_gpus=cur.scorer_gpus,
     )

@@ -222,7 +222,7 @@ def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> V
         fn_constructor_kwargs={"scorers": cfg.scorers, "filters": vc.filters, "score_frames_at": vc.score_frames_at},
         batch_size=vc.batch_size,
         batch_format="pyarrow",
-        concurrency=vc.scorer_actors,
+        compute=ray.data.ActorPoolStrategy(size=vc.scorer_actors),
         num_cpus=vc.scorer_cpus,
         num_gpus=vc.scorer_gpus,
     )

@@ -231,7 +231,7 @@ def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> R
         },
         batch_size=rc.batch_size,
         batch_format="pyarrow",
-        concurrency=rc.actors,
+        compute=ray.data.ActorPoolStrategy(size=rc.actors),
         num_cpus=rc.actor_cpus,
         num_gpus=rc.actor_gpus,
     )
