@@ -35,3 +35,23 @@ def test_profiles_are_listed():
 def test_unknown_zoo_part_is_refused():
     result = runner.invoke(app, ["toy", "train-zoo", "--only", "teacherz"])
     assert result.exit_code == 2 and "teacherz" in result.output
+
+
+def test_recaption_refuses_an_unknown_backend_before_any_flow_runs(tmp_path):
+    result = runner.invoke(
+        app, ["recaption", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--backend", "x"]
+    )
+    assert result.exit_code == 2 and "transformers or lavis" in result.output
+
+
+def test_curate_videos_refuses_a_non_empty_output_without_overwrite(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "f").write_text("x")
+    result = runner.invoke(app, ["curate", "videos", "--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_recaption_bad_generation_setting_names_the_key(tmp_path):
+    args = ["recaption", "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--set", "captioner.generation.num_beams=0"])
+    assert result.exit_code == 2 and "captioner.generation" in result.output and "num_beams" in result.output
