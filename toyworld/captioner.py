@@ -331,7 +331,7 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if step % 100 == 0 or step == cfg.steps - 1:
                 rate = (step + 1) * cfg.batch_size / (time.monotonic() - t)
                 log.info("step %d/%d loss %.4f lr %.2e %.0f frames/s", step, cfg.steps, loss, _lr(step, cfg), rate)
