@@ -72,9 +72,11 @@ demo: install
 	@echo "  curated videos:   $(DEMO_DIR)/curated-videos/{kept,audit}/ + manifest.json"
 	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
 
-bench: install
+bench: install lavis-env
 	$(PY) bench/curation_quality.py
 	$(PY) bench/curation_throughput.py
+	$(PY) bench/caption_quality.py
+	$(PY) bench/recaption_throughput.py
 
 train-zoo: install
 	$(VENV)/bin/alcm toy train-zoo --only scorers --only captioner

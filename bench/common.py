@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: offline environment and a fresh toy world."""
+"""Helpers shared by the benchmarks: offline environment and fresh toy worlds (image-text rows, dancers)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 for _k, _v in {
     "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }.items():
@@ -20,3 +21,30 @@ def toy_image_world(out: Path, *, seed: int, rows: int, rows_per_shard: int = 50
     if not (out / "labels.parquet").is_file():
         write_image_dataset(out, generate_image_records(seed, rows), rows_per_shard=rows_per_shard)
     return out
+
+
+def toy_dancer_world(out: Path, *, seed: int, dancers: int, videos: int = 0) -> Path:
+    """Generate a toy world of ``dancers`` TikTok-style sequences (and ``videos`` mp4 clips) under ``out``; return
+    the recaptioning input: ``out/world/dancers``, or with videos ``out/input`` holding ``dancers/`` and the mp4
+    clips (``videos/``; the world's webdataset copy of the same clips is left out, so no clip is read twice)."""
+    from toyworld.generate import generate_world
+
+    world = out / "world"
+    generate_world(world, seed=seed, images=0, videos=videos, dancers=dancers)
+    if not videos:
+        return world / "dancers"
+    inputs = out / "input"
+    inputs.mkdir(parents=True)
+    (world / "dancers").rename(inputs / "dancers")
+    (world / "videos" / "mp4").rename(inputs / "videos")
+    return inputs
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write a benchmark's figures as JSON when ``--out`` was given."""
+    if path is None:
+        return
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))

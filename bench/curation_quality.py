@@ -14,7 +14,6 @@ corrupt, empty caption and exact duplicates 100%; false rejections of clean rows
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"odd modes kept: {res['odd_mode_kept_rate']:.3f}; rows missing from audit: {res['missing_from_audit']}")
     for line in check_targets(res):
         print(line)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2))
+    common.write_json(args.out, res)
     return 0
 
 
