@@ -12,7 +12,8 @@ minutes, and writes them with a manifest to ``toyworld/zoo/scorers/``:
 - ``watermark.safetensors``: `models.scorers.ToyWatermarkCNN` (arch ``toy_cnn``, 64x64 input, "watermarked" at logit 0
   like LAION's detector).
 - ``manifest.json``: what was trained, seeds, steps, wall times, the training settings, the toy ``ScorersConfig``,
-  sha256 of every file and of the code that made them, validation metrics and the recommended thresholds.
+  sha256 of every file and of the code that made them, validation metrics and the recommended thresholds (image
+  curation's in ``thresholds``, video curation's ``clip_min`` in ``video_thresholds``).
 
 How, and why:
 
@@ -20,6 +21,15 @@ How, and why:
   degraded copies (``toyworld.degrade``) of a random subset: watermarked, blurred, noisy, near-duplicate. Every image
   keeps its scene's TRUE caption. Low-resolution images are left out: curation rejects them by size before their
   scores matter. Validation uses fresh scenes from seed ``[seed, 1]``, never seen in training.
+- Video frames. Video curation scores a clip's middle frame against the clip's caption ("a red circle moving left on
+  a black background"). Trained on image captions alone, where "left"/"right"/"top"/"bottom" are POSITIONS, the
+  CLIP read "moving left" as a place (clean clips captioned "moving left" scored -40..0, "moving right" ~70), so no
+  video threshold could separate wrong captions from right ones. So the pool also holds one random frame of each of
+  ``pool_clips`` clean clips rendered with ``toyworld.videos.render_clip``, clip i from ``[seed, 20, i]`` (a stream
+  no toy world and no validation uses), captioned with its full video caption (``video_caption``); every CLIP step
+  adds ``batch_video`` of them to its images (20% of the batch). Their hard negatives swap the colour or the shape
+  word (``video_mismatched_caption``), never the direction: one frame cannot show where a shape is heading, so a
+  direction-swapped caption is not wrong for a frame, and as a negative it would only teach noise.
 - CLIP. Contrastive InfoNCE in both directions with a learnable logit scale (open_clip's), plus HARD NEGATIVES: each
   image's caption with one colour or shape word swapped (``mismatched_caption``, resampled every step) is added to the
   text side, because curation must catch exactly that kind of wrong caption. Curation decides by a FIXED threshold on
@@ -30,7 +40,8 @@ How, and why:
   InfoNCE so the embeddings stay meaningful on them; blurred and noisy ones are left out of the sigmoid term (their
   small shapes can be blurred beyond recognition, so "mismatched" is not decidable there). Shape is what the tiny
   model learns last (colour mismatches are caught almost perfectly early on), so each image also gets a caption with
-  a SHAPE word swapped as an extra hard negative.
+  a SHAPE word swapped as an extra hard negative. Clip frames take part in both terms like clean images (their
+  negatives: one colour-or-shape swap, ``shape_negatives`` shape swaps); they are left out of the aesthetic term.
 - Aesthetic. Trained jointly with CLIP on the image embedding (gradient into the image tower), because a contrastive
   loss alone teaches the tower to IGNORE blur and noise (the caption stays the same), which would leave nothing for an
   aesthetic head to read. Targets: 1.0 for clean, near-duplicate and watermarked images (a watermark is the watermark
@@ -50,7 +61,10 @@ How, and why:
   of blurred/noisy scores, and never above that clean percentile (so at most 3% clean false rejections): the 3rd
   percentile itself would sit at the edge of the tight clean cluster and reject a third of the near-duplicates
   (measured), whose JPEG/crop artifacts lower their score a little. ``watermark_max`` is 0.5. Each is reported with
-  the recall it achieves and the false rejections it causes on every image kind.
+  the recall it achieves and the false rejections it causes on every image kind. Video ``clip_min`` follows the
+  ``clip_min`` rule on clip frames: clean frames of fresh clips (``[seed, 21, i]``) against their true video caption
+  (3rd percentile, rounded down), reported with the correct-pair 3rd/5th percentiles, the mismatched (colour- or
+  shape-swapped caption) 95th percentile, the mismatch recall and the clean false rejections it gives.
 
 Run: ``python -m toyworld.zoo --only scorers --out toyworld/zoo/scorers --seed 0`` (the project CLI calls
 `train_scorers`).
@@ -97,7 +111,17 @@ from models.scorers import (
     to_normalised_tensor,
 )
 from toyworld.degrade import add_noise, add_watermark, blur, near_duplicate
-from toyworld.scenes import SHAPES, SceneSpec, caption_for, mismatched_caption, render_scene, sample_scene
+from toyworld.scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    SceneSpec,
+    caption_for,
+    mismatched_caption,
+    render_scene,
+    sample_scene,
+)
+from toyworld.videos import DIRECTIONS, render_clip, video_caption
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +193,11 @@ class ScorerTrainingConfig:
         ("near_duplicate", 0.09),
     )
     """Sampling weight of each image kind in a CLIP training batch."""
+    pool_clips: int = 4000
+    """Moving-shape clips rendered for training (clip i from ``[seed, 20, i]``); one random frame of each, clean."""
+    batch_video: int = 32
+    """Clip frames added to each CLIP step next to its ``batch_clip`` images (32 of 160: 20% of the batch), with
+    their video captions and colour/shape-swapped hard negatives."""
     steps_clip: int = 700
     """CLIP (+ joint aesthetic) optimisation steps."""
     batch_clip: int = 128
@@ -198,16 +227,30 @@ class ScorerTrainingConfig:
     pairs the CLIP filter may reject (3% of the 5% false-rejection budget)."""
     val_scenes: int = 1200
     """Validation scenes (fresh seed); each gives clean, watermarked, blurred, noisy and near-duplicate images."""
+    val_clips: int = 1200
+    """Validation clips (clip i from ``[seed, 21, i]``); one random clean frame of each, with its true video caption
+    and a colour- or shape-swapped one."""
     threads: int = 2
     """torch threads while training."""
 
     def __post_init__(self) -> None:
-        for name in ("pool_scenes", "steps_clip", "batch_clip", "steps_aesthetic", "steps_watermark", "val_scenes"):
+        for name in (
+            "pool_scenes",
+            "pool_clips",
+            "steps_clip",
+            "batch_clip",
+            "steps_aesthetic",
+            "steps_watermark",
+            "val_scenes",
+            "val_clips",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: must be a positive integer")
         if not isinstance(self.shape_negatives, int) or self.shape_negatives < 0:
             raise ValueError(f"shape_negatives={self.shape_negatives!r}: must be an integer >= 0")
+        if not isinstance(self.batch_video, int) or self.batch_video < 0:
+            raise ValueError(f"batch_video={self.batch_video!r}: must be an integer >= 0")
         for name in ("degraded_fraction", "clip_batch_weights"):
             for kind, _ in getattr(self, name):
                 if kind not in KINDS:
@@ -280,6 +323,100 @@ def shape_swapped_caption(scene: SceneSpec, rng: np.random.Generator) -> str:
     return caption_for(dataclasses.replace(scene, objects=objects))
 
 
+VIDEO_TRAIN_STREAM = 20
+"""Clip i of the CLIP training pool is rendered from ``default_rng([seed, 20, i])``."""
+VIDEO_VAL_STREAM = 21
+"""Clip i of the video validation set is rendered from ``default_rng([seed, 21, i])``."""
+VIDEO_FRAMES = 16
+"""Frames per rendered clip (the toy world's default); training and validation use one random frame of each."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a toy clip shows (as ``toyworld.videos`` draws it): one shape of one colour in motion on a background."""
+
+    shape: str
+    colour: str
+    direction: str
+    background: str
+
+    @property
+    def caption(self) -> str:
+        return video_caption(self.shape, self.colour, self.direction, self.background)
+
+
+@dataclass
+class VideoFramePool:
+    """One clean frame per rendered clip, with the clip and its true video caption."""
+
+    images: np.ndarray
+    """uint8 (N, 64, 64, 3)."""
+    clips: list[ClipSpec]
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def sample_clip_frame(rng: np.random.Generator, *, frames: int = VIDEO_FRAMES) -> tuple[np.ndarray, ClipSpec]:
+    """Draw a clip as the toy world does (shape, colour, direction, background, then `render_clip`) and return one
+    random frame of it with the clip."""
+    clip = ClipSpec(
+        shape=SHAPES[int(rng.integers(len(SHAPES)))],
+        colour=COLOURS[int(rng.integers(len(COLOURS)))],
+        direction=DIRECTIONS[int(rng.integers(len(DIRECTIONS)))],
+        background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
+    )
+    video = render_clip(
+        clip.shape, clip.colour, clip.direction, clip.background, rng, frames=frames, size=TOY_IMAGE_SIZE
+    )
+    return video[int(rng.integers(frames))], clip
+
+
+def video_mismatched_caption(clip: ClipSpec, rng: np.random.Generator, *, shape_only: bool = False) -> str:
+    """The clip's caption with its colour or its shape word (50/50; only the shape if ``shape_only``) replaced by
+    another word of the vocabulary, as the toy world's ``mismatched`` clips. Never the direction: one frame cannot
+    show where a shape is heading, so a direction-swapped caption is not a wrong caption for a frame."""
+    if shape_only or rng.uniform() < 0.5:
+        others = [shape for shape in SHAPES if shape != clip.shape]
+        wrong = dataclasses.replace(clip, shape=others[int(rng.integers(len(others)))])
+    else:
+        others = [colour for colour in COLOURS if colour != clip.colour]
+        wrong = dataclasses.replace(clip, colour=others[int(rng.integers(len(others)))])
+    return wrong.caption
+
+
+def make_video_pool(seed: int, n_clips: int, *, stream: int = VIDEO_TRAIN_STREAM) -> VideoFramePool:
+    """One random clean frame of each of ``n_clips`` clips, clip i from ``default_rng([seed, stream, i])``."""
+    images, clips = [], []
+    for i in range(n_clips):
+        frame, clip = sample_clip_frame(np.random.default_rng([seed, stream, i]))
+        images.append(frame)
+        clips.append(clip)
+    return VideoFramePool(np.stack(images), clips, [clip.caption for clip in clips])
+
+
+def make_video_validation_set(seed: int, n_clips: int) -> dict[str, Any]:
+    """Fresh clips (stream ``VIDEO_VAL_STREAM``): one clean frame each, its true caption and a colour- or
+    shape-swapped one (``swapped`` says which word changed)."""
+    frames, clips, mismatched, swapped = [], [], [], []
+    for i in range(n_clips):
+        rng = np.random.default_rng([seed, VIDEO_VAL_STREAM, i])
+        frame, clip = sample_clip_frame(rng)
+        wrong = video_mismatched_caption(clip, rng)
+        frames.append(frame)
+        clips.append(clip)
+        mismatched.append(wrong)
+        swapped.append("shape" if clip.shape not in wrong.split() else "colour")
+    return {
+        "frames": frames,
+        "clips": clips,
+        "captions": [clip.caption for clip in clips],
+        "mismatched": mismatched,
+        "swapped": swapped,
+    }
+
+
 class _TokenCache:
     """Tokenises each distinct caption once (the toy vocabulary is closed, so captions repeat a lot)."""
 
@@ -343,9 +480,18 @@ def _orthogonal_init(mlp: AestheticMLP) -> None:
 
 
 def train_clip(
-    pool: ImagePool, cfg: ScorerTrainingConfig, rng: np.random.Generator, *, log_every: int
+    pool: ImagePool,
+    cfg: ScorerTrainingConfig,
+    rng: np.random.Generator,
+    *,
+    log_every: int,
+    videos: VideoFramePool | None = None,
 ) -> tuple[nn.Module, AestheticMLP]:
-    """Train the toy CLIP with hard negatives and a fixed-threshold calibration term, jointly with the aesthetic MLP."""
+    """Train the toy CLIP with hard negatives and a fixed-threshold calibration term, jointly with the aesthetic MLP.
+
+    Each step holds ``cfg.batch_clip`` pool images and, if ``videos`` is given, ``cfg.batch_video`` clip frames with
+    their video captions; the frames take part in both contrastive terms (with colour/shape-swapped negatives), not
+    in the aesthetic term."""
     torch.manual_seed(cfg.seed)
     model, _, tokenizer = build_clip(ClipConfig(model=TOY_CLIP_MODEL, weights=None, image_size=TOY_IMAGE_SIZE))
     aesthetic = AestheticMLP(TOY_EMBED_DIM, TOY_AESTHETIC_HIDDEN)
@@ -364,45 +510,58 @@ def train_clip(
     aesthetic_target = torch.tensor([0.0 if k in _LOW_QUALITY else 1.0 for k in KINDS])
     low_quality_ids = [KINDS.index(k) for k in _LOW_QUALITY]
     b = cfg.batch_clip
+    v = cfg.batch_video if videos is not None and len(videos) else 0
+    n = b + v  # images first, then clip frames
     warmup = max(1, cfg.steps_clip // 20)
     t_log, seen = time.monotonic(), 0
     for step in range(cfg.steps_clip):
         lr = cfg.lr_clip * _lr_factor(step, cfg.steps_clip, warmup)
         _set_lr(opt, lr)
         counts = rng.multinomial(b, weights)
-        idx = np.concatenate([rng.choice(by_kind[k], size=n) for k, n in zip(kinds, counts, strict=True)])
+        idx = np.concatenate([rng.choice(by_kind[k], size=c) for k, c in zip(kinds, counts, strict=True)])
+        pixels = pool.images[idx]
         true_captions = [pool.captions[i] for i in idx]
         wrong_captions = [mismatched_caption(pool.scenes[i], rng) for i in idx]
-        for _ in range(cfg.shape_negatives):
-            wrong_captions += [shape_swapped_caption(pool.scenes[i], rng) for i in idx]
+        shape_wrong = [[shape_swapped_caption(pool.scenes[i], rng) for i in idx] for _ in range(cfg.shape_negatives)]
+        if v:
+            assert videos is not None
+            vidx = rng.choice(len(videos), size=v)
+            pixels = np.concatenate([pixels, videos.images[vidx]])
+            true_captions += [videos.captions[i] for i in vidx]
+            wrong_captions += [video_mismatched_caption(videos.clips[i], rng) for i in vidx]
+            for wrong in shape_wrong:
+                wrong += [video_mismatched_caption(videos.clips[i], rng, shape_only=True) for i in vidx]
+        for wrong in shape_wrong:
+            wrong_captions += wrong
         all_ids = _caption_ids(true_captions + wrong_captions)
         # a caption identical to image i's own caption is not a negative for image i
-        same = torch.from_numpy(all_ids[None, :] == all_ids[:b, None])
-        same[torch.arange(b), torch.arange(b)] = False
+        same = torch.from_numpy(all_ids[None, :] == all_ids[:n, None])
+        same[torch.arange(n), torch.arange(n)] = False
 
-        image = F.normalize(model.encode_image(_clip_pixels(pool.images[idx])), dim=-1)
+        image = F.normalize(model.encode_image(_clip_pixels(pixels)), dim=-1)
         text = F.normalize(model.encode_text(tokens(true_captions + wrong_captions)), dim=-1)
-        text_true, text_wrong = text[:b], text[b:]
+        text_true, text_wrong = text[:n], text[n:]
         scale = model.logit_scale.exp().clamp(max=100.0)
-        target = torch.arange(b)
+        target = torch.arange(n)
         image_to_text = (scale * image @ text.T).masked_fill(same, float("-inf"))
-        text_to_image = (scale * text_true @ image.T).masked_fill(same[:, :b], float("-inf"))
+        text_to_image = (scale * text_true @ image.T).masked_fill(same[:, :n], float("-inf"))
         contrastive = 0.5 * (F.cross_entropy(image_to_text, target) + F.cross_entropy(text_to_image, target))
 
         kind_ids = torch.from_numpy(pool.kinds[idx])
-        decidable = (~torch.isin(kind_ids, torch.tensor(low_quality_ids))).float()
+        # clip frames are clean, so always decidable
+        decidable = torch.cat([(~torch.isin(kind_ids, torch.tensor(low_quality_ids))).float(), torch.ones(v)])
         a, bias = calibration[0].exp(), calibration[1]
         cos_true = (image * text_true).sum(-1)
-        cos_wrong = (image[None] * text_wrong.view(-1, b, image.shape[-1])).sum(-1)  # (negatives per image, b)
+        cos_wrong = (image[None] * text_wrong.view(-1, n, image.shape[-1])).sum(-1)  # (negatives per image, n)
         sigmoid_loss = F.softplus(-a * (cos_true - bias)) + F.softplus(a * (cos_wrong - bias)).mean(0)
         calibration_loss = (decidable * sigmoid_loss).sum() / decidable.sum().clamp(min=1.0) / 2
 
-        aesthetic_loss = F.mse_loss(aesthetic(image).squeeze(-1), aesthetic_target[kind_ids])
+        aesthetic_loss = F.mse_loss(aesthetic(image[:b]).squeeze(-1), aesthetic_target[kind_ids])
         loss = contrastive + cfg.calibration_weight * calibration_loss + cfg.aesthetic_weight * aesthetic_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        seen += b
+        seen += n
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps_clip:
             now = time.monotonic()
             with torch.no_grad():
@@ -589,6 +748,50 @@ def validate_scorers(
     return metrics, thresholds
 
 
+def validate_video_clip(
+    scorer: ImageTextScorer,
+    val: dict[str, Any],
+    *,
+    clip_keep_quantile: float = 0.03,
+    image_clip_min: float | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Score clean clip frames against their true video caption and a colour/shape-swapped one; return (metrics,
+    recommended ``video_curation.filters.clip_min``), chosen like the image ``clip_min``."""
+    right = scorer.score(val["frames"], val["captions"])["clip_score"]
+    wrong = scorer.score(val["frames"], val["mismatched"])["clip_score"]
+    clip_min = math.floor(float(np.quantile(right, clip_keep_quantile)) * 100) / 100
+    swapped = np.asarray(val["swapped"])
+    directions = np.asarray([clip.direction for clip in val["clips"]])
+
+    def below(values: np.ndarray, threshold: float) -> float:
+        return float(np.mean(values < threshold))
+
+    metrics: dict[str, Any] = {
+        "threshold_rule": f"{clip_keep_quantile:.0%} quantile of correct-caption clip_score on clean validation clip "
+        "frames (reject below)",
+        "validation_clips": len(right),
+        "clip_min": clip_min,
+        "correct_p03": float(np.quantile(right, 0.03)),
+        "correct_p05": float(np.quantile(right, 0.05)),
+        "correct_median": float(np.median(right)),
+        "mismatched_p95": float(np.quantile(wrong, 0.95)),
+        "mismatched_median": float(np.median(wrong)),
+        "mismatch_recall": below(wrong, clip_min),
+        "mismatch_recall_colour_swapped": below(wrong[swapped == "colour"], clip_min),
+        "mismatch_recall_shape_swapped": below(wrong[swapped == "shape"], clip_min),
+        "clean_false_rejection": below(right, clip_min),
+        "top1_caption_accuracy": float(np.mean(right > wrong)),
+        "correct_p05_by_direction": {d: float(np.quantile(right[directions == d], 0.05)) for d in DIRECTIONS},
+    }
+    if image_clip_min is not None:
+        metrics["at_image_clip_min"] = {
+            "clip_min": image_clip_min,
+            "mismatch_recall": below(wrong, image_clip_min),
+            "clean_false_rejection": below(right, image_clip_min),
+        }
+    return metrics, clip_min
+
+
 # --------------------------------------------------------------------------------------------------- entry point
 
 
@@ -631,12 +834,14 @@ def train_scorers(
         t = time.monotonic()
         pool = make_pool(np.random.default_rng([seed, 0]), cfg.pool_scenes, cfg.degraded_fraction)
         counts = {kind: int(len(pool.indices(kind))) for kind in KINDS}
+        videos = make_video_pool(seed, cfg.pool_clips)
+        counts["video_frames"] = len(videos)
         wall["pool_s"] = time.monotonic() - t
         logger.info("pool: %d images %s in %.1f s", len(pool), counts, wall["pool_s"])
 
         train_rng = np.random.default_rng([seed, 2])
         t = time.monotonic()
-        clip_model, aesthetic = train_clip(pool, cfg, train_rng, log_every=log_every)
+        clip_model, aesthetic = train_clip(pool, cfg, train_rng, log_every=log_every, videos=videos)
         wall["clip_s"] = time.monotonic() - t
 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -655,13 +860,18 @@ def train_scorers(
         detector = train_watermark(pool, cfg, train_rng, log_every=log_every)
         wall["watermark_s"] = time.monotonic() - t
         save_weights(detector.net, tmp / "watermark.safetensors", dtype=torch.float16)
-        del pool, embeddings
+        del pool, embeddings, videos
 
         t = time.monotonic()
         logger.info("validating on %d fresh scenes (seed [%d, 1])", cfg.val_scenes, seed)
         val = make_validation_set(np.random.default_rng([seed, 1]), cfg.val_scenes)
         scorer = ImageTextScorer(dataclasses.replace(scorers_cfg, torch_threads=cfg.threads, batch_size=256))
         metrics, thresholds = validate_scorers(scorer, val, clip_keep_quantile=cfg.clip_keep_quantile)
+        logger.info("validating on %d fresh clips (seed [%d, %d, i])", cfg.val_clips, seed, VIDEO_VAL_STREAM)
+        val_videos = make_video_validation_set(seed, cfg.val_clips)
+        metrics["video_clip"], video_clip_min = validate_video_clip(
+            scorer, val_videos, clip_keep_quantile=cfg.clip_keep_quantile, image_clip_min=thresholds["clip_min"]
+        )
         wall["validation_s"] = time.monotonic() - t
         wall["total_s"] = time.monotonic() - t_start
 
@@ -680,6 +890,7 @@ def train_scorers(
             "scorers_config": toy_scorers_config(_relative(out_dir)).to_dict(),
             "files": files,
             "thresholds": thresholds,
+            "video_thresholds": {"clip_min": video_clip_min},
             "metrics": metrics,
             "code": {
                 rel: digest_file(REPO_ROOT / rel)
@@ -689,6 +900,7 @@ def train_scorers(
                     "models/open_clip_configs/alcm-toy-clip.json",
                     "toyworld/scenes.py",
                     "toyworld/degrade.py",
+                    "toyworld/videos.py",
                 )
             },  # fmt: skip
             "environment": {
@@ -709,10 +921,11 @@ def train_scorers(
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
     logger.info(
-        "toy scorers written to %s in %.0f s; thresholds %s; clip mismatch recall %.3f, aesthetic blur/noise recall "
-        "%.3f, watermark recall %.3f precision %.3f",
-        out_dir, wall["total_s"], thresholds, metrics["clip"]["mismatch_recall_clean"],
-        metrics["aesthetic"]["blur_noise_recall"], metrics["watermark"]["recall"], metrics["watermark"]["precision"],
+        "toy scorers written to %s in %.0f s; thresholds %s, video clip_min %.2f; clip mismatch recall %.3f "
+        "(videos %.3f), aesthetic blur/noise recall %.3f, watermark recall %.3f precision %.3f",
+        out_dir, wall["total_s"], thresholds, video_clip_min, metrics["clip"]["mismatch_recall_clean"],
+        metrics["video_clip"]["mismatch_recall"], metrics["aesthetic"]["blur_noise_recall"],
+        metrics["watermark"]["recall"], metrics["watermark"]["precision"],
     )  # fmt: skip
     return manifest
 
@@ -735,6 +948,8 @@ if __name__ == "__main__":
     parser.add_argument("--steps-aesthetic", type=int, default=ScorerTrainingConfig.steps_aesthetic)
     parser.add_argument("--pool-scenes", type=int, default=ScorerTrainingConfig.pool_scenes)
     parser.add_argument("--val-scenes", type=int, default=ScorerTrainingConfig.val_scenes)
+    parser.add_argument("--pool-clips", type=int, default=ScorerTrainingConfig.pool_clips)
+    parser.add_argument("--val-clips", type=int, default=ScorerTrainingConfig.val_clips)
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -750,6 +965,8 @@ if __name__ == "__main__":
             steps_aesthetic=args.steps_aesthetic,
             pool_scenes=args.pool_scenes,
             val_scenes=args.val_scenes,
+            pool_clips=args.pool_clips,
+            val_clips=args.val_clips,
         )
     else:
         raise ValueError(f"--only={args.only!r}: must be one of scorers")
