@@ -110,6 +110,9 @@ class TransformersCaptioner:
 
     def __init__(self, cfg: CaptionerConfig) -> None:
         from transformers import BlipForConditionalGeneration, BlipImageProcessorPil
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor clutters the job's log
 
         self.cfg = cfg
         path = weights_dir(cfg)
