@@ -24,10 +24,8 @@ are unique; kept keys are unique.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +46,7 @@ from models.scorer_config import ScorersConfig
 from pipelines import runtime
 from pipelines.config import Config, to_dict
 from pipelines.sources import Source, discover, read_source
-from registry.manifest import code_version, file_digest, prepare_output, publish, write_manifest
+from registry.manifest import code_version, file_digest, publish, staged_output, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +272,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     sources, ignored = discover(input_dir, folder_chunk=cur.folder_chunk)
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no .parquet, .tar or image files found")
-    staging = prepare_output(output_dir, overwrite=overwrite)
-    try:
+    with staged_output(output_dir, overwrite=overwrite) as staging:
         return _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> CurationResult:
@@ -422,18 +416,14 @@ def _files_digest(root: Path, files: tuple[str, ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.curate_images --input DIR --output DIR [--config PROFILE|JSON] [--set k=v ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.curate_images", description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, type=Path, help="directory (or .parquet/.tar) to curate")
-    parser.add_argument("--output", required=True, type=Path, help="new directory for kept/, audit/, manifest.json")
-    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = runtime.job_config(args.config, args.overrides)
-    result = run(cfg, args.input, args.output, overwrite=args.overwrite)
-    log.info("manifest: %s", result.output / "manifest.json")
-    return 0
+    return runtime.job_main(
+        argv,
+        module="pipelines.curate_images",
+        doc=__doc__,
+        run=run,
+        input_help="directory (or .parquet/.tar) to curate",
+        output_help="new directory for kept/, audit/, manifest.json",
+    )
 
 
 if __name__ == "__main__":

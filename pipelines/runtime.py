@@ -135,3 +135,22 @@ def _local(address: str) -> bool:
     # A head node on this machine runs the job with this interpreter (the project's venv); a remote cluster
     # runs it with the image's `python`.
     return any(h in address for h in ("127.0.0.1", "localhost"))
+
+
+def job_main(argv: list[str] | None, *, module: str, doc: str, run, input_help: str, output_help: str) -> int:
+    """The ``python -m pipelines.<job> --input DIR --output DIR [--config P|JSON] [--set k=v ...] [--overwrite]``
+    entry point every data job shares: parse, configure logging, build the config, ``run`` it."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path, help=input_help)
+    parser.add_argument("--output", required=True, type=Path, help=output_help)
+    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite)
+    log.info("manifest: %s", result.output / "manifest.json")
+    return 0

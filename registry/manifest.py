@@ -17,6 +17,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,18 @@ def prepare_output(out_dir: Path, *, overwrite: bool = False) -> Path:
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     return staging
+
+
+@contextmanager
+def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A staging directory for ``out_dir`` (see :func:`prepare_output`), removed if the block raises, so a failed
+    job leaves no partial dataset; the block publishes it with :func:`publish` when done."""
+    staging = prepare_output(out_dir, overwrite=overwrite)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def publish(staging: Path, out_dir: Path) -> Path:
