@@ -20,9 +20,7 @@ input was split), and captioned + rejected + quarantined clips = audit rows (che
 
 from __future__ import annotations
 
-import argparse
 import logging
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,9 +37,9 @@ from models.video_io import decode_png
 from pipelines import runtime
 from pipelines.accounting import check_accounting, dataset_digest, inputs_with_digests
 from pipelines.config import Config, to_dict
-from pipelines.video_ingest import CutPolicy, meta_json, read_ingest, source_items
+from pipelines.video_ingest import CutPolicy, ingest_dataset, meta_json
 from pipelines.video_sources import discover_videos
-from registry.manifest import code_version, prepare_output, publish, write_manifest
+from registry.manifest import code_version, publish, staged_output, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +189,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     sources, ignored = discover_videos(input_dir, chunk=cfg.video.chunk)
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no videos, tars or TikTok-style sequences found")
-    staging = prepare_output(output_dir, overwrite=overwrite)
-    try:
+    with staged_output(output_dir, overwrite=overwrite) as staging:
         return _run(cfg, input_dir, output_dir, staging, sources, ignored, t0)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> RecaptionResult:
@@ -206,19 +200,13 @@ def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> R
     log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
              cfg.captioner.backend)  # fmt: skip
     runtime.connect(cfg.ray)
-    items = source_items(sources)
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        read_ingest,
-        fn_kwargs={
-            "root": str(root),
-            "cfg": cfg.video,
-            "cuts": CutPolicy(split=False, threshold=None),
-            "pose": rc.control,
-            "chunk": rc.batch_size,
-        },
-        batch_size=1,
-        batch_format="pyarrow",
+    ds = ingest_dataset(
+        root,
+        sources,
+        cfg.video,
+        cuts=CutPolicy(split=False, threshold=None),
+        pose=rc.control,
+        chunk=rc.batch_size,
         num_cpus=rc.ingest_cpus,
     )
     ds = ds.map_batches(
@@ -301,18 +289,14 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.recaption --input DIR --output DIR [--config PROFILE|JSON] [--set k=v ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.recaption", description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, type=Path, help="directory of videos/tars/TikTok sequences")
-    parser.add_argument("--output", required=True, type=Path, help="new directory for captioned/, audit/, manifest")
-    parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = runtime.job_config(args.config, args.overrides)
-    result = run(cfg, args.input, args.output, overwrite=args.overwrite)
-    log.info("manifest: %s", result.output / "manifest.json")
-    return 0
+    return runtime.job_main(
+        argv,
+        module="pipelines.recaption",
+        doc=__doc__,
+        run=run,
+        input_help="directory of videos/tars/TikTok sequences",
+        output_help="new directory for captioned/, audit/, manifest",
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from filters.video_rules import detect_cuts, motion_score, split_segments
 from models.pose import PoseConfig, build_pose_annotator, default_limb_width, parse_pose_json, render_pose
@@ -272,8 +273,31 @@ def read_ingest(
 
 
 def source_items(sources: list[VideoSource]) -> list[dict]:
-    """Sources as Ray Data items."""
+    """Sources as Ray Data items (what :func:`read_ingest` reads)."""
     return [{"kind": s.kind, "path": s.path, "items": list(s.items)} for s in sources]
+
+
+def ingest_dataset(
+    root: Path,
+    sources: list[VideoSource],
+    cfg: ClipConfig,
+    *,
+    cuts: CutPolicy,
+    pose: PoseConfig,
+    chunk: int,
+    num_cpus: float,
+) -> ray.data.Dataset:
+    """The clips of ``sources`` as a Ray dataset: one read+ingest task per source, yielding ``chunk`` clips a block
+    (the calling job's batch size, so blocks stream to its actor pool while large sources are still read)."""
+    items = source_items(sources)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    return ds.map_batches(
+        read_ingest,
+        fn_kwargs={"root": str(root), "cfg": cfg, "cuts": cuts, "pose": pose, "chunk": chunk},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+    )
 
 
 def meta_json(value: dict) -> str:
