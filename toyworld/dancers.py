@@ -35,31 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from models.pose import JOINTS as POSE_JOINTS
 from toyworld.scenes import BACKGROUNDS, COLOUR_RGB, COLOURS, SUPERSAMPLE, render_background
 
 logger = logging.getLogger(__name__)
 
-JOINTS = (
-    "nose",
-    "neck",
-    "right_shoulder",
-    "right_elbow",
-    "right_wrist",
-    "left_shoulder",
-    "left_elbow",
-    "left_wrist",
-    "right_hip",
-    "right_knee",
-    "right_ankle",
-    "left_hip",
-    "left_knee",
-    "left_ankle",
-    "right_eye",
-    "left_eye",
-    "right_ear",
-    "left_ear",
-)
-"""Joint names in OpenPose BODY-18 order."""
+JOINTS = POSE_JOINTS
+"""Joint names in OpenPose BODY-18 order (the pose maps' order, :data:`models.pose.JOINTS`)."""
 
 LIMBS = (
     ("neck", "right_shoulder"),
