@@ -11,7 +11,6 @@ of tokens and turn every word into ``[UNK]``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from models.captioner_config import CaptionerConfig, GenerationConfig
+from models.digests import file_digest16
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +43,6 @@ class Captioner(Protocol):
     def close(self) -> None:
         """Release the model (and any worker process)."""
         ...
-
-
-def file_digest16(path: Path) -> str:
-    """First 16 hex digits of a file's sha256 (identifies weights in ``model_id``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def strip_prompt(text: str, prompt: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from models.captioner_config import CaptionerConfig
+from models.digests import file_digest16
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ _SHUTDOWN_TIMEOUT_S = 10.0
 
 class LavisWorkerError(RuntimeError):
     """The LAVIS worker failed a request, failed to start, or died."""
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _locate(path: str) -> Path:
@@ -163,7 +155,7 @@ class LavisCaptioner:
         arch = architecture_spec(config_json)
         self._expected_ids = arch.pop("token_ids")
 
-        self.model_id = f"{cfg.name}@sha256:{_file_digest(checkpoint)[:16]}"
+        self.model_id = f"{cfg.name}@sha256:{file_digest16(checkpoint)}"
         spec = {
             "op": "load",
             **arch,

@@ -37,7 +37,6 @@ Decisions, written down here because the rest of the code relies on them:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,15 +70,6 @@ _LAION_WATERMARK_FEATURES = 1536  # efficientnet_b3's pooled feature width, the 
 
 
 # --------------------------------------------------------------------------------------------------- weights I/O
-
-
-def digest_file(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes (for manifests and lineage)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -284,8 +284,9 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
     from transformers import BlipForConditionalGeneration, BlipImageProcessorPil
 
     from models.blip_convert import export_lavis_checkpoint
-    from models.captioner import TransformersCaptioner, file_digest16, load_blip_tokenizer
+    from models.captioner import TransformersCaptioner, load_blip_tokenizer
     from models.captioner_config import CaptionerConfig, GenerationConfig
+    from models.digests import file_digest16
 
     cfg = cfg or CaptionerTrainingConfig(seed=seed)
     t0 = time.monotonic()

@@ -94,6 +94,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from models.digests import digest_file
 from models.scorers import (
     BUNDLED_OPEN_CLIP_CONFIG_DIR,
     IMAGENET_MEAN,
@@ -106,7 +107,6 @@ from models.scorers import (
     WatermarkConfig,
     WatermarkDetector,
     build_clip,
-    digest_file,
     save_weights,
     to_normalised_tensor,
 )

@@ -6,8 +6,9 @@ import json
 
 import torch
 
-from models.captioner import TransformersCaptioner, file_digest16
+from models.captioner import TransformersCaptioner
 from models.captioner_config import CaptionerConfig, GenerationConfig
+from models.digests import file_digest16
 from toyworld.captioner import LAVIS_CHECKPOINT, CaptionerTrainingConfig, train_captioner
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.digests import digest_file
 from models.scorers import (
     BUNDLED_OPEN_CLIP_CONFIG_DIR,
     AestheticConfig,
@@ -20,7 +21,6 @@ from models.scorers import (
     WatermarkConfig,
     build_clip,
     build_watermark,
-    digest_file,
     load_state_dict_file,
     save_weights,
 )
