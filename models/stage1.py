@@ -1,0 +1,176 @@
+"""Stage 1, image consistency distillation: a spatial LCM-LoRA distilled from a frozen Stable-Diffusion teacher.
+
+The Task (:class:`models.task.Task`) holds:
+
+- the **teacher**: the frozen UNet of :func:`models.factory.build_teacher`, with its VAE and text encoder;
+- the **student**: a copy of the teacher UNet with a PEFT LoRA (:func:`models.lora.add_lora`; only the LoRA trains);
+- the **target**: with ``target="ema"`` (default) a second copy whose LoRA is an exponential moving average of the
+  student's (decay ``ema_decay``, 0.95), updated after every optimiser step; with ``target="student"`` the student
+  itself under ``no_grad`` (diffusers' LCM-LoRA script, which keeps no separate target).
+
+One step (:meth:`ImageConsistencyTask.loss`), per :mod:`models.consistency`: latents (precomputed ``latents`` in the
+batch, else the VAE's mean × ``vae.config.scaling_factor``), prompt embeddings (precomputed
+``encoder_hidden_states``, else the text encoder on ``input_ids``), a grid index n and guidance w per sample,
+x_{t_{n+k}} from noise; the student's consistency function there; the teacher's CFG-augmented DDIM step (both prompts
+in one forward) to x_{t_n}; the target's consistency function at x_{t_n}; the L2 or pseudo-Huber loss with λ_n.
+
+Decisions: all three UNets are separate modules (simple and ZeRO-friendly; the teacher and target could share base
+weights with the student through adapter switching — a memory optimisation left for later). Under ZeRO-3 the EMA
+update would need gathered parameters; stage 1 runs ZeRO-2 by default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from models.consistency import (
+    DDIMGrid,
+    add_noise,
+    cfg_teacher_step,
+    consistency_function,
+    consistency_loss,
+    guidance_embedding,
+    loss_weights,
+    sample_guidance,
+)
+from models.consistency_config import ConsistencyConfig
+from models.factory import TeacherParts
+from models.lora import add_lora, lora_state_dict, save_lora, to_diffusers_lora, to_kohya
+from models.task import Task
+from models.teacher_config import LoraConfig
+
+TARGETS = ("ema", "student")
+
+
+def _lora_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if "lora_" in name}
+
+
+class ImageConsistencyTask(Task):
+    """Stage 1 (see the module docstring)."""
+
+    def __init__(
+        self,
+        parts: TeacherParts,
+        lora: LoraConfig,
+        consistency: ConsistencyConfig,
+        *,
+        target: str = "ema",
+        ema_decay: float = 0.95,
+        seed: int = 0,
+    ) -> None:
+        if target not in TARGETS:
+            raise ValueError(f"target={target!r}: choose one of {', '.join(TARGETS)}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay!r}: must be in [0, 1)")
+        self.parts, self.lora_cfg, self.cfg = parts, lora, consistency
+        self.teacher = parts.unet.eval().requires_grad_(False)
+        if consistency.w_embedding and not parts.unet.config.get("time_cond_proj_dim"):
+            raise ValueError("consistency.w_embedding=true needs a student UNet with time_cond_proj_dim set")
+        self.student = add_lora(copy.deepcopy(parts.unet), lora)
+        self.student.train()
+        self.target_mode, self.ema_decay = target, ema_decay
+        self.target = None
+        if target == "ema":
+            self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.uncond = self._encode_text([""])
+
+    # ------------------------------------------------------------------------------------------- inputs
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.parts.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return self.parts.text_encoder(ids.input_ids.to(self.parts.text_encoder.device))[0]
+
+    @torch.no_grad()
+    def _latents(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "latents" in batch:
+            return batch["latents"].float()
+        vae = self.parts.vae
+        # The posterior mean, not a sample: the frozen VAE's latents are then cacheable and identical across epochs.
+        return vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "encoder_hidden_states" in batch:
+            return batch["encoder_hidden_states"].float()
+        return self.parts.text_encoder(batch["input_ids"])[0].float()
+
+    # ------------------------------------------------------------------------------------------- step
+
+    def _unet(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor, w: torch.Tensor):
+        cond = guidance_embedding(w, self.cfg.w_embedding_dim).to(x) if self.cfg.w_embedding else None
+        return unet(x, t, encoder_hidden_states=ehs, timestep_cond=cond).sample
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        latents, ehs = self._latents(batch), self._prompts(batch)
+        b = latents.shape[0]
+        ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
+        index = self.grid.sample_index(b, self.generator)
+        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        x_t = add_noise(latents, noise, t_start, ac)
+        w = sample_guidance(b, self.cfg, self.generator, latents.device)
+        student_out = self._unet(self.student, x_t, t_start, ehs, w)
+        pred = consistency_function(student_out, t_start, x_t, ac, ptype, self.cfg)
+        with torch.no_grad():
+            uncond = self.uncond.to(ehs).expand(b, -1, -1)
+
+            def teacher(x, t, e):
+                return self.teacher(x, t, encoder_hidden_states=e).sample.float()
+
+            x_prev = cfg_teacher_step(teacher, x_t, index, ehs, uncond, w, self.grid, ptype)
+            target_unet = self.target if self.target is not None else self.student
+            target_out = self._unet(target_unet, x_prev, t_prev, ehs, w)
+            target = consistency_function(target_out.float(), t_prev, x_prev, ac, ptype, self.cfg)
+        weights = loss_weights(self.grid, index, self.cfg.weighting)
+        loss = consistency_loss(pred.float(), target, self.cfg, weights)
+        return loss, {"t_mean": float(t_start.float().mean()), "w_mean": float(w.mean())}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if self.target is None:
+            return
+        src = _lora_params(self.student)
+        for name, p in _lora_params(self.target).items():
+            p.mul_(self.ema_decay).add_(src[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
+
+    # ------------------------------------------------------------------------------------------- state
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        if self.target is None:
+            return {}
+        return {f"target.{k}": v.detach().cpu().clone() for k, v in _lora_params(self.target).items()}
+
+    @torch.no_grad()
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.target is None:
+            return
+        params = _lora_params(self.target)
+        for key, value in state.items():
+            params[key.removeprefix("target.")].copy_(value)
+
+    def distilled(self) -> torch.nn.Module:
+        """The consistency model the stage delivers: the EMA target, or the student when there is none."""
+        return self.target if self.target is not None else self.student
+
+    def export(self, out_dir: Path) -> dict:
+        """The LoRA in diffusers format (``pytorch_lora_weights.safetensors``) and the kohya layout."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = lora_state_dict(self.distilled())
+        alpha = self.lora_cfg.lora_alpha
+        save_lora(to_diffusers_lora(state, alpha=alpha), out_dir / "pytorch_lora_weights.safetensors")
+        save_lora(to_kohya(state, alpha=alpha), out_dir / "lcm_lora_kohya.safetensors")
+        return {
+            "files": ["pytorch_lora_weights.safetensors", "lcm_lora_kohya.safetensors"],
+            "rank": self.lora_cfg.rank,
+            "alpha": alpha,
+            "from": "ema_target" if self.target is not None else "student",
+        }
