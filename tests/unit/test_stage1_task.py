@@ -84,7 +84,7 @@ def test_the_loss_trains_only_the_lora_and_runs_the_teacher_once_on_both_prompts
     _perturb(task.student)
     calls = []
     task.teacher.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
-    loss, metrics = task.loss(_batch(2), 0)
+    loss, _ = task.loss(_batch(2), 0)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss) and calls == [4]
     grads = {n for n, p in task.student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -92,7 +92,6 @@ def test_the_loss_trains_only_the_lora_and_runs_the_teacher_once_on_both_prompts
     assert all(p.grad is None for p in task.teacher.parameters()) and all(
         p.grad is None for p in task.target.parameters()
     )
-    assert 1.0 <= metrics["w_mean"] <= 4.0
 
 
 def test_the_target_follows_the_student_as_an_exponential_moving_average():
