@@ -151,6 +151,17 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def optimizer_state_bytes(engine) -> int:
+    """Bytes of optimizer moments this rank holds (AdamW's exp_avg and exp_avg_sq): all of them without ZeRO, this
+    rank's partition under ZeRO-1/2/3."""
+    import torch
+
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return int(
+        sum(v.numel() * v.element_size() for st in base.state.values() for v in st.values() if torch.is_tensor(v))
+    )
+
+
 def _save(engine, task, step: int, metrics: dict) -> None:
     """Checkpoint on every rank into a temporary directory, then report it (Ray merges the ranks' files)."""
     from safetensors.torch import save_file
@@ -221,7 +232,7 @@ def _worker(config: dict) -> None:
                 lr = engine.get_lr()[0]
                 log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", step, cfg.steps, last["loss"], lr, rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save(engine, task, step, last)
+                _save(engine, task, step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)})
             if step >= cfg.steps:
                 break
         if consumed == 0:
