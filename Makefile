@@ -77,6 +77,7 @@ bench: install lavis-env
 	$(PY) bench/curation_throughput.py
 	$(PY) bench/caption_quality.py
 	$(PY) bench/recaption_throughput.py
+	$(PY) bench/zero_memory.py
 
 train-zoo: install
 	$(VENV)/bin/alcm toy train-zoo --only scorers --only captioner
