@@ -108,6 +108,11 @@ def _print_counts(what: str, counts: dict) -> None:
         typer.echo(f"  {reason:<22} {n}")
 
 
+def _print_outputs(output_dir: Path, dataset: str, label: str) -> None:
+    typer.echo(f"{label + ':':<11} {output_dir / dataset}\naudit:      {output_dir / 'audit'}\n"
+               f"manifest:   {output_dir / 'manifest.json'}")  # fmt: skip
+
+
 SUBMIT = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 
@@ -136,10 +141,7 @@ def curate_images(
     )
     manifest = curate_images_flow(params)
     _print_counts("curated", manifest["counts"])
-    typer.echo(
-        f"kept rows:  {output_dir / 'kept'}\naudit:      {output_dir / 'audit'}\n"
-        f"manifest:   {output_dir / 'manifest.json'}"
-    )
+    _print_outputs(output_dir, "kept", "kept rows")
 
 
 @curate_app.command("videos")
@@ -167,10 +169,7 @@ def curate_videos(
     )
     manifest = curate_videos_flow(params)
     _print_counts("curated", manifest["counts"])
-    typer.echo(
-        f"kept clips: {output_dir / 'kept'}\naudit:      {output_dir / 'audit'}\n"
-        f"manifest:   {output_dir / 'manifest.json'}"
-    )
+    _print_outputs(output_dir, "kept", "kept clips")
 
 
 @app.command("recaption")
@@ -202,10 +201,7 @@ def recaption(
     _check_io(input_dir, output_dir, overwrite)
     manifest = recaption_videos_flow(params)
     _print_counts("recaptioned", manifest["counts"])
-    typer.echo(
-        f"captioned:  {output_dir / 'captioned'}\naudit:      {output_dir / 'audit'}\n"
-        f"manifest:   {output_dir / 'manifest.json'}"
-    )
+    _print_outputs(output_dir, "captioned", "captioned")
 
 
 def main() -> None:

@@ -37,8 +37,7 @@ from models.video_io import decode_png
 from pipelines import runtime
 from pipelines.accounting import check_accounting, dataset_digest, inputs_with_digests
 from pipelines.config import Config, to_dict
-from pipelines.video_ingest import CutPolicy, ingest_dataset, meta_json
-from pipelines.video_sources import discover_videos
+from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, meta_json
 from registry.manifest import code_version, publish, staged_output, write_manifest
 
 log = logging.getLogger(__name__)
@@ -186,17 +185,14 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring)."""
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    sources, ignored = discover_videos(input_dir, chunk=cfg.video.chunk)
-    if not sources:
-        raise FileNotFoundError(f"input {input_dir}: no videos, tars or TikTok-style sequences found")
+    root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as staging:
-        return _run(cfg, input_dir, output_dir, staging, sources, ignored, t0)
+        return _run(cfg, input_dir, root, output_dir, staging, sources, ignored, t0)
 
 
-def _run(cfg: Config, input_dir, output_dir, staging, sources, ignored, t0) -> RecaptionResult:
+def _run(cfg: Config, input_dir, root, output_dir, staging, sources, ignored, t0) -> RecaptionResult:
     rc = cfg.recaption
     timings: dict[str, float] = {}
-    root = input_dir if input_dir.is_dir() else input_dir.parent
     log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
              cfg.captioner.backend)  # fmt: skip
     runtime.connect(cfg.ray)

@@ -44,7 +44,7 @@ from models.video_io import (
     video_info,
 )
 from pipelines.config import ClipConfig
-from pipelines.video_sources import VideoSource, read_video_source
+from pipelines.video_sources import VideoSource, discover_videos, read_video_source
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,15 @@ def read_ingest(
                 rows = []
     if rows:
         yield to_table(rows)
+
+
+def discover_inputs(input_dir: Path, cfg: ClipConfig) -> tuple[Path, list[VideoSource], list[str]]:
+    """The video sources under ``input_dir`` (a directory, a video file or a tar) with the root they are read from
+    and the files that are not inputs; raises naming the directory when there is nothing to read."""
+    sources, ignored = discover_videos(input_dir, chunk=cfg.chunk)
+    if not sources:
+        raise FileNotFoundError(f"input {input_dir}: no videos, tars or TikTok-style frame sequences found")
+    return (input_dir if input_dir.is_dir() else input_dir.parent), sources, ignored
 
 
 def source_items(sources: list[VideoSource]) -> list[dict]:
