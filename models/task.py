@@ -25,6 +25,10 @@ class Task:
     student: nn.Module
     """The module DeepSpeed wraps; only its parameters with ``requires_grad`` are optimised."""
 
+    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
+        """Called by the loop on every worker before training: the run's seed, this worker's rank and the world size
+        (Tasks that draw noise seed it from these and the step, so ranks differ and resumed runs repeat)."""
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates."""
         return [p for p in self.student.parameters() if p.requires_grad]

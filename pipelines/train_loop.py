@@ -20,7 +20,12 @@ How a run goes:
    or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state, step
    counter and the Task's extra state. The data shard is read from its start again, skipping the micro-batches the
    checkpointed steps already consumed in the current pass, so the step count is never inflated.
-6. At the end rank 0 calls ``task.export(export_dir)`` (under ZeRO-3 the parameters are gathered first).
+6. The final checkpoint also holds the deliverable: rank 0 calls ``task.export`` into its ``export/`` (under ZeRO-3
+   the parameters are gathered first, by every rank), so the export reaches the run's storage (shared, or an object
+   store, on a cluster) with the checkpoint; the driver copies it from the result's checkpoint to ``export_dir``.
+   Re-running a finished run trains nothing and exports the same files again.
+7. Every worker's Task is told the run's seed and its rank (``task.configure``) before training, so that Tasks can
+   draw their noise per (seed, rank, step) and a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,72 +46,13 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.train_config import TrainConfig
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
 TASK_STATE = "task_state.safetensors"
 CKPT_TAG = "ckpt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The shared loop: scale, optimisation, DeepSpeed, logging, checkpoints."""
-
-    name: str = "run"
-    """Run name under ``storage_path``; re-running with the same name resumes from its latest checkpoint."""
-    storage_path: str = "data/runs"
-    """Where Ray Train keeps checkpoints: a local directory or an object-store URI (``s3://bucket/prefix``)."""
-    num_workers: int = 2
-    """Ray Train workers (DeepSpeed ranks)."""
-    use_gpu: bool = False
-    """One GPU per worker."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved by each worker."""
-    steps: int = 100
-    """Optimiser steps."""
-    micro_batch_size: int = 4
-    """Samples per worker per forward (DeepSpeed ``train_micro_batch_size_per_gpu``)."""
-    grad_accum: int = 1
-    """Micro-batches per optimiser step."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear warmup steps from 0 to ``lr``."""
-    grad_clip: float = 1.0
-    """Gradient-norm clipping (0 = off)."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
-    offload_optimizer: bool = False
-    """Keep optimizer states in CPU memory (ZeRO-Offload; builds DeepSpeed's CPU Adam on first use)."""
-    precision: str = "auto"
-    """``auto`` (bf16 on GPUs, fp32 on CPUs), ``fp32`` or ``bf16``."""
-    log_every: int = 10
-    """Log a line every N steps (rank 0)."""
-    checkpoint_every: int = 100
-    """Checkpoint every N steps (and always at the end)."""
-    keep_checkpoints: int = 2
-    """Checkpoints kept by Ray Train (the newest)."""
-    max_failures: int = 0
-    """Worker failures Ray Train recovers from (restarting from the latest checkpoint)."""
-    seed: int = 0
-    """Seed of each worker's torch RNG (offset by rank)."""
-
-    def __post_init__(self) -> None:
-        for name in ("num_workers", "steps", "micro_batch_size", "grad_accum", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints={self.keep_checkpoints!r}: must be ≥ 1")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage={self.zero_stage!r}: choose 0, 1, 2 or 3")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_failures < 0:
-            raise ValueError("lr must be > 0; warmup_steps, grad_clip and max_failures must be ≥ 0")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
+EXPORT_DIR = "export"
 
 
 def uses_bf16(cfg: TrainConfig) -> bool:
@@ -162,16 +109,30 @@ def optimizer_state_bytes(engine) -> int:
     )
 
 
-def _save(engine, task, step: int, metrics: dict) -> None:
-    """Checkpoint on every rank into a temporary directory, then report it (Ray merges the ranks' files)."""
+def _save(engine, task, step: int, metrics: dict, *, export: bool = False, zero3: bool = False) -> None:
+    """Checkpoint on every rank into a temporary directory, then report it (Ray merges the ranks' files). With
+    ``export``, rank 0 also writes the Task's deliverable into the checkpoint's ``export/`` (under ZeRO-3 every rank
+    takes part in gathering the parameters first), so it reaches the run's storage like the checkpoint does."""
+    import deepspeed
     from safetensors.torch import save_file
 
+    rank = ray.train.get_context().get_world_rank()
     with tempfile.TemporaryDirectory(prefix="alcm-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": step})
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             state = {k: v.detach().cpu().contiguous() for k, v in task.extra_state().items()}
             save_file(state, os.path.join(tmp, TASK_STATE))
             Path(tmp, "step.json").write_text(json.dumps({"step": step}))
+        if export:
+            params = list(task.student.parameters())
+            if zero3:
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    if rank == 0:
+                        description = task.export(Path(tmp, EXPORT_DIR))
+            elif rank == 0:
+                description = task.export(Path(tmp, EXPORT_DIR))
+            if rank == 0:
+                Path(tmp, EXPORT_DIR, "export.json").write_text(json.dumps(description or {}, indent=2))
         ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -201,6 +162,7 @@ def _worker(config: dict) -> None:
     world = ray.train.get_context().get_world_size()
     torch.manual_seed(cfg.seed + rank)
     task = config["make_task"]()
+    task.configure(seed=cfg.seed, rank=rank, world_size=world)
     if uses_bf16(cfg):
         task.student.to(torch.bfloat16)  # DeepSpeed's bf16 needs the model cast before initialize
     engine, _, _, _ = deepspeed.initialize(
@@ -232,18 +194,15 @@ def _worker(config: dict) -> None:
                 lr = engine.get_lr()[0]
                 log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", step, cfg.steps, last["loss"], lr, rate)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save(engine, task, step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)})
+                metrics = {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)}
+                final = step == cfg.steps
+                _save(engine, task, step, metrics, export=final, zero3=cfg.zero_stage == 3)
             if step >= cfg.steps:
                 break
         if consumed == 0:
             raise RuntimeError(f"training data shard of rank {rank} yields no batch of {cfg.micro_batch_size}")
-    if rank == 0 and config.get("export_dir"):
-        params = list(task.student.parameters())
-        if cfg.zero_stage == 3:
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                task.export(Path(config["export_dir"]))
-        else:
-            task.export(Path(config["export_dir"]))
+    if start >= cfg.steps and rank == 0:
+        log.info("the run already reached step %d; nothing to train", start)
 
 
 @dataclass(frozen=True)
@@ -266,7 +225,7 @@ def train(
     storage = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        train_loop_config={"train": cfg, "make_task": make_task, "export_dir": str(export_dir) if export_dir else None},
+        train_loop_config={"train": cfg, "make_task": make_task},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
@@ -280,6 +239,18 @@ def train(
     )
     result = trainer.fit()
     ckpt = result.checkpoint
+    if export_dir is not None:
+        if ckpt is None:
+            raise RuntimeError(f"run {cfg.name!r} ended without a checkpoint: nothing to export")
+        export_dir = Path(export_dir)
+        with ckpt.as_directory() as d:
+            source = Path(d, EXPORT_DIR)
+            if not source.is_dir():
+                raise RuntimeError(
+                    f"run {cfg.name!r}: its latest checkpoint ({ckpt.path}) has no {EXPORT_DIR}/; it was not the "
+                    f"final one (train.steps={cfg.steps})"
+                )
+            shutil.copytree(source, export_dir, dirs_exist_ok=True)
     return TrainResult(
         checkpoint_path=ckpt.path if ckpt is not None else None,
         metrics=dict(result.metrics or {}),

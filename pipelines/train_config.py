@@ -1,0 +1,69 @@
+"""Configuration of the shared training loop (:mod:`pipelines.train_loop`); imports neither torch nor Ray, so that
+``pipelines.config`` can hold it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared loop: scale, optimisation, DeepSpeed, logging, checkpoints."""
+
+    name: str = "run"
+    """Run name under ``storage_path``; re-running with the same name resumes from its latest checkpoint."""
+    storage_path: str = "data/runs"
+    """Where Ray Train keeps checkpoints: a local directory or an object-store URI (``s3://bucket/prefix``)."""
+    num_workers: int = 2
+    """Ray Train workers (DeepSpeed ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved by each worker."""
+    steps: int = 100
+    """Optimiser steps."""
+    micro_batch_size: int = 4
+    """Samples per worker per forward (DeepSpeed ``train_micro_batch_size_per_gpu``)."""
+    grad_accum: int = 1
+    """Micro-batches per optimiser step."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warmup steps from 0 to ``lr``."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0 = off)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1, 2 or 3."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO-Offload; builds DeepSpeed's CPU Adam on first use)."""
+    precision: str = "auto"
+    """``auto`` (bf16 on GPUs, fp32 on CPUs), ``fp32`` or ``bf16``."""
+    log_every: int = 10
+    """Log a line every N steps (rank 0)."""
+    checkpoint_every: int = 100
+    """Checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept by Ray Train (the newest)."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from (restarting from the latest checkpoint)."""
+    seed: int = 0
+    """Seed of each worker's torch RNG (offset by rank)."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "steps", "micro_batch_size", "grad_accum", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints={self.keep_checkpoints!r}: must be ≥ 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage={self.zero_stage!r}: choose 0, 1, 2 or 3")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_failures < 0:
+            raise ValueError("lr must be > 0; warmup_steps, grad_clip and max_failures must be ≥ 0")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
