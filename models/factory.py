@@ -168,6 +168,40 @@ def _freeze(module: torch.nn.Module) -> None:
     module.eval()
 
 
+_PART_CLASSES = {"vae": AutoencoderKL, "text_encoder": CLIPTextModel, "unet": UNet2DConditionModel}
+
+
+def teacher_digests(cfg: TeacherConfig) -> dict[str, str]:
+    """sha256 of every weight file of the teacher's VAE, text encoder and UNet, keyed by path relative to
+    ``pretrained_dir`` (the run's teacher lineage), without loading anything."""
+    root = teacher_dir(cfg)
+    return {
+        path.relative_to(root).as_posix(): digest_file(path)
+        for part in ("vae", "text_encoder", "unet")
+        for path in weight_files(root, part)
+    }
+
+
+def load_part(cfg: TeacherConfig, part: str, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """One frozen network of the teacher (``vae``, ``text_encoder`` or ``unet``), in ``cfg.dtype`` on ``device``:
+    what a data step that only encodes (VAE, text encoder) loads instead of the whole teacher."""
+    if part not in _PART_CLASSES:
+        raise ValueError(f"part={part!r}: choose one of {', '.join(_PART_CLASSES)}")
+    root = teacher_dir(cfg)
+    weight_files(root, part)  # refuses a part without safetensors weights, naming the key
+    module = _PART_CLASSES[part].from_pretrained(
+        str(root / part), local_files_only=True, use_safetensors=True, dtype=getattr(torch, cfg.dtype)
+    )
+    module.to(device)
+    _freeze(module)
+    return module
+
+
+def load_tokenizer(cfg: TeacherConfig) -> CLIPTokenizer:
+    """The teacher's tokenizer (``tokenizer/``)."""
+    return CLIPTokenizer.from_pretrained(str(teacher_dir(cfg) / "tokenizer"), local_files_only=True)
+
+
 def build_teacher(cfg: TeacherConfig, *, device: str | torch.device = "cpu", meta: bool = False) -> TeacherParts:
     """Load the frozen teacher parts from ``cfg.pretrained_dir`` (see the module docstring).
 
@@ -179,7 +213,7 @@ def build_teacher(cfg: TeacherConfig, *, device: str | torch.device = "cpu", met
     scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     prediction_type = resolve_prediction_type(cfg, scheduler_config)
     alphas_cumprod = alphas_cumprod_from(scheduler_config)
-    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    tokenizer = load_tokenizer(cfg)
     text_config = CLIPTextConfig.from_pretrained(str(root / "text_encoder"), local_files_only=True)
     # A tokenizer whose ids exceed the embedding table (e.g. a stub vocabulary) would fail only at the first prompt.
     if len(tokenizer) > text_config.vocab_size:
@@ -196,15 +230,8 @@ def build_teacher(cfg: TeacherConfig, *, device: str | torch.device = "cpu", met
         for module in (vae, text_encoder, unet):
             module.to(dtype)
     else:
-        for part in ("vae", "text_encoder", "unet"):
-            for path in weight_files(root, part):
-                digests[path.relative_to(root).as_posix()] = digest_file(path)
-        load = {"local_files_only": True, "use_safetensors": True, "dtype": dtype}
-        vae = AutoencoderKL.from_pretrained(str(root / "vae"), **load)
-        text_encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"), **load)
-        unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), **load)
-        for module in (vae, text_encoder, unet):
-            module.to(device)
+        digests = teacher_digests(cfg)
+        vae, text_encoder, unet = (load_part(cfg, part, device=device) for part in ("vae", "text_encoder", "unet"))
     for module in (vae, text_encoder, unet):
         _freeze(module)
     parts = TeacherParts(
