@@ -8,6 +8,8 @@ publish artifacts. Flows never load models or touch data themselves.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from types import ModuleType
 
 from pydantic import BaseModel, Field
 
@@ -38,3 +40,24 @@ class JobParams(BaseModel):
     submit: bool = Field(
         False, description="Submit the job to the Ray cluster's Jobs API (RAY_ADDRESS=http://head:8265) and wait."
     )
+
+
+class IOJobParams(JobParams):
+    """Parameters of a job that reads one input directory and writes one new output directory."""
+
+    input_dir: str = Field(description="Input directory.")
+    output_dir: str = Field(description="New output directory (published atomically, with manifest.json).")
+    overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
+
+
+def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
+    """Run ``job`` (a ``pipelines`` module with ``JOB`` and ``run``) here, or submit its entry point to the Ray
+    cluster with ``params.submit``; return the manifest it wrote."""
+    from pipelines import runtime
+    from registry.manifest import read_manifest
+
+    if params.submit:
+        args = ["--input", params.input_dir, "--output", params.output_dir]
+        runtime.submit(job.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
+        return read_manifest(Path(params.output_dir))
+    return job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest

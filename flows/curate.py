@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import Field
 
 from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
-from flows.common import JobParams, apply_env_defaults
-from pipelines import curate_images, runtime
+from flows.common import IOJobParams, apply_env_defaults, run_io_job
+from pipelines import curate_images
 from pipelines.config import Config, load_config
-from registry.manifest import read_manifest
 
 
-class CurateImagesParams(JobParams):
+class CurateImagesParams(IOJobParams):
     """Parameters of the ``curate-images`` flow."""
 
     input_dir: str = Field(description="Directory of img2dataset Parquet shards, webdataset tars or captioned images.")
     output_dir: str = Field(description="New directory for kept/, audit/ and manifest.json.")
-    overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
 
 
 @task(name="run-curation-job", cache_policy=NONE)
 def run_curation_job(cfg: Config, params: CurateImagesParams) -> dict:
     """Run the Ray Data job (here, or submitted to the cluster) and return its manifest."""
-    if params.submit:
-        args = ["--input", params.input_dir, "--output", params.output_dir]
-        runtime.submit(curate_images.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
-        return read_manifest(Path(params.output_dir))
-    return curate_images.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+    return run_io_job(curate_images, cfg, params)
 
 
 def reason_rows(manifest: dict) -> list[dict]:

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import Field
 
-from flows.common import JobParams, apply_env_defaults
+from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.curate import reason_rows
-from pipelines import curate_videos, recaption, runtime
+from pipelines import curate_videos, recaption
 from pipelines.config import Config, load_config
-from registry.manifest import read_manifest
 
 BACKENDS = ("transformers", "lavis")
 
 
-class VideoJobParams(JobParams):
+class VideoJobParams(IOJobParams):
     """Inputs and outputs of a video job."""
 
     input_dir: str = Field(
@@ -26,7 +23,6 @@ class VideoJobParams(JobParams):
         "or video2dataset webdataset tars."
     )
     output_dir: str = Field(description="New directory for the dataset, audit/ and manifest.json.")
-    overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
 
 
 class RecaptionParams(VideoJobParams):
@@ -45,27 +41,16 @@ class RecaptionParams(VideoJobParams):
         return [*self.overrides, f"captioner.backend={self.backend}"]
 
 
-def _job_args(params: VideoJobParams) -> list[str]:
-    args = ["--input", params.input_dir, "--output", params.output_dir]
-    return [*args, "--overwrite"] if params.overwrite else args
-
-
 @task(name="run-recaption-job", cache_policy=NONE)
 def run_recaption_job(cfg: Config, params: RecaptionParams) -> dict:
     """Run the recaptioning job (here, or submitted to the cluster) and return its manifest."""
-    if params.submit:
-        runtime.submit(recaption.JOB, _job_args(params), cfg)
-        return read_manifest(Path(params.output_dir))
-    return recaption.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+    return run_io_job(recaption, cfg, params)
 
 
 @task(name="run-curate-videos-job", cache_policy=NONE)
 def run_curate_videos_job(cfg: Config, params: VideoJobParams) -> dict:
     """Run the video curation job (here, or submitted to the cluster) and return its manifest."""
-    if params.submit:
-        runtime.submit(curate_videos.JOB, _job_args(params), cfg)
-        return read_manifest(Path(params.output_dir))
-    return curate_videos.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+    return run_io_job(curate_videos, cfg, params)
 
 
 def _summary(title: str, manifest: dict, output_dir: str, dataset: str) -> str:
