@@ -17,7 +17,7 @@ from registry.manifest import code_version
 
 log = logging.getLogger(__name__)
 
-ZOO_PARTS = ("scorers", "captioner")
+ZOO_PARTS = ("scorers", "captioner", "image-teacher")
 
 
 def generate(
@@ -47,7 +47,8 @@ def generate(
 
 
 def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
-    """Train the requested parts of the toy zoo (``scorers``, ``captioner``); each goes to ``out_root/<part>``."""
+    """Train the requested parts of the toy zoo (``scorers``, ``captioner``, ``image-teacher``); each goes to
+    ``out_root/<part>`` (the image teacher to ``out_root/image_teacher``)."""
     parts = list(only or ZOO_PARTS)
     unknown = [p for p in parts if p not in ZOO_PARTS]
     if unknown:
@@ -62,6 +63,10 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
             from toyworld.captioner import train_captioner
 
             results[part] = train_captioner(Path(out_root) / "captioner", seed=seed)
+        elif part == "image-teacher":
+            from toyworld.image_teacher import train_image_teacher
+
+            results[part] = train_image_teacher(Path(out_root) / "image_teacher", seed=seed)
         else:
             raise ValueError(f"unknown zoo part {part!r}; choose from {', '.join(ZOO_PARTS)}")
     return {"parts": results, "code_version": code_version()}

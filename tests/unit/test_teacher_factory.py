@@ -16,7 +16,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import open_clip.tokenizer
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -39,6 +38,7 @@ from models.lora import (
 )
 from models.teacher_config import LCM_LORA_TARGET_MODULES, LoraConfig, TeacherConfig
 from pipelines.config import ConfigError, build
+from toyworld.image_teacher import write_clip_tokenizer
 
 SD15_SCHEDULE = {
     "beta_start": 0.00085,
@@ -193,15 +193,9 @@ def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
 @pytest.fixture(scope="module")
 def clip_tokenizer(tmp_path_factory) -> CLIPTokenizer:
     """SD's CLIP tokenizer (49408 tokens) written from open_clip's bundled BPE vocabulary, offline."""
-    bpe = open_clip.tokenizer.SimpleTokenizer()
-    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {names.get(token, token): i for token, i in bpe.encoder.items()}
-    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
-    d = tmp_path_factory.mktemp("clip_tokenizer")
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77)
+    tokenizer = write_clip_tokenizer(tmp_path_factory.mktemp("clip_tokenizer"))
     assert len(tokenizer) == 49408 and (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
+    assert tokenizer("a large red circle").input_ids == [49406, 320, 3638, 736, 7117, 49407]
     return tokenizer
 
 

@@ -1,0 +1,81 @@
+"""The toy image teacher: its readers of generated pixels, and the committed teacher's quality (it must draw the
+prompted colour and shape, or distilling it would mean nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toyworld.image_teacher import DEFAULT_DIR, read_object, swapped_captions, validation_prompts
+from toyworld.scenes import ObjectSpec, SceneSpec, render_scene
+
+
+def _render(prompt: dict, seed: int) -> np.ndarray:
+    size = "large" if " large " in prompt["caption"] else "small"
+    obj = ObjectSpec(prompt["shape"], prompt["colour"], size, prompt["position"])
+    return np.asarray(render_scene(SceneSpec(objects=(obj,), background=prompt["background"], jitter_seed=seed), 64))
+
+
+def test_the_pixel_reader_gets_colour_and_position_of_every_ground_truth_render():
+    prompts = validation_prompts(5, 36)
+    read = [read_object(_render(p, i), p["background"]) for i, p in enumerate(prompts)]
+    assert [r["colour"] for r in read] == [p["colour"] for p in prompts]
+    assert [r["position"] for r in read] == [p["position"] for p in prompts]
+
+
+def test_the_pixel_reader_says_nothing_was_drawn_on_a_blank_background():
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    assert read_object(blank, "gray") == {"colour": None, "position": None, "foreground": 0}
+
+
+def test_validation_prompts_are_balanced_and_swaps_change_exactly_one_word():
+    prompts = validation_prompts(0, 36)
+    assert {p["colour"] for p in prompts} == {"red", "green", "blue", "yellow", "purple", "orange"}
+    assert {p["shape"] for p in prompts} == {"circle", "square", "triangle"}
+    for p in prompts[:6]:
+        for attribute, n in (("colour", 5), ("shape", 2)):
+            swaps = swapped_captions(p, attribute)
+            assert len(set(swaps)) == n and p["caption"] not in swaps
+            for s in swaps:
+                assert sum(a != b for a, b in zip(s.split(), p["caption"].split(), strict=True)) == 1
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    manifest = DEFAULT_DIR / "manifest.json"
+    if not manifest.is_file():
+        pytest.fail(f"no committed toy image teacher at {DEFAULT_DIR} (alcm toy train-zoo --only image-teacher)")
+    return json.loads(manifest.read_text())
+
+
+def test_the_committed_teacher_files_match_its_manifest(committed):
+    from models.digests import digest_file
+
+    for rel, digest in committed["files"].items():
+        assert digest_file(Path(DEFAULT_DIR) / rel) == digest, rel
+
+
+def test_the_committed_teacher_draws_the_prompted_colour_and_shape(committed):
+    """Fresh 50-step DDIM samples (with CFG) of held-out prompts, read back from pixels and by the toy CLIP."""
+    import torch
+
+    from models.sampling import load_pipeline, sample
+    from toyworld.image_teacher import prompt_fidelity, toy_clip_scorer
+
+    torch.set_num_threads(2)
+    prompts = validation_prompts(7, 12)
+    pipe = load_pipeline(DEFAULT_DIR, scheduler="ddim")
+    guidance = committed["training"]["val_guidance"]
+    captions = [p["caption"] for p in prompts]
+    images = sample(pipe, captions, steps=50, guidance_scale=guidance, seeds=list(range(len(prompts))))
+    fidelity = prompt_fidelity(list(images), prompts, toy_clip_scorer())
+    assert fidelity["drew_something"] == 1.0
+    assert fidelity["pixel_colour_accuracy"] >= COLOUR_MIN, fidelity
+    assert fidelity["clip_shape_accuracy"] >= SHAPE_MIN, fidelity
+
+
+COLOUR_MIN = 0.75
+SHAPE_MIN = 0.5
