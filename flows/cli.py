@@ -17,9 +17,11 @@ from flows.common import apply_env_defaults
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="AnimateLCM training platform.")
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: generate data, train the toy model zoo.")
 curate_app = typer.Typer(no_args_is_help=True, help="Curate datasets (Ray Data jobs).")
+distill_app = typer.Typer(no_args_is_help=True, help="Distillation stages (Ray Train + DeepSpeed jobs).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect profiles and resolved configs.")
 app.add_typer(toy_app, name="toy")
 app.add_typer(curate_app, name="curate")
+app.add_typer(distill_app, name="distill")
 app.add_typer(config_app, name="config")
 
 PROFILE = typer.Option("toy", "--profile", "-p", help="Profile name under configs/ or a YAML path.")
@@ -78,7 +80,9 @@ def toy_data(
 
 @toy_app.command("train-zoo")
 def toy_train_zoo(
-    only: list[str] = typer.Option([], "--only", help="Zoo part(s) to train (scorers, captioner). Default: all."),
+    only: list[str] = typer.Option(
+        [], "--only", help="Zoo part(s) to train (scorers, captioner, image-teacher). Default: all."
+    ),
     out: Path = typer.Option(None, "--out", help="Zoo root (default: toyworld/zoo)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
 ) -> None:
@@ -113,6 +117,13 @@ def _print_outputs(output_dir: Path, dataset: str, label: str) -> None:
                f"manifest:   {output_dir / 'manifest.json'}")  # fmt: skip
 
 
+def _io_params(cls, input_dir: Path, output_dir: Path, profile: str, overrides: list[str], submit: bool,
+               overwrite: bool, **extra):  # fmt: skip
+    """The flow parameters every input → output job command builds (paths made absolute)."""
+    return cls(input_dir=str(input_dir.resolve()), output_dir=str(output_dir.resolve()), profile=profile,
+               overrides=list(overrides), submit=submit, overwrite=overwrite, **extra)  # fmt: skip
+
+
 SUBMIT = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 
@@ -131,14 +142,7 @@ def curate_images(
 
     _config(profile, overrides)
     _check_io(input_dir, output_dir, overwrite)
-    params = CurateImagesParams(
-        input_dir=str(input_dir.resolve()),
-        output_dir=str(output_dir.resolve()),
-        profile=profile,
-        overrides=list(overrides),
-        submit=submit,
-        overwrite=overwrite,
-    )
+    params = _io_params(CurateImagesParams, input_dir, output_dir, profile, overrides, submit, overwrite)
     manifest = curate_images_flow(params)
     _print_counts("curated", manifest["counts"])
     _print_outputs(output_dir, "kept", "kept rows")
@@ -159,14 +163,7 @@ def curate_videos(
 
     _config(profile, overrides)
     _check_io(input_dir, output_dir, overwrite)
-    params = VideoJobParams(
-        input_dir=str(input_dir.resolve()),
-        output_dir=str(output_dir.resolve()),
-        profile=profile,
-        overrides=list(overrides),
-        submit=submit,
-        overwrite=overwrite,
-    )
+    params = _io_params(VideoJobParams, input_dir, output_dir, profile, overrides, submit, overwrite)
     manifest = curate_videos_flow(params)
     _print_counts("curated", manifest["counts"])
     _print_outputs(output_dir, "kept", "kept clips")
@@ -188,20 +185,38 @@ def recaption(
 
     if backend is not None and backend not in BACKENDS:
         _fail(f"--backend {backend!r}: choose {' or '.join(BACKENDS)}")
-    params = RecaptionParams(
-        input_dir=str(input_dir.resolve()),
-        output_dir=str(output_dir.resolve()),
-        backend=backend,
-        profile=profile,
-        overrides=list(overrides),
-        submit=submit,
-        overwrite=overwrite,
-    )
+    params = _io_params(RecaptionParams, input_dir, output_dir, profile, overrides, submit, overwrite, backend=backend)
     _config(profile, params.config_overrides())
     _check_io(input_dir, output_dir, overwrite)
     manifest = recaption_videos_flow(params)
     _print_counts("recaptioned", manifest["counts"])
     _print_outputs(output_dir, "captioned", "captioned")
+
+
+@distill_app.command("image")
+def distill_image(
+    input_dir: Path = typer.Option(..., "--input", help="Curated image dataset (kept/ + manifest.json)."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for lora/, preview.png, manifest.json."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Stage 1: distil a spatial LCM-LoRA from the profile's teacher on a curated image dataset (flow
+    ``distill-image``). Re-running the same command resumes the run from its latest checkpoint."""
+    from flows.distill import DistillImageParams, distill_image_flow
+
+    _config(profile, overrides)
+    _check_io(input_dir, output_dir, overwrite)
+    params = _io_params(DistillImageParams, input_dir, output_dir, profile, overrides, submit, overwrite)
+    manifest = distill_image_flow(params)
+    metrics = manifest["metrics"]
+    typer.echo(f"stage 1: {manifest['counts']['encoded']} images, step {metrics.get('step')}, "
+               f"loss {metrics.get('loss', float('nan')):.5f}")  # fmt: skip
+    typer.echo(f"LoRA:       {output_dir / 'lora'}")
+    if manifest.get("preview"):
+        typer.echo(f"preview:    {output_dir / 'preview.png'}")
+    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
 
 
 def main() -> None:

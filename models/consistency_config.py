@@ -10,6 +10,9 @@ WEIGHTINGS = ("uniform", "sigma_gap")
 """Per-sample loss weights λ_n: 1, or the consistency-models weighting 1 / (σ(t_{n+k}) - σ(t_n)) normalised to mean 1
 over the DDIM grid."""
 
+TARGETS = ("ema", "student")
+"""Consistency targets: an EMA of the student's trainable weights, or the student itself under ``no_grad``."""
+
 
 @dataclass(frozen=True)
 class ConsistencyConfig:

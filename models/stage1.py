@@ -15,15 +15,19 @@ x_{t_{n+k}} from noise; the student's consistency function there; the teacher's 
 in one forward) to x_{t_n}; the target's consistency function at x_{t_n}; the L2 or pseudo-Huber loss with λ_n.
 
 Decisions: all three UNets are separate modules (simple and ZeRO-friendly; the teacher and target could share base
-weights with the student through adapter switching — a memory optimisation left for later). Under ZeRO-3 the EMA
-update would need gathered parameters; stage 1 runs ZeRO-2 by default.
+weights with the student through adapter switching — a memory optimisation left for later). Under ZeRO-3 the
+student's LoRA is partitioned across ranks; the EMA update gathers it first (every rank takes part). Noise, grid
+indices and w are drawn per (seed, rank, step, micro-batch), so a resumed run repeats an uninterrupted one's draws.
+Stage 1 runs ZeRO-2 by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.consistency import (
@@ -36,17 +40,25 @@ from models.consistency import (
     loss_weights,
     sample_guidance,
 )
-from models.consistency_config import ConsistencyConfig
+from models.consistency_config import TARGETS, ConsistencyConfig
 from models.factory import TeacherParts
 from models.lora import add_lora, lora_state_dict, save_lora, to_diffusers_lora, to_kohya
 from models.task import Task
 from models.teacher_config import LoraConfig
 
-TARGETS = ("ema", "student")
-
 
 def _lora_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in module.named_parameters() if "lora_" in name}
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    """Under ZeRO-3 the student's parameters are partitioned across ranks (``ds_id`` marks them): gather them for
+    reading (every rank calls this, as DeepSpeed requires); otherwise a no-op."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
 
 
 class ImageConsistencyTask(Task):
@@ -78,7 +90,21 @@ class ImageConsistencyTask(Task):
             self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
         self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank = seed, 0
+        self._micro = (-1, 0)  # (step, micro-batch index within it)
         self.uncond = self._encode_text([""])
+
+    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
+        self.seed, self.rank = seed, rank
+
+    def _reseed(self, step: int) -> None:
+        """Noise, grid indices and w of a micro-batch depend only on (seed, rank, step, micro-batch): ranks draw
+        differently, and a resumed run draws exactly what an uninterrupted one would."""
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        self.generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, self.rank, step, micro]).generate_state(1)[0])
+        )
 
     # ------------------------------------------------------------------------------------------- inputs
 
@@ -105,10 +131,12 @@ class ImageConsistencyTask(Task):
     # ------------------------------------------------------------------------------------------- step
 
     def _unet(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor, w: torch.Tensor):
-        cond = guidance_embedding(w, self.cfg.w_embedding_dim).to(x) if self.cfg.w_embedding else None
-        return unet(x, t, encoder_hidden_states=ehs, timestep_cond=cond).sample
+        dtype = next(unet.parameters()).dtype  # the student may be bf16 (cast for DeepSpeed) while inputs are fp32
+        cond = guidance_embedding(w, self.cfg.w_embedding_dim).to(x.device, dtype) if self.cfg.w_embedding else None
+        return unet(x.to(dtype), t, encoder_hidden_states=ehs.to(dtype), timestep_cond=cond).sample.float()
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        self._reseed(step)
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
@@ -122,8 +150,10 @@ class ImageConsistencyTask(Task):
         with torch.no_grad():
             uncond = self.uncond.to(ehs).expand(b, -1, -1)
 
+            teacher_dtype = next(self.teacher.parameters()).dtype
+
             def teacher(x, t, e):
-                return self.teacher(x, t, encoder_hidden_states=e).sample.float()
+                return self.teacher(x.to(teacher_dtype), t, encoder_hidden_states=e.to(teacher_dtype)).sample.float()
 
             x_prev = cfg_teacher_step(teacher, x_t, index, ehs, uncond, w, self.grid, ptype)
             target_unet = self.target if self.target is not None else self.student
@@ -138,8 +168,9 @@ class ImageConsistencyTask(Task):
         if self.target is None:
             return
         src = _lora_params(self.student)
-        for name, p in _lora_params(self.target).items():
-            p.mul_(self.ema_decay).add_(src[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
+        with _gathered(list(src.values())):
+            for name, p in _lora_params(self.target).items():
+                p.mul_(self.ema_decay).add_(src[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
 
     # ------------------------------------------------------------------------------------------- state
 

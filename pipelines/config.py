@@ -33,8 +33,11 @@ from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
 from filters.video_rules import VideoFilterConfig
 from models.captioner_config import CaptionerConfig
+from models.consistency_config import TARGETS, ConsistencyConfig
 from models.pose import PoseConfig
 from models.scorer_config import ScorersConfig
+from models.teacher_config import TeacherConfig
+from pipelines.train_config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -251,6 +254,54 @@ class VideoCurationConfig:
 
 
 @dataclass(frozen=True)
+class ImageDistillConfig:
+    """Stage 1, image consistency distillation (``pipelines.distill_image``): its Task, data step and training."""
+
+    target: str = "ema"
+    """Consistency target: ``ema`` (an EMA of the student's LoRA, the default) or ``student`` (no separate target)."""
+    ema_decay: float = 0.95
+    """Decay of the EMA target."""
+    resolution: int = 512
+    """Training images are resized (shorter side) and centre-cropped to this square size (the teacher's)."""
+    precompute_latents: bool = True
+    """Encode every image with the frozen VAE once, in a Ray Data step, and cache the latents."""
+    precompute_text: bool = True
+    """Encode every caption with the frozen text encoder in the same step (else the workers encode token ids)."""
+    cache_dir: str = "data/cache/stage1"
+    """Where precomputed latents are cached, keyed by the dataset digest, the VAE/text encoder digests and settings."""
+    encode_batch_size: int = 32
+    """Images per batch in the encode step."""
+    encode_actors: int = 1
+    """Actors of the encode step (each loads the VAE and text encoder once)."""
+    encode_cpus: float = 1.0
+    """CPUs reserved by each encode actor."""
+    encode_gpus: float = 0.0
+    """GPUs reserved by each encode actor."""
+    preview_prompts: tuple[str, ...] = ()
+    """Prompts sampled with the exported LoRA (LCM scheduler, ``preview_steps`` steps) into ``preview.png``; empty:
+    no preview (the driver samples on CPU, so keep it for small teachers)."""
+    preview_steps: int = 4
+    """Consistency sampling steps of the preview."""
+    train: TrainConfig = TrainConfig()
+    """The shared training loop (workers, steps, DeepSpeed, checkpoints); the run name gets the output's name."""
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}: choose one of {', '.join(TARGETS)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
+        for name in ("resolution", "encode_batch_size", "encode_actors", "preview_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
+        if self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
+        if self.encode_cpus <= 0 or self.encode_gpus < 0:
+            raise ValueError("encode_cpus must be > 0 and encode_gpus ≥ 0")
+        if any(not p.strip() for p in self.preview_prompts):
+            raise ValueError("preview_prompts: an empty prompt; remove it")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole platform configuration (one profile, fully resolved)."""
 
@@ -274,6 +325,12 @@ class Config:
     """The recaptioning job."""
     video_curation: VideoCurationConfig
     """The text-video curation job."""
+    teacher: TeacherConfig
+    """The frozen Stable-Diffusion teacher (local diffusers directory) and the student's LoRA."""
+    consistency: ConsistencyConfig
+    """Consistency-distillation math: DDIM grid, boundary scalings, guidance range, loss."""
+    distill_image: ImageDistillConfig
+    """Stage 1, image consistency distillation."""
 
 
 # ----------------------------------------------------------------------------------------------- building
