@@ -266,8 +266,6 @@ def encode_to_cache(cfg: Config, files: list[Path], key: str) -> tuple[Path, dic
 def training_dataset(cfg: Config, files: list[Path], key: str) -> tuple[ray.data.Dataset, dict, dict | None]:
     """The dataset the workers read (tensor columns only), the input counts, and the cache description."""
     d = cfg.distill_image
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # the same order every run: resumed runs skip what was consumed
     if d.precompute_latents:
         data_dir, meta = encode_to_cache(cfg, files, key)
         columns = meta["columns"]

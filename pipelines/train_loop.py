@@ -18,8 +18,9 @@ How a run goes:
    storage path.
 5. Resume: re-running with the same ``name`` and ``storage_path`` (Ray 2.60's Train V2 has no ``Trainer.restore``),
    or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state, step
-   counter and the Task's extra state. The data shard is read from its start again, skipping the micro-batches the
-   checkpointed steps already consumed in the current pass, so the step count is never inflated.
+   counter and the Task's extra state. The data shard (in the same order every run: ``preserve_order``) is read
+   from its start again, skipping, pass after pass, as many micro-batches as the checkpointed steps consumed, so the
+   step count is never inflated and training continues on the batches an uninterrupted run would see next.
 6. The final checkpoint also holds the deliverable: rank 0 calls ``task.export`` into its ``export/`` (under ZeRO-3
    the parameters are gathered first, by every rank), so the export reaches the run's storage (shared, or an object
    store, on a cluster) with the checkpoint; the driver copies it from the result's checkpoint to ``export_dir``.
@@ -223,8 +224,13 @@ def train(
 ) -> TrainResult:
     """Run ``make_task``'s Task on ``dataset`` under the shared loop (see the module docstring)."""
     storage = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
+    # The same data order every run (Ray Train otherwise takes the driver's global Ray Data options): what makes the
+    # skip-on-resume above land on the micro-batches an uninterrupted run would train next.
+    ingest = ray.train.DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
         train_loop_config={"train": cfg, "make_task": make_task},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
