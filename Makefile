@@ -64,12 +64,14 @@ demo: install
 	$(VENV)/bin/alcm curate images --input $(DEMO_DIR)/raw/images/parquet --output $(DEMO_DIR)/curated-images
 	$(VENV)/bin/alcm recaption --input $(DEMO_DIR)/raw/dancers --output $(DEMO_DIR)/recaptioned-dancers
 	$(VENV)/bin/alcm curate videos --input $(DEMO_DIR)/raw/videos/wds --output $(DEMO_DIR)/curated-videos
+	$(VENV)/bin/alcm distill image --input $(DEMO_DIR)/curated-images --output $(DEMO_DIR)/distilled-image
 	@echo
 	@echo "demo outputs:"
 	@echo "  toy world:        $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/{images,videos,dancers}/labels.parquet)"
 	@echo "  curated images:   $(DEMO_DIR)/curated-images/{kept,audit}/ + manifest.json"
 	@echo "  captioned dances: $(DEMO_DIR)/recaptioned-dancers/captioned/ (captions, candidates, pose control frames)"
 	@echo "  curated videos:   $(DEMO_DIR)/curated-videos/{kept,audit}/ + manifest.json"
+	@echo "  stage 1 LCM-LoRA: $(DEMO_DIR)/distilled-image/lora/ (diffusers + kohya), preview.png, manifest.json"
 	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
 
 bench: install lavis-env
@@ -78,6 +80,8 @@ bench: install lavis-env
 	$(PY) bench/caption_quality.py
 	$(PY) bench/recaption_throughput.py
 	$(PY) bench/zero_memory.py
+	$(PY) bench/stage1_step.py
+	$(PY) bench/fewstep_image.py   # the LoRA of `make demo` by default (--lora DIR for another)
 
 train-zoo: install
 	$(VENV)/bin/alcm toy train-zoo --only scorers --only captioner

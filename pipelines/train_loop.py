@@ -171,7 +171,7 @@ def _worker(config: dict) -> None:
     )
     step = start = _restore(engine, task)
     shard = ray.train.get_dataset_shard("train")
-    skip = step * cfg.grad_accum  # micro-batches already consumed, counted within the current pass below
+    skip = step * cfg.grad_accum  # micro-batches the checkpointed steps consumed, skipped pass after pass below
     t0, seen, last = time.monotonic(), 0, {}
     while step < cfg.steps:
         consumed = 0
