@@ -240,6 +240,14 @@ def validation_prompts(seed: int, n: int) -> list[dict[str, str]]:
     return out
 
 
+def render_prompt(prompt: dict[str, str], jitter_seed: int) -> np.ndarray:
+    """A ground-truth render (uint8 64×64×3) of a :func:`validation_prompts` prompt's scene."""
+    size = "large" if " large " in f" {prompt['caption']} " else "small"
+    obj = ObjectSpec(prompt["shape"], prompt["colour"], size, prompt["position"])
+    scene = SceneSpec(objects=(obj,), background=prompt["background"], jitter_seed=int(jitter_seed))
+    return np.asarray(render_scene(scene, IMAGE_SIZE))
+
+
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 N×H×W×3 → float N×3×H×W in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -517,28 +525,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
         images, captions, clip_images, clip_captions = render_training_set(cfg)
         prompts = validation_prompts(seed, cfg.val_prompts)
         val_rng = np.random.default_rng([seed, VAL_STREAM, 1])
-        val_images = np.stack(
-            [
-                np.asarray(
-                    render_scene(
-                        SceneSpec(
-                            objects=(
-                                ObjectSpec(
-                                    p["shape"],
-                                    p["colour"],
-                                    "large" if "large" in p["caption"] else "small",
-                                    p["position"],
-                                ),
-                            ),
-                            background=p["background"],
-                            jitter_seed=int(val_rng.integers(2**31)),
-                        ),
-                        IMAGE_SIZE,
-                    )
-                )
-                for p in prompts
-            ]
-        )
+        val_images = np.stack([render_prompt(p, int(val_rng.integers(2**31))) for p in prompts])
         wall["render_s"] = time.monotonic() - t
         logger.info("rendered %d scenes and %d clip frames in %.0f s", len(images), len(clip_images), wall["render_s"])
 

@@ -9,19 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toyworld.image_teacher import DEFAULT_DIR, read_object, swapped_captions, validation_prompts
-from toyworld.scenes import ObjectSpec, SceneSpec, render_scene
-
-
-def _render(prompt: dict, seed: int) -> np.ndarray:
-    size = "large" if " large " in prompt["caption"] else "small"
-    obj = ObjectSpec(prompt["shape"], prompt["colour"], size, prompt["position"])
-    return np.asarray(render_scene(SceneSpec(objects=(obj,), background=prompt["background"], jitter_seed=seed), 64))
+from toyworld.image_teacher import DEFAULT_DIR, read_object, render_prompt, swapped_captions, validation_prompts
 
 
 def test_the_pixel_reader_gets_colour_and_position_of_every_ground_truth_render():
     prompts = validation_prompts(5, 36)
-    read = [read_object(_render(p, i), p["background"]) for i, p in enumerate(prompts)]
+    read = [read_object(render_prompt(p, i), p["background"]) for i, p in enumerate(prompts)]
     assert [r["colour"] for r in read] == [p["colour"] for p in prompts]
     assert [r["position"] for r in read] == [p["position"] for p in prompts]
 
