@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 JOB = "distill_image"
 STAGE = "image_consistency_distillation"
+LIGHT_CPUS = 0.25
+"""CPUs of each read task feeding the training workers: the workers hold most CPUs while they train (a read task
+asking for a whole CPU would wait for ever on a machine the workers fill)."""
 CACHE_FORMAT = 1
 """Bumped whenever what the encode step writes changes (so older caches are not reused)."""
 
@@ -270,7 +273,7 @@ def training_dataset(cfg: Config, files: list[Path], key: str) -> tuple[ray.data
         data_dir, meta = encode_to_cache(cfg, files, key)
         columns = meta["columns"]
         ds = (
-            ray.data.read_parquet(str(data_dir), columns=["error", *columns])
+            ray.data.read_parquet(str(data_dir), columns=["error", *columns], ray_remote_args={"num_cpus": LIGHT_CPUS})
             .filter(expr=col("error") == "")
             .select_columns(columns)
         )
@@ -287,8 +290,11 @@ def training_dataset(cfg: Config, files: list[Path], key: str) -> tuple[ray.data
             if error:
                 failed[error.split(":", 1)[0]] = failed.get(error.split(":", 1)[0], 0) + 1
     counts = {"rows": rows, "encoded": rows - sum(failed.values()), "failed": failed}
-    ds = ray.data.read_parquet([str(f) for f in files], columns=["caption", "image"]).map_batches(
+    ds = ray.data.read_parquet(
+        [str(f) for f in files], columns=["caption", "image"], ray_remote_args={"num_cpus": LIGHT_CPUS}
+    ).map_batches(
         _decode_for_training,
+        num_cpus=LIGHT_CPUS,
         fn_kwargs={
             "resolution": d.resolution,
             "decode": to_dict(decode),

@@ -87,7 +87,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "scheduler": {
             "type": "WarmupLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": 0.0 if cfg.warmup_steps else cfg.lr,  # no warmup: the full lr from step 1
                 "warmup_max_lr": cfg.lr,
                 "warmup_num_steps": max(1, cfg.warmup_steps),
                 "warmup_type": "linear",

@@ -33,6 +33,9 @@ def test_deepspeed_json_comes_from_the_config():
     assert ds["zero_optimization"] == {"stage": 3} and ds["train_micro_batch_size_per_gpu"] == 8
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["optimizer"]["params"]["torch_adam"] is True
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 5 and ds["gradient_clipping"] == 0.5
+    assert ds["scheduler"]["params"]["warmup_min_lr"] == 0.0
+    no_warmup = deepspeed_config(TrainConfig(lr=3e-4, warmup_steps=0))["scheduler"]["params"]
+    assert no_warmup["warmup_min_lr"] == no_warmup["warmup_max_lr"] == 3e-4  # the full lr from the first step
     assert ds["bf16"]["enabled"] is False and deepspeed_config(TrainConfig(use_gpu=True))["bf16"]["enabled"] is True
     offload = deepspeed_config(TrainConfig(offload_optimizer=True))["zero_optimization"]["offload_optimizer"]
     assert offload["device"] == "cpu"
