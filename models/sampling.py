@@ -43,7 +43,7 @@ def load_pipeline(
         use_safetensors=True,
         safety_checker=None,
         requires_safety_checker=False,
-        torch_dtype=dtype,
+        dtype=dtype,
     )
     config = pipe.scheduler.config
     if scheduler == "ddim":
