@@ -15,7 +15,7 @@ What the ratio can reach is bounded by what the reference does on top of the ste
 and backward, teacher on both prompts, target forward): the VAE encode and the text encoder. On the toy teacher
 (a 0.65 M-parameter VAE next to a 4.1 M-parameter UNet at 16×16 latents) that extra is small. At SD v1-5 size the
 VAE encoder runs at 512×512 pixels, a larger share of the step, and on a GPU one batched CFG call can beat two
-calls at small batches; that is where the ratio should be measured (with ``--profile sd15`` on a GPU machine).
+calls at small batches; a GPU run at SD v1-5 size is where the ratio that matters is measured.
 """
 
 from __future__ import annotations
