@@ -37,6 +37,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,20 @@ class _Encoder:
         return out
 
 
+def _decode_reasons(batch: pa.Table, resolution: int, decode: dict) -> dict:
+    """The failure reason of every row ("" when it decodes)."""
+    decode_cfg = DecodeConfig(**decode)
+    errors = [decode_square(data, resolution, decode_cfg)[1] for data in batch.column("image").to_pylist()]
+    return {"reason": np.array([e.split(":", 1)[0] for e in errors], dtype=object)}
+
+
+def _counts(reasons: Counter) -> dict:
+    """Input counts of the manifest from rows per failure reason ("" = decoded)."""
+    failed = {reason: n for reason, n in sorted(reasons.items()) if reason}
+    rows = sum(reasons.values())
+    return {"rows": rows, "encoded": rows - sum(failed.values()), "failed": failed}
+
+
 def _decode_for_training(batch: pa.Table, resolution: int, decode: dict, tokenizer_dir: str) -> dict:
     """Without precomputation: decoded pixels and token ids for the workers (failed rows dropped, counted before)."""
     from transformers import CLIPTokenizer
@@ -235,14 +250,9 @@ def encode_to_cache(cfg: Config, files: list[Path], key: str) -> tuple[Path, dic
         )
         encoded.write_parquet(str(tmp / "data"))
         errors = pq.read_table(tmp / "data", columns=["error"]).column("error").to_pylist()
-        failed: dict[str, int] = {}
-        for e in errors:
-            if e:
-                reason = e.split(":", 1)[0]
-                failed[reason] = failed.get(reason, 0) + 1
         meta = {
             "key": key,
-            "counts": {"rows": len(errors), "encoded": sum(1 for e in errors if not e), "failed": failed},
+            "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
             "columns": [
                 c
                 for c in ("latents", "encoder_hidden_states", "input_ids")
@@ -279,17 +289,22 @@ def training_dataset(cfg: Config, files: list[Path], key: str) -> tuple[ray.data
         )
         cache = {"path": str(data_dir.parent), "key": key, "seconds": meta["seconds"]}
         return ds, meta["counts"], cache
-    # Count decode failures up front (cheap next to training), so the manifest accounts for every row.
+    # Without a cache, a first Ray Data pass decodes every image to count failures by reason (the manifest accounts
+    # for every row); the workers' decode then drops the same rows.
     decode = cfg.curation.decode
-    failed: dict[str, int] = {}
-    rows = 0
-    for f in files:
-        for data in pq.read_table(f, columns=["image"]).column("image").to_pylist():
-            rows += 1
-            img, error = decode_square(data, d.resolution, decode)
-            if error:
-                failed[error.split(":", 1)[0]] = failed.get(error.split(":", 1)[0], 0) + 1
-    counts = {"rows": rows, "encoded": rows - sum(failed.values()), "failed": failed}
+    reasons = (
+        ray.data.read_parquet([str(f) for f in files], columns=["image"])
+        .map_batches(
+            _decode_reasons,
+            fn_kwargs={"resolution": d.resolution, "decode": to_dict(decode)},
+            batch_format="pyarrow",
+            batch_size=d.encode_batch_size,
+        )  # fmt: skip
+        .groupby("reason")
+        .count()
+        .take_all()
+    )
+    counts = _counts(Counter({r["reason"]: r["count()"] for r in reasons}))
     ds = ray.data.read_parquet(
         [str(f) for f in files], columns=["caption", "image"], ray_remote_args={"num_cpus": LIGHT_CPUS}
     ).map_batches(

@@ -220,3 +220,16 @@ def test_under_zero3_the_ema_target_follows_the_partitioned_student(teacher_dir,
     ups = [v for k, v in lora.items() if "lora_B" in k]
     assert ups and all(torch.isfinite(v).all() for v in ups)
     assert any(v.abs().max() > 0 for v in ups)  # B starts at 0: only a real EMA of the trained student moves it
+
+
+def test_without_precomputed_latents_workers_encode_pixels_and_every_row_is_still_counted(
+    teacher_dir, curated_with_a_broken_row, ray_local, tmp_path
+):
+    from pipelines.distill_image import run
+
+    src, kept = curated_with_a_broken_row
+    overrides = [*_overrides(teacher_dir, tmp_path, 2), "distill_image.precompute_latents=false"]
+    m = run(load_config("toy", [*overrides, "distill_image.preview_prompts=[]"]), src, tmp_path / "px").manifest
+    assert m["counts"] == {"rows": kept, "encoded": kept - 1, "failed": {"undecodable": 1}}
+    assert m["latent_cache"] is None and not (tmp_path / "cache").exists()
+    assert m["metrics"]["step"] == 2 and np.isfinite(m["metrics"]["loss"])
