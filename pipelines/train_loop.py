@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,14 +127,11 @@ def _save(engine, task, step: int, metrics: dict, *, export: bool = False, zero3
             Path(tmp, "step.json").write_text(json.dumps({"step": step}))
         if export:
             params = list(task.student.parameters())
-            if zero3:
-                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                    if rank == 0:
-                        description = task.export(Path(tmp, EXPORT_DIR))
-            elif rank == 0:
-                description = task.export(Path(tmp, EXPORT_DIR))
-            if rank == 0:
-                Path(tmp, EXPORT_DIR, "export.json").write_text(json.dumps(description or {}, indent=2))
+            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext()
+            with gathered:
+                if rank == 0:
+                    description = task.export(Path(tmp, EXPORT_DIR))
+                    Path(tmp, EXPORT_DIR, "export.json").write_text(json.dumps(description or {}, indent=2))
         ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
