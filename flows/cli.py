@@ -81,7 +81,9 @@ def toy_data(
 @toy_app.command("train-zoo")
 def toy_train_zoo(
     only: list[str] = typer.Option(
-        [], "--only", help="Zoo part(s) to train (scorers, captioner, image-teacher). Default: all."
+        [],
+        "--only",
+        help="Zoo part(s) to train (scorers, captioner, image-teacher, motion-teacher, style-teacher). Default: all.",
     ),
     out: Path = typer.Option(None, "--out", help="Zoo root (default: toyworld/zoo)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
@@ -217,6 +219,99 @@ def distill_image(
     if manifest.get("preview"):
         typer.echo(f"preview:    {output_dir / 'preview.png'}")
     typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+
+
+def _existing(option: str, path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if not path.exists():
+        _fail(f"{option} {path} does not exist")
+    return str(path.resolve())
+
+
+@distill_app.command("video")
+def distill_video(
+    input_dir: Path = typer.Option(..., "--input", help="Curated video dataset (kept/ + manifest.json)."),
+    stage1_dir: Path = typer.Option(None, "--stage1", help="Stage 1's output (its LoRA); not needed with init none."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for motion_adapter/, pipeline/, manifest."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Stage 2: distil the motion layers from the image teacher + motion module on curated videos, with stage 1's
+    LoRA and the paper's initialisation (flow ``distill-video``). Re-running resumes."""
+    from flows.distill import DistillVideoParams, distill_video_flow
+
+    _config(profile, overrides)
+    _check_io(input_dir, output_dir, overwrite)
+    params = _io_params(DistillVideoParams, input_dir, output_dir, profile, overrides, submit, overwrite,
+                        stage1_dir=_existing("--stage1", stage1_dir))  # fmt: skip
+    manifest = distill_video_flow(params)
+    metrics = manifest["metrics"]
+    typer.echo(f"stage 2: {manifest['counts']['encoded']} clips, step {metrics.get('step')}, "
+               f"loss {metrics.get('loss', float('nan')):.5f}, init {manifest['export']['init']}")  # fmt: skip
+    typer.echo(f"pipeline:   {output_dir / 'pipeline'}")
+    typer.echo(f"motion:     {output_dir / 'motion_adapter'}")
+    if manifest.get("preview"):
+        typer.echo(f"preview:    {output_dir / 'preview.png'}")
+    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+
+
+@app.command("adapt")
+def adapt_adapters(
+    input_dir: Path = typer.Option(..., "--input", help="Stage 2's output (manifest.json + pipeline/)."),
+    control_data: Path = typer.Option(None, "--control-data", help="Recaptioned dancers with pose frames (control)."),
+    video_data: Path = typer.Option(None, "--video-data", help="Curated video dataset (image-to-video)."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for the adapters and manifest.json."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Stage 3: teacher-free adaptation of the control and image-to-video adapters against stage 2's video
+    consistency model (flow ``adapt-adapters``; ``adapt.adapters`` picks which)."""
+    from flows.distill import AdaptParams, adapt_flow
+
+    _config(profile, overrides)
+    _check_io(input_dir, output_dir, overwrite)
+    params = _io_params(AdaptParams, input_dir, output_dir, profile, overrides, submit, overwrite,
+                        control_data=_existing("--control-data", control_data),
+                        video_data=_existing("--video-data", video_data))  # fmt: skip
+    manifest = adapt_flow(params)
+    for adapter, r in manifest["adapters"].items():
+        loss = r["metrics"].get("loss", float("nan"))
+        typer.echo(f"{adapter}: {r['counts']['encoded']} clips, step {r['metrics'].get('step')}, loss {loss:.5f} "
+                   f"-> {', '.join(r['export']['files'])}")  # fmt: skip
+    typer.echo(f"outputs:    {output_dir}")
+    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+
+
+@app.command("export")
+def export_pipeline(
+    pipeline_dir: Path = typer.Option(
+        ..., "--pipeline", help="An AnimateLCM pipeline directory (stage 2's pipeline/)."
+    ),
+    personalize: Path = typer.Option(
+        ...,
+        "--personalize",
+        help="An SD-family UNet directory (or a pipeline with unet/) whose spatial weights to use.",
+    ),
+    output_dir: Path = typer.Option(..., "--output", help="New pipeline directory."),
+) -> None:
+    """Swap the spatial weights of an AnimateLCM pipeline for a personalised image model's (motion modules and
+    LCM-LoRA kept), as the paper's "personalised models"."""
+    from models.personalize import personalize as swap
+
+    for option, path in (("--pipeline", pipeline_dir), ("--personalize", personalize)):
+        if not path.exists():
+            _fail(f"{option} {path} does not exist")
+    try:
+        info = swap(pipeline_dir, personalize, output_dir)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"personalised pipeline: {output_dir} (spatial weights from {personalize})")
+    typer.echo(json.dumps(info, indent=2))
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ class IOJobParams(JobParams):
     output_dir: str = Field(description="New output directory (published atomically, with manifest.json).")
     overwrite: bool = Field(False, description="Replace output_dir if it is not empty.")
 
+    def extra_inputs(self) -> dict[str, str]:
+        """Further input directories of the job (keyword of its ``run`` → path); none by default."""
+        return {}
+
 
 def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
     """Run ``job`` (a ``pipelines`` module with ``JOB`` and ``run``) here, or submit its entry point to the Ray
@@ -56,8 +60,12 @@ def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
     from pipelines import runtime
     from registry.manifest import read_manifest
 
+    extra = params.extra_inputs()
     if params.submit:
         args = ["--input", params.input_dir, "--output", params.output_dir]
+        for name, path in extra.items():
+            args += [f"--{name.replace('_', '-')}", path]
         runtime.submit(job.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
         return read_manifest(Path(params.output_dir))
-    return job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite).manifest
+    kwargs = {name: Path(path) for name, path in extra.items()}
+    return job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite, **kwargs).manifest

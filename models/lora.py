@@ -38,8 +38,13 @@ _PEFT_INIT = {"gaussian": "gaussian", "kaiming": True}
 """Our ``LoraConfig.init`` → PEFT's ``init_lora_weights``."""
 
 
-def to_peft_config(cfg: LoraConfig) -> peft.LoraConfig:
-    """PEFT's ``LoraConfig`` for our LoRA settings."""
+EXCLUDE_MOTION = r".*motion_modules.*"
+"""PEFT ``exclude_modules`` pattern keeping a spatial LoRA out of a video UNet's temporal layers (whose attention
+also has to_q/to_k/to_v/to_out.0 and proj_in/proj_out)."""
+
+
+def to_peft_config(cfg: LoraConfig, *, exclude: str | None = None) -> peft.LoraConfig:
+    """PEFT's ``LoraConfig`` for our LoRA settings; ``exclude``: a regex of module names to leave without LoRA."""
     if cfg.init not in _PEFT_INIT:
         raise ValueError(f"lora.init={cfg.init!r}: choose one of {', '.join(_PEFT_INIT)}")
     return peft.LoraConfig(
@@ -48,17 +53,21 @@ def to_peft_config(cfg: LoraConfig) -> peft.LoraConfig:
         lora_dropout=cfg.dropout,
         target_modules=list(cfg.target_modules),
         init_lora_weights=_PEFT_INIT[cfg.init],
+        exclude_modules=exclude,
     )
 
 
-def add_lora(unet: torch.nn.Module, cfg: LoraConfig, *, adapter_name: str = "default") -> torch.nn.Module:
+def add_lora(
+    unet: torch.nn.Module, cfg: LoraConfig, *, adapter_name: str = "default", exclude: str | None = None
+) -> torch.nn.Module:
     """Freeze ``unet`` and add a trainable LoRA adapter on ``cfg.target_modules``; returns the same module.
+    ``exclude``: module names (regex) that get none, e.g. :data:`EXCLUDE_MOTION` on a video UNet.
 
     Raises ``ValueError`` when no module of ``unet`` matches the targets (or the adapter name is taken).
     """
     unet.requires_grad_(False)
     try:
-        unet.add_adapter(to_peft_config(cfg), adapter_name=adapter_name)
+        unet.add_adapter(to_peft_config(cfg, exclude=exclude), adapter_name=adapter_name)
     except ValueError as e:
         raise ValueError(f"adding the LoRA (lora.target_modules={list(cfg.target_modules)!r}) failed: {e}") from e
     return unet
@@ -137,3 +146,76 @@ def save_lora(state: dict[str, torch.Tensor], path: str | Path, *, dtype: torch.
     p.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(out, str(p), metadata={"format": "pt"})
     return p
+
+
+def read_diffusers_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """A diffusers-format UNet LoRA file (as :func:`to_diffusers_lora` writes, alpha folded into B) back in PEFT
+    layout (``<module>.lora_A.weight``); raises naming the file when it holds no UNet LoRA."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no LoRA file")
+    state = safetensors.torch.load_file(str(path))
+    out = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    if not out or not any(k.endswith(".lora_A.weight") for k in out):
+        raise ValueError(f"{path}: not a diffusers UNet LoRA (no 'unet.<module>.lora_A.weight' keys)")
+    return out
+
+
+def insert_lora(
+    unet: torch.nn.Module, state: dict[str, torch.Tensor], *, adapter_name: str, exclude: str | None = EXCLUDE_MOTION
+) -> torch.nn.Module:
+    """Add a frozen LoRA adapter named ``adapter_name`` holding ``state`` (PEFT layout, scale 1: alpha = rank per
+    module, as in a diffusers file) on exactly the modules ``state`` names; every module must exist in ``unet``."""
+    from peft.utils import set_peft_model_state_dict
+
+    ranks = _ranks(state)
+    rank = max(ranks.values())
+    cfg = peft.LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(ranks),
+        rank_pattern={m: r for m, r in ranks.items() if r != rank},
+        alpha_pattern={m: r for m, r in ranks.items() if r != rank},
+        init_lora_weights=False,
+        exclude_modules=exclude,
+    )
+    unet.add_adapter(cfg, adapter_name=adapter_name)
+    missing = sorted(set(ranks) - set(lora_modules_of(unet, adapter_name)))
+    if missing:
+        raise ValueError(f"LoRA modules not found in the UNet: {missing[:3]} ({len(missing)} in all)")
+    result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"LoRA keys not loaded: {list(unexpected)[:3]}")
+    for name, p in unet.named_parameters():
+        if f".{adapter_name}." in name:
+            p.requires_grad_(False)
+    return unet
+
+
+def lora_modules_of(unet: torch.nn.Module, adapter_name: str) -> list[str]:
+    """Module paths carrying adapter ``adapter_name``."""
+    return [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "lora_A", {})
+    ]
+
+
+def set_lora_scale(unet: torch.nn.Module, adapter_name: str, scale: float) -> None:
+    """Scale adapter ``adapter_name``'s update (alpha / rank)·B·A by ``scale`` in every module."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in unet.modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.scaling:
+            module.set_scale(adapter_name, scale)
+
+
+def activate_adapters(unet: torch.nn.Module, names: list[str]) -> None:
+    """Make exactly ``names`` the active adapters of every LoRA layer (PEFT keeps one active by default), without
+    touching ``requires_grad``."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in unet.modules():
+        if isinstance(module, LoraLayer):
+            module._active_adapter = [n for n in names if n in module.lora_A]

@@ -226,38 +226,55 @@ def _tokenizer(path: str, cls):
 
 def encode_to_cache(cfg: Config, files: list[Path], key: str) -> tuple[Path, dict]:
     """Run the encode step into ``cache_dir/<key>/`` unless it is there; return its data directory and counts."""
-    root = Path(cfg.distill_image.cache_dir) / key
+    return encode_cached(
+        cfg.distill_image,
+        files,
+        key,
+        encoder=_Encoder,
+        encoder_args=(to_dict(cfg),),
+        columns=["key", "caption", "image"],
+    )
+
+
+CACHED_TENSORS = ("latents", "encoder_hidden_states", "input_ids", "control")
+"""Tensor columns an encode step may write (the cache records which it wrote)."""
+
+
+def encode_cached(settings, files: list[Path], key: str, *, encoder, encoder_args: tuple, columns: list[str]):
+    """Encode the rows of ``files`` (``columns``) with the Ray Data actor class ``encoder`` into
+    ``settings.cache_dir/<key>/`` (``data/*.parquet`` + ``cache.json``) unless it is there, staged in a temporary
+    directory renamed into place (a concurrent run publishing the same key first wins). ``encoder`` returns an
+    ``error`` column ("" when the row encoded, else ``reason: detail``); the counts are by reason. ``settings``:
+    any config section with ``cache_dir`` and ``encode_batch_size/actors/cpus/gpus``. Returns the data directory
+    and the cache description."""
+    root = Path(settings.cache_dir) / key
     data_dir = root / "data"
     meta_file = root / "cache.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         log.info("latent cache hit: %s (%d rows encoded)", root, meta["counts"]["encoded"])
         return data_dir, meta
-    d = cfg.distill_image
     tmp = root.parent / f".{key}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         t = time.monotonic()
-        ds = ray.data.read_parquet([str(f) for f in files], columns=["key", "caption", "image"])
+        ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
         encoded = ds.map_batches(
-            _Encoder,
-            fn_constructor_args=(to_dict(cfg),),
-            batch_size=d.encode_batch_size,
+            encoder,
+            fn_constructor_args=encoder_args,
+            batch_size=settings.encode_batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=d.encode_actors),
-            num_cpus=d.encode_cpus,
-            num_gpus=d.encode_gpus,
+            compute=ray.data.ActorPoolStrategy(size=settings.encode_actors),
+            num_cpus=settings.encode_cpus,
+            num_gpus=settings.encode_gpus,
         )
         encoded.write_parquet(str(tmp / "data"))
         errors = pq.read_table(tmp / "data", columns=["error"]).column("error").to_pylist()
+        names = pq.read_schema(next((tmp / "data").glob("*.parquet"))).names
         meta = {
             "key": key,
             "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
-            "columns": [
-                c
-                for c in ("latents", "encoder_hidden_states", "input_ids")
-                if c in pq.read_schema(next((tmp / "data").glob("*.parquet"))).names
-            ],
+            "columns": [c for c in CACHED_TENSORS if c in names],
             "seconds": round(time.monotonic() - t, 1),
         }
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -276,17 +293,21 @@ def encode_to_cache(cfg: Config, files: list[Path], key: str) -> tuple[Path, dic
     return data_dir, meta
 
 
+def cached_dataset(data_dir: Path, columns: list[str]) -> ray.data.Dataset:
+    """The encoded rows of a cache (``error == ""``), tensor ``columns`` only, read with light tasks."""
+    return (
+        ray.data.read_parquet(str(data_dir), columns=["error", *columns], ray_remote_args={"num_cpus": LIGHT_CPUS})
+        .filter(expr=col("error") == "")
+        .select_columns(columns)
+    )
+
+
 def training_dataset(cfg: Config, files: list[Path], key: str) -> tuple[ray.data.Dataset, dict, dict | None]:
     """The dataset the workers read (tensor columns only), the input counts, and the cache description."""
     d = cfg.distill_image
     if d.precompute_latents:
         data_dir, meta = encode_to_cache(cfg, files, key)
-        columns = meta["columns"]
-        ds = (
-            ray.data.read_parquet(str(data_dir), columns=["error", *columns], ray_remote_args={"num_cpus": LIGHT_CPUS})
-            .filter(expr=col("error") == "")
-            .select_columns(columns)
-        )
+        ds = cached_dataset(data_dir, meta["columns"])
         cache = {"path": str(data_dir.parent), "key": key, "seconds": meta["seconds"]}
         return ds, meta["counts"], cache
     # Without a cache, a first Ray Data pass decodes every image to count failures by reason (the manifest accounts

@@ -137,9 +137,20 @@ def _local(address: str) -> bool:
     return any(h in address for h in ("127.0.0.1", "localhost"))
 
 
-def job_main(argv: list[str] | None, *, module: str, doc: str, run, input_help: str, output_help: str) -> int:
+def job_main(
+    argv: list[str] | None,
+    *,
+    module: str,
+    doc: str,
+    run,
+    input_help: str,
+    output_help: str,
+    extra_inputs: dict[str, str] | None = None,
+) -> int:
     """The ``python -m pipelines.<job> --input DIR --output DIR [--config P|JSON] [--set k=v ...] [--overwrite]``
-    entry point every data job shares: parse, configure logging, build the config, ``run`` it."""
+    entry point every data job shares: parse, configure logging, build the config, ``run`` it. ``extra_inputs``:
+    further input directories of the job, option name (``stage1`` → ``--stage1``, passed to ``run`` as the keyword
+    ``stage1``) → help."""
     import argparse
     from pathlib import Path
 
@@ -149,8 +160,11 @@ def job_main(argv: list[str] | None, *, module: str, doc: str, run, input_help: 
     parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    for name, help_text in (extra_inputs or {}).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=None, help=help_text)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite)
+    extra = {name: getattr(args, name) for name in (extra_inputs or {})}
+    result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite, **extra)
     log.info("manifest: %s", result.output / "manifest.json")
     return 0

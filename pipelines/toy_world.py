@@ -17,7 +17,7 @@ from registry.manifest import code_version
 
 log = logging.getLogger(__name__)
 
-ZOO_PARTS = ("scorers", "captioner", "image-teacher")
+ZOO_PARTS = ("scorers", "captioner", "image-teacher", "motion-teacher", "style-teacher")
 
 
 def generate(
@@ -47,8 +47,9 @@ def generate(
 
 
 def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
-    """Train the requested parts of the toy zoo (``scorers``, ``captioner``, ``image-teacher``); each goes to
-    ``out_root/<part>`` (the image teacher to ``out_root/image_teacher``)."""
+    """Train the requested parts of the toy zoo (``scorers``, ``captioner``, ``image-teacher``, ``motion-teacher``,
+    ``style-teacher``); each goes to ``out_root/<part>`` with ``-`` as ``_`` (the image teacher to
+    ``out_root/image_teacher``). The motion and style teachers build on the image teacher under ``out_root``."""
     parts = list(only or ZOO_PARTS)
     unknown = [p for p in parts if p not in ZOO_PARTS]
     if unknown:
@@ -67,6 +68,18 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
             from toyworld.image_teacher import train_image_teacher
 
             results[part] = train_image_teacher(Path(out_root) / "image_teacher", seed=seed)
+        elif part == "motion-teacher":
+            from toyworld.motion_teacher import train_motion_teacher
+
+            results[part] = train_motion_teacher(
+                Path(out_root) / "motion_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed
+            )
+        elif part == "style-teacher":
+            from toyworld.style_teacher import train_style_teacher
+
+            results[part] = train_style_teacher(
+                Path(out_root) / "style_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed
+            )
         else:
             raise ValueError(f"unknown zoo part {part!r}; choose from {', '.join(ZOO_PARTS)}")
     return {"parts": results, "code_version": code_version()}

@@ -54,3 +54,23 @@ def toy_video_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("toyvid") / "world"
     generate_world(out, seed=4343, images=0, videos=40, dancers=6)
     return out
+
+
+@pytest.fixture(scope="session")
+def curated_videos(toy_video_world, ray_local, tmp_path_factory):
+    """The toy world's clips curated once with the toy profile (stage 2 and 3 train on them)."""
+    from pipelines.config import load_config
+    from pipelines.curate_videos import run
+
+    out = tmp_path_factory.mktemp("curvid") / "out"
+    return run(load_config("toy"), toy_video_world / "videos" / "wds", out)
+
+
+@pytest.fixture(scope="session")
+def recaptioned(toy_video_world, ray_local, tmp_path_factory):
+    """The toy dancers recaptioned once with the toy BLIP (with pose control frames; stage 3's control data)."""
+    from pipelines.config import load_config
+    from pipelines.recaption import run
+
+    out = tmp_path_factory.mktemp("recap") / "out"
+    return run(load_config("toy"), toy_video_world / "dancers", out)

@@ -12,14 +12,6 @@ from pipelines.config import load_config
 
 
 @pytest.fixture(scope="module")
-def curated_videos(toy_video_world, ray_local, tmp_path_factory):
-    from pipelines.curate_videos import run
-
-    out = tmp_path_factory.mktemp("curvid") / "out"
-    return run(load_config("toy"), toy_video_world / "videos" / "wds", out)
-
-
-@pytest.fixture(scope="module")
 def audit_by_kind(curated_videos, toy_video_world):
     labels = {r["key"]: r for r in pq.read_table(toy_video_world / "videos" / "labels.parquet").to_pylist()}
     rows = pq.read_table(curated_videos.output / "audit").to_pylist()

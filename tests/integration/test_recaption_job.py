@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-import pytest
 
 from models.video_io import decode_png
 from pipelines.config import load_config
 from toyworld.captioner import attribute_hits, truth_for_dancer
-
-
-@pytest.fixture(scope="module")
-def recaptioned(toy_video_world, ray_local, tmp_path_factory):
-    from pipelines.recaption import run
-
-    out = tmp_path_factory.mktemp("recap") / "out"
-    return run(load_config("toy"), toy_video_world / "dancers", out)
 
 
 def test_every_dancer_is_captioned_once_with_all_its_candidates(recaptioned, toy_video_world):

@@ -1,0 +1,192 @@
+"""Stage 3, teacher-free adaptation: a control or image-to-video adapter trained directly against the frozen video
+consistency model, by consistency training (no teacher), so that it keeps working at 1–4 steps.
+
+- **Base**: stage 2's video consistency model (``UNetMotionModel``: spatial weights with the LCM-LoRA fused, the
+  distilled motion modules), frozen.
+- **Adapter** (trainable): ``control``, a ControlNet branch (:func:`models.adapters.build_controlnet`: a copy of the
+  image UNet's encoder, or an existing image ControlNet to adapt) on pose control frames; or ``image_to_video``, the
+  :class:`models.adapters.ImageToVideoAdapter` on the first frame's latent. Both start adding exactly 0.
+- Optionally (``tune_lora``) a LoRA on the base's spatial layers (never the motion modules) trains with the adapter,
+  as the paper does for compatibility.
+- **Loss** (consistency training): one noise ε for both points, x_{t_{n+k}} = √ᾱ·x0 + √(1−ᾱ)·ε at t_{n+k} and
+  x̂_{t_n} the same at t_n; the online model's consistency function at x_{t_{n+k}} is pulled towards the EMA
+  target's at x̂_{t_n} (L2 or pseudo-Huber, λ_n), with the grid, boundary scalings and loss of stage 1.
+- **Target**: an EMA (``ema_decay``) of the trainable weights (adapter, and the LoRA when tuned).
+
+The student DeepSpeed wraps is a ``ModuleDict`` holding the adapter and the (frozen) base, so a tuned LoRA inside the
+base is optimised with the adapter.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.adapters import ImageToVideoAdapter, build_controlnet, controlnet_residuals, save_i2v_adapter
+from models.consistency import (
+    DDIMGrid,
+    add_noise,
+    consistency_function,
+    consistency_loss,
+    guidance_embedding,
+    loss_weights,
+)
+from models.consistency_config import ConsistencyConfig
+from models.factory import TeacherParts
+from models.lora import EXCLUDE_MOTION, add_lora, lora_state_dict, save_lora, to_diffusers_lora
+from models.stage1 import _gathered
+from models.task import Task
+from models.teacher_config import LoraConfig
+from models.video_unet import video_forward
+
+ADAPTER_KINDS = ("control", "image_to_video")
+
+
+def vae_downsample(vae: torch.nn.Module) -> int:
+    """The VAE's spatial downsampling (a diffusers pipeline's ``vae_scale_factor``)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+class AdapterConsistencyTask(Task):
+    """Stage 3 for one adapter (see the module docstring)."""
+
+    def __init__(
+        self,
+        parts: TeacherParts,
+        video_unet: torch.nn.Module,
+        consistency: ConsistencyConfig,
+        *,
+        adapter: str,
+        control_init_dir: str | None = None,
+        control_scale: float = 1.0,
+        motion_scale: float = 1.0,
+        tune_lora: LoraConfig | None = None,
+        ema_decay: float = 0.95,
+        seed: int = 0,
+    ) -> None:
+        if adapter not in ADAPTER_KINDS:
+            raise ValueError(f"adapter={adapter!r}: choose one of {', '.join(ADAPTER_KINDS)}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay!r}: must be in [0, 1)")
+        self.parts, self.cfg, self.kind = parts, consistency, adapter
+        self.control_scale, self.ema_decay, self.lora_cfg = control_scale, ema_decay, tune_lora
+        base = video_unet.eval().requires_grad_(False)
+        if tune_lora is not None:
+            add_lora(base, tune_lora, exclude=EXCLUDE_MOTION)
+        if adapter == "control":
+            module = build_controlnet(parts.unet, from_dir=control_init_dir, vae_downsample=vae_downsample(parts.vae))
+        else:
+            module = ImageToVideoAdapter.from_unet_config(dict(parts.unet.config), motion_scale=motion_scale)
+        module = module.to(base.device).train().requires_grad_(True)
+        self.student = torch.nn.ModuleDict({"adapter": module, "unet": base})
+        if tune_lora is None:  # the frozen base is shared (no second copy of a large UNet)
+            target_adapter = copy.deepcopy(module).eval().requires_grad_(False)
+            self.target = torch.nn.ModuleDict({"adapter": target_adapter, "unet": base})
+        else:
+            self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self._ema_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+        self.student.train()
+        base.eval()
+        self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank = seed, 0
+        self._micro = (-1, 0)
+
+    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
+        self.seed, self.rank = seed, rank
+
+    def _reseed(self, step: int) -> None:
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        self.generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, self.rank, step, micro, 3]).generate_state(1)[0])
+        )
+
+    @torch.no_grad()
+    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "encoder_hidden_states" in batch:
+            return batch["encoder_hidden_states"].float()
+        return self.parts.text_encoder(batch["input_ids"])[0].float()
+
+    @staticmethod
+    def condition(kind: str, batch: dict[str, torch.Tensor], latents: torch.Tensor) -> torch.Tensor:
+        """The adapter's input: control frames in [0, 1] (B, 3, F, H, W), or the first frame's latent (B, C, h, w)."""
+        if kind == "control":
+            control = batch["control"]
+            return control.float() / 255.0 if control.dtype == torch.uint8 else control.float()
+        return latents[:, :, 0]
+
+    def forward(self, model: torch.nn.ModuleDict, x, t, ehs, cond) -> torch.Tensor:
+        """The video consistency model's output with the adapter's residuals."""
+        w_cond = None
+        if self.cfg.w_embedding:
+            w_cond = guidance_embedding(torch.full((x.shape[0],), self.cfg.w_min), self.cfg.w_embedding_dim)
+        if self.kind == "control":
+            down, mid = controlnet_residuals(model["adapter"], x, t, ehs, cond, scale=self.control_scale)
+            return video_forward(model["unet"], x, t, ehs, timestep_cond=w_cond, down_residuals=down, mid_residual=mid)
+        down = model["adapter"](cond, x.shape[2])
+        return video_forward(model["unet"], x, t, ehs, timestep_cond=w_cond, down_residuals=down)
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        self._reseed(step)
+        latents, ehs = batch["latents"].float(), self._prompts(batch)
+        cond = self.condition(self.kind, batch, latents)
+        b = latents.shape[0]
+        ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
+        index = self.grid.sample_index(b, self.generator)
+        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        x_t, x_prev = add_noise(latents, noise, t_start, ac), add_noise(latents, noise, t_prev, ac)
+        pred = consistency_function(self.forward(self.student, x_t, t_start, ehs, cond), t_start, x_t, ac, ptype,
+                                    self.cfg)  # fmt: skip
+        with torch.no_grad():
+            out = self.forward(self.target, x_prev, t_prev, ehs, cond)
+            target = consistency_function(out, t_prev, x_prev, ac, ptype, self.cfg)
+        loss = consistency_loss(pred, target, self.cfg, loss_weights(self.grid, index, self.cfg.weighting))
+        return loss, {"t_mean": float(t_start.float().mean())}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        online = dict(self.student.named_parameters())
+        src = [online[n] for n in self._ema_names]
+        with _gathered(src):
+            tgt = dict(self.target.named_parameters())
+            for name in self._ema_names:
+                tgt[name].mul_(self.ema_decay).add_(online[name].detach().to(tgt[name].dtype), alpha=1 - self.ema_decay)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        tgt = dict(self.target.named_parameters())
+        return {f"target.{n}": tgt[n].detach().cpu().clone() for n in self._ema_names}
+
+    @torch.no_grad()
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        tgt = dict(self.target.named_parameters())
+        for key, value in state.items():
+            tgt[key.removeprefix("target.")].copy_(value)
+
+    def distilled(self) -> torch.nn.ModuleDict:
+        """The adapted model the stage delivers: the EMA target (adapter + base)."""
+        return self.target
+
+    def export(self, out_dir: Path) -> dict:
+        """``controlnet/`` (diffusers ControlNetModel directory, for ``AnimateDiffControlNetPipeline``) or
+        ``image_to_video_adapter/`` (:func:`models.adapters.save_i2v_adapter`), and with ``tune_lora``
+        ``adapter_lora/pytorch_lora_weights.safetensors``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        adapter = self.target["adapter"]
+        if self.kind == "control":
+            adapter.save_pretrained(str(out_dir / "controlnet"), safe_serialization=True)
+            files = ["controlnet/config.json", "controlnet/diffusion_pytorch_model.safetensors"]
+        else:
+            save_i2v_adapter(adapter, out_dir / "image_to_video_adapter")
+            files = ["image_to_video_adapter/config.json", "image_to_video_adapter/image_to_video_adapter.safetensors"]
+        if self.lora_cfg is not None:
+            state = lora_state_dict(self.target["unet"])
+            save_lora(to_diffusers_lora(state, alpha=self.lora_cfg.lora_alpha),
+                      out_dir / "adapter_lora" / "pytorch_lora_weights.safetensors")  # fmt: skip
+            files.append("adapter_lora/pytorch_lora_weights.safetensors")
+        return {"adapter": self.kind, "files": files, "from": "ema_target", "control_scale": self.control_scale}
