@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install lavis-env test lint unit integration demo bench train-zoo clean-demo
+.PHONY: install lavis-env test lint unit integration demo bench video-ablations train-zoo clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ demo: install
 	$(VENV)/bin/alcm recaption --input $(DEMO_DIR)/raw/dancers --output $(DEMO_DIR)/recaptioned-dancers
 	$(VENV)/bin/alcm curate videos --input $(DEMO_DIR)/raw/videos/wds --output $(DEMO_DIR)/curated-videos
 	$(VENV)/bin/alcm distill image --input $(DEMO_DIR)/curated-images --output $(DEMO_DIR)/distilled-image
+	$(VENV)/bin/alcm distill video --input $(DEMO_DIR)/curated-videos --stage1 $(DEMO_DIR)/distilled-image \
+		--output $(DEMO_DIR)/distilled-video
+	$(VENV)/bin/alcm adapt --input $(DEMO_DIR)/distilled-video --control-data $(DEMO_DIR)/recaptioned-dancers \
+		--video-data $(DEMO_DIR)/curated-videos --output $(DEMO_DIR)/adapters
 	@echo
 	@echo "demo outputs:"
 	@echo "  toy world:        $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/{images,videos,dancers}/labels.parquet)"
@@ -72,9 +76,11 @@ demo: install
 	@echo "  captioned dances: $(DEMO_DIR)/recaptioned-dancers/captioned/ (captions, candidates, pose control frames)"
 	@echo "  curated videos:   $(DEMO_DIR)/curated-videos/{kept,audit}/ + manifest.json"
 	@echo "  stage 1 LCM-LoRA: $(DEMO_DIR)/distilled-image/lora/ (diffusers + kohya), preview.png, manifest.json"
+	@echo "  stage 2 video:    $(DEMO_DIR)/distilled-video/pipeline/ (AnimateDiffPipeline, 4 steps), motion_adapter/, preview.png"
+	@echo "  stage 3 adapters: $(DEMO_DIR)/adapters/{controlnet,image_to_video_adapter}/ + manifest.json"
 	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
 
-bench: install lavis-env
+bench: install lavis-env video-ablations
 	$(PY) bench/curation_quality.py
 	$(PY) bench/curation_throughput.py
 	$(PY) bench/caption_quality.py
@@ -82,6 +88,19 @@ bench: install lavis-env
 	$(PY) bench/zero_memory.py
 	$(PY) bench/stage1_step.py
 	$(PY) bench/fewstep_image.py   # the LoRA of `make demo` by default (--lora DIR for another)
+	$(PY) bench/fewstep_video.py --ablation both=$(ABLATION_DIR)/init-both --ablation none=$(ABLATION_DIR)/init-none \
+		--ablation coupled=$(ABLATION_DIR)/coupled   # stage 2 of `make demo` against the ablations (make video-ablations)
+	$(PY) bench/adapter_fidelity.py   # stage 3 of `make demo`
+
+# Stage 2's ablations on the demo data, the rows of bench/fewstep_video.py (run `make demo` first).
+ABLATION_DIR ?= data/bench/stage2
+video-ablations: install
+	$(VENV)/bin/alcm distill video --input $(DEMO_DIR)/curated-videos --stage1 $(DEMO_DIR)/distilled-image \
+		--output $(ABLATION_DIR)/init-both --overwrite --set distill_video.init=both --set distill_video.preview_prompts=[]
+	$(VENV)/bin/alcm distill video --input $(DEMO_DIR)/curated-videos --output $(ABLATION_DIR)/init-none --overwrite \
+		--set distill_video.init=none --set distill_video.preview_prompts=[]
+	$(VENV)/bin/alcm distill video --input $(DEMO_DIR)/curated-videos --output $(ABLATION_DIR)/coupled --overwrite \
+		--set distill_video.init=none --set distill_video.decoupled=false --set distill_video.preview_prompts=[]
 
 train-zoo: install
 	$(VENV)/bin/alcm toy train-zoo --only scorers --only captioner

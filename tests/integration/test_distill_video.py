@@ -18,6 +18,7 @@ import torch
 from pipelines.config import load_config
 
 STEPS = 3
+pytestmark = pytest.mark.timeout(1200)  # the module's fixtures run two training jobs (about 3 minutes each on 2 cores)
 TEACHER = "toyworld/zoo/image_teacher"
 
 
