@@ -156,8 +156,29 @@ def read_motion(frames: np.ndarray, background: str) -> dict[str, Any]:
     return {"direction": direction, "dx": float(dx), "dy": float(dy), "area_ratio": float(ratio)}
 
 
+MAX_JUMP = 0.12
+"""Largest centroid move between consecutive frames (fraction of the frame) of a coherent clip: a toy clip's object
+moves at most 0.6 / 15 = 0.04 per frame."""
+
+
+def coherent(frames: np.ndarray, background: str) -> bool:
+    """One object persists through the clip: drawn in every frame, one colour throughout, and its centroid never
+    jumps more than :data:`MAX_JUMP` between consecutive frames (independent per-frame samples fail this)."""
+    reads = [read_object(f, background) for f in frames]
+    if any(r["colour"] is None for r in reads) or len({r["colour"] for r in reads}) != 1:
+        return False
+    level = BACKGROUND_LEVEL[background]
+    centres = []
+    for f in frames:
+        ys, xs = np.nonzero(np.abs(f.astype(np.float64) - level).max(axis=-1) > 60.0)
+        centres.append((xs.mean() / f.shape[1], ys.mean() / f.shape[0]))
+    jumps = np.sqrt((np.diff(np.asarray(centres), axis=0) ** 2).sum(axis=1))
+    return bool(jumps.max() <= MAX_JUMP)
+
+
 def motion_fidelity(videos: list[np.ndarray], prompts: list[dict[str, str]]) -> dict[str, float]:
-    """Direction accuracy (pixels), colour accuracy of frame 0, and how often an object was drawn."""
+    """Direction accuracy (pixels), colour accuracy of frame 0, how often an object was drawn, and how often the
+    clip is :func:`coherent` (one object persisting and moving smoothly)."""
     motion = [read_motion(v, p["background"]) for v, p in zip(videos, prompts, strict=True)]
     first = [read_object(v[0], p["background"]) for v, p in zip(videos, prompts, strict=True)]
     pairs = list(zip(motion, first, prompts, strict=True))
@@ -165,6 +186,7 @@ def motion_fidelity(videos: list[np.ndarray], prompts: list[dict[str, str]]) -> 
         "direction_accuracy": float(np.mean([m["direction"] == p["direction"] for m, _, p in pairs])),
         "colour_accuracy": float(np.mean([r["colour"] == p["colour"] for _, r, p in pairs])),
         "drew_something": float(np.mean([r["colour"] is not None for r in first])),
+        "coherent": float(np.mean([coherent(v, p["background"]) for v, p in zip(videos, prompts, strict=True)])),
     }
 
 
