@@ -268,7 +268,7 @@ def write_video_preview(cfg: Config, pipeline_dir: Path, prompts: list[str], ste
             video = pipe(prompt, num_frames=v.frames, num_inference_steps=n, guidance_scale=g, output_type="np",
                          height=v.resolution, width=v.resolution,
                          generator=torch.Generator().manual_seed(i)).frames[0]  # fmt: skip
-            rows.append(list((np.asarray(video) * 255).round().astype(np.uint8)))
+            rows.append((np.asarray(video) * 255).round().astype(np.uint8))
     Image.fromarray(image_grid(rows)).save(out_file)
     return {
         "file": out_file.name,
