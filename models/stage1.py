@@ -27,7 +27,6 @@ import contextlib
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.consistency import (
@@ -43,7 +42,7 @@ from models.consistency import (
 from models.consistency_config import TARGETS, ConsistencyConfig
 from models.factory import TeacherParts
 from models.lora import add_lora, lora_state_dict, save_lora, to_diffusers_lora, to_kohya
-from models.task import Task
+from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 
 
@@ -61,7 +60,7 @@ def _gathered(params: list[torch.nn.Parameter]):
     return contextlib.nullcontext()
 
 
-class ImageConsistencyTask(Task):
+class ImageConsistencyTask(ConsistencyTaskBase):
     """Stage 1 (see the module docstring)."""
 
     def __init__(
@@ -89,30 +88,10 @@ class ImageConsistencyTask(Task):
         if target == "ema":
             self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.seed, self.rank = seed, 0
-        self._micro = (-1, 0)  # (step, micro-batch index within it)
+        self._init_draws(seed)
         self.uncond = self._encode_text([""])
 
-    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
-        self.seed, self.rank = seed, rank
-
-    def _reseed(self, step: int) -> None:
-        """Noise, grid indices and w of a micro-batch depend only on (seed, rank, step, micro-batch): ranks draw
-        differently, and a resumed run draws exactly what an uninterrupted one would."""
-        micro = self._micro[1] + 1 if self._micro[0] == step else 0
-        self._micro = (step, micro)
-        self.generator.manual_seed(
-            int(np.random.SeedSequence([self.seed, self.rank, step, micro]).generate_state(1)[0])
-        )
-
     # ------------------------------------------------------------------------------------------- inputs
-
-    @torch.no_grad()
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.parts.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return self.parts.text_encoder(ids.input_ids.to(self.parts.text_encoder.device))[0]
 
     @torch.no_grad()
     def _latents(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -121,12 +100,6 @@ class ImageConsistencyTask(Task):
         vae = self.parts.vae
         # The posterior mean, not a sample: the frozen VAE's latents are then cacheable and identical across epochs.
         return vae.encode(batch["pixel_values"].to(vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
-
-    @torch.no_grad()
-    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "encoder_hidden_states" in batch:
-            return batch["encoder_hidden_states"].float()
-        return self.parts.text_encoder(batch["input_ids"])[0].float()
 
     # ------------------------------------------------------------------------------------------- step
 

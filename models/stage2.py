@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.consistency import (
@@ -58,7 +57,7 @@ from models.lora import (
     to_diffusers_lora,
 )
 from models.stage1 import _gathered
-from models.task import Task
+from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 from models.video_unet import MOTION_KEY, inflate, save_motion_adapter, video_forward
 
@@ -76,7 +75,7 @@ def _trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
-class VideoConsistencyTask(Task):
+class VideoConsistencyTask(ConsistencyTaskBase):
     """Stage 2 (see the module docstring)."""
 
     def __init__(
@@ -144,22 +143,10 @@ class VideoConsistencyTask(Task):
             self._ema_names += [n for n, _ in self.student.named_parameters() if f".{STAGE1_ADAPTER}." in n]
         self._apply_target_scale()
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.seed, self.rank = seed, 0
-        self._micro = (-1, 0)
+        self._init_draws(seed, salt=(2,))
         self.uncond = self._encode_text([""])
 
     # ------------------------------------------------------------------------------------------- set-up
-
-    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
-        self.seed, self.rank = seed, rank
-
-    def _reseed(self, step: int) -> None:
-        micro = self._micro[1] + 1 if self._micro[0] == step else 0
-        self._micro = (step, micro)
-        self.generator.manual_seed(
-            int(np.random.SeedSequence([self.seed, self.rank, step, micro, 2]).generate_state(1)[0])
-        )
 
     def target_lora_scale(self) -> float:
         """The target's stage-1 LoRA scale: (1 − μⁿ)² under ``online_only`` (see the module docstring), else 1."""
@@ -172,12 +159,6 @@ class VideoConsistencyTask(Task):
             set_lora_scale(self.target, STAGE1_ADAPTER, self.target_lora_scale())
 
     @torch.no_grad()
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        tok = self.parts.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return self.parts.text_encoder(ids.input_ids.to(self.parts.text_encoder.device))[0]
-
-    @torch.no_grad()
     def _latents(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Video latents (B, C, F, h, w): precomputed ``latents``, or the VAE's mean of ``pixel_values``
         (B, F, 3, H, W) × scaling_factor."""
@@ -188,12 +169,6 @@ class VideoConsistencyTask(Task):
         lat = vae.encode(px.reshape(b * f, *px.shape[2:]).to(vae.dtype)).latent_dist.mean.float()
         lat = lat * vae.config.scaling_factor
         return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
-
-    @torch.no_grad()
-    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "encoder_hidden_states" in batch:
-            return batch["encoder_hidden_states"].float()
-        return self.parts.text_encoder(batch["input_ids"])[0].float()
 
     def _model(self, unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor, w: torch.Tensor):
         cond = guidance_embedding(w, self.cfg.w_embedding_dim) if self.cfg.w_embedding else None

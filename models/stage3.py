@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.adapters import ImageToVideoAdapter, build_controlnet, controlnet_residuals, save_i2v_adapter
@@ -38,7 +37,7 @@ from models.consistency_config import ConsistencyConfig
 from models.factory import TeacherParts
 from models.lora import EXCLUDE_MOTION, add_lora, lora_state_dict, save_lora, to_diffusers_lora
 from models.stage1 import _gathered
-from models.task import Task
+from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 from models.video_unet import video_forward
 
@@ -50,7 +49,7 @@ def vae_downsample(vae: torch.nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-class AdapterConsistencyTask(Task):
+class AdapterConsistencyTask(ConsistencyTaskBase):
     """Stage 3 for one adapter (see the module docstring)."""
 
     def __init__(
@@ -91,25 +90,7 @@ class AdapterConsistencyTask(Task):
         self.student.train()
         base.eval()
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.seed, self.rank = seed, 0
-        self._micro = (-1, 0)
-
-    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
-        self.seed, self.rank = seed, rank
-
-    def _reseed(self, step: int) -> None:
-        micro = self._micro[1] + 1 if self._micro[0] == step else 0
-        self._micro = (step, micro)
-        self.generator.manual_seed(
-            int(np.random.SeedSequence([self.seed, self.rank, step, micro, 3]).generate_state(1)[0])
-        )
-
-    @torch.no_grad()
-    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "encoder_hidden_states" in batch:
-            return batch["encoder_hidden_states"].float()
-        return self.parts.text_encoder(batch["input_ids"])[0].float()
+        self._init_draws(seed, salt=(3,))
 
     @staticmethod
     def condition(kind: str, batch: dict[str, torch.Tensor], latents: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +51,39 @@ class Task:
     def export(self, out_dir: Path) -> dict:
         """Write the stage's deliverable under ``out_dir``; return a description for the manifest."""
         return {}
+
+
+class ConsistencyTaskBase(Task):
+    """What the consistency-distillation stages share: per-(seed, rank, step, micro-batch) draws, so ranks draw
+    differently and a resumed run draws exactly what an uninterrupted one would; the prompt embeddings of a batch
+    (precomputed ``encoder_hidden_states``, else the text encoder on ``input_ids``). Subclasses set ``self.parts``
+    (a :class:`models.factory.TeacherParts`) and call :meth:`_init_draws`."""
+
+    def _init_draws(self, seed: int, salt: tuple[int, ...] = ()) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.rank, self._salt = seed, 0, salt
+        self._micro = (-1, 0)  # (step, micro-batch index within it)
+
+    def configure(self, *, seed: int, rank: int, world_size: int) -> None:
+        self.seed, self.rank = seed, rank
+
+    def _reseed(self, step: int) -> None:
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        entropy = [self.seed, self.rank, step, micro, *self._salt]
+        self.generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.parts.tokenizer
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return self.parts.text_encoder(ids.input_ids.to(self.parts.text_encoder.device))[0]
+
+    @torch.no_grad()
+    def _prompts(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "encoder_hidden_states" in batch:
+            return batch["encoder_hidden_states"].float()
+        return self.parts.text_encoder(batch["input_ids"])[0].float()
 
 
 class LinearProbeTask(Task):

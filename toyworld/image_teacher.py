@@ -42,7 +42,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import tempfile
@@ -69,7 +68,7 @@ from toyworld.scenes import (
     render_scene,
     sample_scene,
 )
-from toyworld.zoo import REPO_ROOT, make_video_pool, toy_scorers_config
+from toyworld.zoo import REPO_ROOT, make_video_pool, publish_part, toy_scorers_config
 
 logger = logging.getLogger(__name__)
 
@@ -586,13 +585,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
                 "torch_threads": cfg.threads,
             },
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_part(tmp, out_dir, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -51,7 +51,7 @@ from toyworld.image_teacher import (
 )
 from toyworld.scenes import BACKGROUND_LEVEL, BACKGROUNDS, COLOURS, SHAPES
 from toyworld.videos import DIRECTIONS, render_clip, video_caption
-from toyworld.zoo import REPO_ROOT
+from toyworld.zoo import REPO_ROOT, publish_part
 
 logger = logging.getLogger(__name__)
 
@@ -376,13 +376,7 @@ def train_motion_teacher(
             "code": {rel: digest_file(REPO_ROOT / rel) for rel in ("toyworld/motion_teacher.py", "toyworld/videos.py")},
             "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": cfg.threads},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_part(tmp, out_dir, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -85,7 +85,7 @@ from toyworld.image_teacher import (
 )
 from toyworld.scenes import BACKGROUND_LEVEL, caption_for, render_scene, sample_scene
 from toyworld.videos import grey
-from toyworld.zoo import REPO_ROOT, make_video_pool
+from toyworld.zoo import REPO_ROOT, make_video_pool, publish_part
 
 logger = logging.getLogger(__name__)
 
@@ -416,13 +416,7 @@ def train_style_teacher(
             "code": {rel: digest_file(REPO_ROOT / rel) for rel in ("toyworld/style_teacher.py", "toyworld/scenes.py")},
             "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": cfg.threads},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_part(tmp, out_dir, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -930,6 +930,19 @@ def train_scorers(
     return manifest
 
 
+def publish_part(tmp: Path, out_dir: Path, manifest: dict) -> None:
+    """Finish a zoo part written into the temporary folder ``tmp`` (next to ``out_dir``): write its
+    ``manifest.json``, make it world-readable (a mkdtemp folder is private; the zoo is shared, read-only data) and
+    move it into place, replacing the previous version."""
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for path in tmp.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    tmp.chmod(0o755)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
