@@ -177,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     if not has_control and not has_i2v:
         raise SystemExit(f"--adapters {args.adapters}: neither controlnet/ nor image_to_video_adapter/; expected a "
                          "stage-3 output (`alcm adapt --output DIR`, or `make demo`)")  # fmt: skip
-    if (args.adapters / "adapter_lora").exists():
-        raise SystemExit(f"--adapters {args.adapters}: has adapter_lora/ (adapt.tune_lora); this bench measures the "
-                         "adapters on the stage-2 base as it is and does not apply a tuned base LoRA")  # fmt: skip
+    tuned = [d.name for d in (args.adapters / "control_lora", args.adapters / "image_to_video_lora") if d.exists()]
+    if tuned:
+        raise SystemExit(f"--adapters {args.adapters}: has {', '.join(tuned)}/ (adapt.tune_lora); this bench measures "
+                         "the adapters on the stage-2 base as it is and does not apply a tuned base LoRA")  # fmt: skip
     manifest = args.adapters / "manifest.json"
     adapters_manifest = json.loads(manifest.read_text()).get("adapters", {}) if manifest.is_file() else {}
     control_scale = float(adapters_manifest.get("control", {}).get("export", {}).get("control_scale", 1.0))

@@ -155,7 +155,7 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
     def export(self, out_dir: Path) -> dict:
         """``controlnet/`` (diffusers ControlNetModel directory, for ``AnimateDiffControlNetPipeline``) or
         ``image_to_video_adapter/`` (:func:`models.adapters.save_i2v_adapter`), and with ``tune_lora``
-        ``adapter_lora/pytorch_lora_weights.safetensors``."""
+        ``<adapter>_lora/pytorch_lora_weights.safetensors`` (one per adapter: stage 3 may train both)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         adapter = self.target["adapter"]
@@ -168,6 +168,6 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         if self.lora_cfg is not None:
             state = lora_state_dict(self.target["unet"])
             save_lora(to_diffusers_lora(state, alpha=self.lora_cfg.lora_alpha),
-                      out_dir / "adapter_lora" / "pytorch_lora_weights.safetensors")  # fmt: skip
-            files.append("adapter_lora/pytorch_lora_weights.safetensors")
+                      out_dir / f"{self.kind}_lora" / "pytorch_lora_weights.safetensors")  # fmt: skip
+            files.append(f"{self.kind}_lora/pytorch_lora_weights.safetensors")
         return {"adapter": self.kind, "files": files, "from": "ema_target", "control_scale": self.control_scale}

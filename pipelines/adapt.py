@@ -14,7 +14,7 @@ Steps and where they run, per adapter in ``adapt.adapters``:
    adapter named ``<train.name>-<adapter>-<output>-<digest>`` (re-running resumes).
 4. **export**: ``controlnet/`` (diffusers ControlNetModel, loadable by ``AnimateDiffControlNetPipeline``) and
    ``image_to_video_adapter/`` (:func:`models.adapters.save_i2v_adapter`; load with
-   :func:`models.adapters.load_i2v_adapter`), ``adapter_lora/`` per adapter when ``tune_lora``.
+   :func:`models.adapters.load_i2v_adapter`), ``<adapter>_lora/`` per adapter when ``tune_lora``.
 5. **manifest** (``kind: checkpoint``, stage ``teacher_free_adaptation``): inputs (stage-2 checkpoint digest, each
    dataset), per-adapter counts, metrics, run, export, files, config, timings.
 """

@@ -96,8 +96,8 @@ def test_tune_lora_trains_a_spatial_lora_with_the_adapter_and_exports_it(parts, 
     lora = [n for n in names if "lora_" in n]
     assert lora and not any(MOTION_KEY in n for n in lora)
     info = task.export(tmp_path)
-    assert "adapter_lora/pytorch_lora_weights.safetensors" in info["files"]
-    assert (tmp_path / "adapter_lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert "image_to_video_lora/pytorch_lora_weights.safetensors" in info["files"]
+    assert (tmp_path / "image_to_video_lora" / "pytorch_lora_weights.safetensors").is_file()
     loaded = load_i2v_adapter(tmp_path / "image_to_video_adapter")
     b = _batch()
     with torch.no_grad():
