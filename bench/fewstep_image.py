@@ -36,24 +36,12 @@ import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
 from bench.common import write_json
+from models.evaluation import frechet_distance
 
 STEPS = (1, 2, 4, 8)
 METHODS = ("lcm-lora", "ddim", "ddim-leading", "dpmsolver++", "lcm-base")
 BASELINES = ("ddim", "ddim-leading", "dpmsolver++")
 DEFAULT_LORA = Path("data/demo/distilled-image/lora")
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows = samples):
-    |μa − μb|² + tr(Σa + Σb − 2 (Σa Σb)^½), with tr((Σa Σb)^½) = Σ √λ(Σa^½ Σb Σa^½) (symmetric, so eigh is exact)."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    vals, vecs = np.linalg.eigh(cov_a)
-    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(
-        np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.sqrt(np.clip(cross, 0, None)).sum()
-    )
 
 
 def decode(pipe, latents: np.ndarray) -> np.ndarray:

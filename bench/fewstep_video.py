@@ -52,7 +52,7 @@ import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
 from bench.common import write_json
-from bench.fewstep_image import frechet_distance
+from models.evaluation import clip_video_features, frechet_distance
 
 STEPS = (1, 2, 4, 8)
 VERDICT_STEPS = (1, 2, 4)
@@ -141,11 +141,6 @@ def frame_embeddings(scorer, videos: np.ndarray) -> np.ndarray:
     return scorer.image_embeddings(list(videos.reshape(n * f, *videos.shape[2:]))).reshape(n, f, -1)
 
 
-def video_features(emb: np.ndarray) -> np.ndarray:
-    """The toy FVD feature of each video: [mean over frames, last − first] of its frame embeddings, (N, 2D)."""
-    return np.concatenate([emb.mean(axis=1), emb[:, -1] - emb[:, 0]], axis=1)
-
-
 def video_figures(videos: np.ndarray, emb: np.ndarray, text: np.ndarray, prompts: list[dict]) -> dict[str, float]:
     """clipsim, temporal, direction and colour of a set of videos (``text``: each video's prompt embedding)."""
     from toyworld.motion_teacher import motion_fidelity
@@ -226,13 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     ref_lat, ref_videos, ref_latency = sample_videos(teacher, captions, seeds, steps=REFERENCE_STEPS,
                                                      guidance=guidance, **kw)  # fmt: skip
     ref_emb = frame_embeddings(scorer, ref_videos)
-    ref_feats, ref_frames = video_features(ref_emb), ref_emb.reshape(-1, ref_emb.shape[-1])
+    ref_feats, ref_frames = clip_video_features(ref_emb), ref_emb.reshape(-1, ref_emb.shape[-1])
     truth_rng = np.random.default_rng([args.seed, VAL_STREAM, 1])
     truth = np.stack([render_prompt_clip(p, truth_rng, frames=frames, stride=1) for p in prompts])
     truth_emb = frame_embeddings(scorer, truth)
     reference = {
         **video_figures(ref_videos, ref_emb, text, prompts),
-        "fvd_real": frechet_distance(ref_feats, video_features(truth_emb)),
+        "fvd_real": frechet_distance(ref_feats, clip_video_features(truth_emb)),
         "latency_s": ref_latency,
         "unet_evals": 2 * REFERENCE_STEPS,
     }
@@ -254,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             emb = frame_embeddings(scorer, videos)
             results[method][steps] = {
                 "latent_mse": float(np.mean((lat - ref_lat) ** 2)),
-                "fvd": frechet_distance(video_features(emb), ref_feats),
+                "fvd": frechet_distance(clip_video_features(emb), ref_feats),
                 "fd_frames": frechet_distance(emb.reshape(-1, emb.shape[-1]), ref_frames),
                 **video_figures(videos, emb, text, prompts),
                 "latency_s": latency,

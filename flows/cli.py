@@ -19,10 +19,14 @@ toy_app = typer.Typer(no_args_is_help=True, help="The toy world: generate data, 
 curate_app = typer.Typer(no_args_is_help=True, help="Curate datasets (Ray Data jobs).")
 distill_app = typer.Typer(no_args_is_help=True, help="Distillation stages (Ray Train + DeepSpeed jobs).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect profiles and resolved configs.")
+registry_app = typer.Typer(no_args_is_help=True, help="Registered datasets and checkpoints (MLflow-backed).")
+audit_app = typer.Typer(no_args_is_help=True, help="Audit queries: why rows were dropped, where a sample went.")
 app.add_typer(toy_app, name="toy")
 app.add_typer(curate_app, name="curate")
 app.add_typer(distill_app, name="distill")
 app.add_typer(config_app, name="config")
+app.add_typer(registry_app, name="registry")
+app.add_typer(audit_app, name="audit")
 
 PROFILE = typer.Option("toy", "--profile", "-p", help="Profile name under configs/ or a YAML path.")
 SET = typer.Option([], "--set", "-s", help="Config override key=value (repeatable).")
@@ -314,11 +318,227 @@ def export_pipeline(
     typer.echo(json.dumps(info, indent=2))
 
 
+# ------------------------------------------------------------------------------------------------ eval and registry
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A stage-1 or stage-2 output directory."),
+    output_dir: Path = typer.Option(..., "--output", help="New directory for the report."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+    overwrite: bool = OVERWRITE,
+    register: bool = typer.Option(True, "--register/--no-register", help="Record it and its report in the registry."),
+    promote: bool = typer.Option(False, "--promote", help="Run the promotion gate afterwards."),
+) -> None:
+    """Evaluate a checkpoint: few-step tables against the teacher's DDIM and DPM-Solver++ (FVD/FID, CLIPSIM,
+    distance to the teacher, latency, memory), report.md + plots + samples; registered with the checkpoint
+    (flow ``evaluate-checkpoint``)."""
+    from flows.evaluate import EvaluateParams, evaluate_flow
+
+    _config(profile, overrides)
+    _check_io(checkpoint, output_dir, overwrite)
+    params = _io_params(EvaluateParams, checkpoint, output_dir, profile, overrides, submit, overwrite,
+                        register=register, promote=promote)  # fmt: skip
+    out = evaluate_flow(params)
+    typer.echo((output_dir / "report.md").read_text())
+    typer.echo(f"report:     {output_dir / 'report.md'} (report.json, plots/, {out['manifest']['files'][-1]})")
+    if out["checkpoint"]:
+        typer.echo(f"registered: {out['checkpoint']} (alias candidate)")
+    if out["decision"]:
+        d = out["decision"]
+        typer.echo(f"gate:       {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
+
+
+def _registry():
+    from flows.common import open_registry
+
+    return open_registry()
+
+
+def _registry_call(fn, *args, **kwargs):
+    from registry.store import RegistryError
+
+    try:
+        return fn(*args, **kwargs)
+    except (RegistryError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _headline(entry) -> str:
+    h = entry.headline
+    if entry.kind == "dataset":
+        return " ".join(f"{k} {int(v)}" for k, v in h.items())
+    keys = [k for k in h if k.endswith("@4") and not k.startswith("latency")] or list(h)[:3]
+    return " ".join(f"{k} {h[k]:.4g}" for k in keys)
+
+
+@registry_app.command("list")
+def registry_list(kind: str = typer.Option(None, "--kind", help="dataset or checkpoint")) -> None:
+    """Every registered version, one line each: NAME@VERSION, kind, aliases, headline metrics."""
+    entries = _registry_call(_registry().list, kind)
+    if not entries:
+        typer.echo("the registry is empty (flows register what they write; `alcm registry register DIR`)")
+    width = max((len(e.ref) for e in entries), default=0) + 2
+    for e in entries:
+        aliases = f" [{', '.join(e.aliases)}]" if e.aliases else ""
+        typer.echo(f"{e.ref:<{width}}{e.type:<24}{_headline(e)}{aliases}")
+
+
+@registry_app.command("register")
+def registry_register(output_dir: Path = typer.Argument(..., help="A job output directory (manifest.json).")) -> None:
+    """Register a job output (and the job outputs it was made from) that no flow recorded."""
+    entry = _registry_call(_registry().register, output_dir)
+    typer.echo(f"{entry.ref} {entry.type} {entry.digest}")
+
+
+@registry_app.command("alias")
+def registry_alias(ref: str = typer.Argument(...), alias: str = typer.Argument(..., help="candidate")) -> None:
+    """Point an alias at a version (production moves only through `alcm registry promote`)."""
+    if alias == "production":
+        _fail("production moves only through the promotion gate: `alcm registry promote NAME@VERSION`")
+    typer.echo(_registry_call(_registry().set_alias, ref, alias).ref)
+
+
+@registry_app.command("promote")
+def registry_promote(ref: str = typer.Argument(..., help="NAME@VERSION or NAME@candidate"),
+                     profile: str = PROFILE, overrides: list[str] = SET) -> None:  # fmt: skip
+    """Run the promotion gate: production moves to REF only if its eval beats production's on the profile's rules
+    (flow ``promote-checkpoint``)."""
+    from flows.evaluate import PromoteParams, decision_markdown, promote_flow
+
+    _config(profile, overrides)
+    _registry_call(_registry().get, ref)
+    decision = promote_flow(PromoteParams(checkpoint=ref, profile=profile, overrides=list(overrides)))
+    typer.echo(decision_markdown(decision))
+
+
+@registry_app.command("diff")
+def registry_diff(a: str = typer.Argument(...), b: str = typer.Argument(...)) -> None:
+    """What changed from A to B: config keys, inputs, training and eval metrics, code version."""
+    d = _registry_call(_registry().diff, a, b)
+    typer.echo(f"{d['a']} → {d['b']}")
+    typer.echo(f"  digest:       {d['digest'][0]} → {d['digest'][1]}")
+    if d["code_version"][0] != d["code_version"][1]:
+        typer.echo(f"  code version: {d['code_version'][0]} → {d['code_version'][1]}")
+    for section in ("config", "inputs", "metrics"):
+        typer.echo(f"  {section}:" + ("" if d[section] else " unchanged"))
+        for key, (old, new) in d[section].items():
+            typer.echo(f"    {key}: {_short(old)} → {_short(new)}")
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lineage_lines(node: dict, show_config: bool, prefix: str = "", role: str | None = None) -> list[str]:
+    import hashlib
+
+    e, m = node["entry"], node["manifest"]
+    config = json.dumps(m.get("config") or {}, sort_keys=True)
+    head = f"{role + ': ' if role else ''}{e.ref}  {e.type}"
+    head += f"  stage {m['stage']}" if m.get("stage") else ""
+    head += f"  {_headline(e)}" if e.headline else ""
+    lines = [head, f"  digest {e.digest}", f"  code {m.get('code_version', 'unknown')}  config sha256:"
+             f"{hashlib.sha256(config.encode()).hexdigest()[:16]}  at {e.location}"]  # fmt: skip
+    if show_config:
+        from registry.store import _flatten
+
+        lines += [f"    {k} = {json.dumps(v)}" for k, v in _flatten(m.get("config") or {}).items()]
+    children = [("p", p) for p in node["parents"]] + [("r", r) for r in node["raw"]]
+    out = [prefix + lines[0]] + [prefix.replace("├── ", "│   ").replace("└── ", "    ") + x for x in lines[1:]]
+    base = prefix.replace("├── ", "│   ").replace("└── ", "    ")
+    for i, (kind, child) in enumerate(children):
+        branch = "└── " if i == len(children) - 1 else "├── "
+        if kind == "p":
+            out += _lineage_lines(child["node"], show_config, base + branch, child["role"])
+        else:
+            digest = child.get("digest") or (f"{len(child['digests'])} weight files" if child.get("digests") else "")
+            where = child.get("path") or child.get("pretrained_dir") or ""
+            root = node["manifest"].get("input_root")
+            if child["role"] == "raw" and root:
+                where = root if where in (".", "") else f"{root}/{where}"
+            out.append(f"{base}{branch}{child['role']}: {where}  {digest}")
+    return out
+
+
+@app.command("lineage")
+def lineage(
+    ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS (candidate, production)"),
+    show_config: bool = typer.Option(False, "--config", help="Print every config key of every node."),
+) -> None:
+    """The tree checkpoint → parent checkpoints → dataset versions → raw inputs, with digests, configs and code
+    versions."""
+    tree = _registry_call(_registry().lineage, ref)
+    typer.echo("\n".join(_lineage_lines(tree, show_config)))
+
+
+@audit_app.command("dataset")
+def audit_dataset(
+    ref: str = typer.Argument(..., help="DATASET@VERSION"),
+    reason: str = typer.Option(None, "--reason", help="Show rows with this reason (or kept)."),
+    show: int = typer.Option(5, "--show", help="How many example rows."),
+    thumbnails: Path = typer.Option(None, "--thumbnails", help="Write the example rows' images here."),
+) -> None:
+    """Counts per decision and reason of a dataset version, and example rows (keys, captions, scores)."""
+    from registry.audit import dataset_audit
+
+    a = _registry_call(dataset_audit, _registry(), ref, reason=reason, show=show)
+    typer.echo(f"{a['ref']}: {a['rows']} audited rows at {a['location']}")
+    typer.echo("  by decision: " + ", ".join(f"{k} {v}" for k, v in a["by_decision"].items()))
+    if not a["consistent"]:
+        typer.secho(f"  the manifest says {a['manifest_by_decision']}: audit and manifest disagree", fg="red")
+    for r, n in a["by_reason"].items():
+        typer.echo(f"  {r:<24} {n}")
+    if reason is None and not show:
+        return
+    typer.echo(f"\n{a['matching']} rows {'with reason ' + reason if reason else ''}; {len(a['examples'])} shown:")
+    for ex in a["examples"]:
+        scores = " ".join(f"{k} {v:.3g}" for k, v in ex.items() if isinstance(v, float))
+        typer.echo(f"  {ex.get('key')}  {ex.get('decision')} {ex.get('reasons')}  {scores}\n    {ex.get('caption')!r}"
+                   + (f"\n    error: {ex['error']}" if ex.get("error") else ""))  # fmt: skip
+    if thumbnails is not None:
+        from pipelines.audit_samples import write_thumbnails
+
+        if not a["input_root"]:
+            _fail(f"{a['ref']}: the manifest names no input_root to read images from")
+        for key, where in write_thumbnails(a["input_root"], a["examples"], thumbnails).items():
+            typer.echo(f"  thumbnail {key}: {where}")
+
+
+@audit_app.command("consumers")
+def audit_consumers(ref: str = typer.Argument(..., help="DATASET@VERSION (or a checkpoint)")) -> None:
+    """Every checkpoint trained, transitively, on a dataset version."""
+    entries = _registry_call(_registry().consumers, ref)
+    typer.echo(f"{len(entries)} checkpoint(s) made from {ref}:")
+    for e in entries:
+        typer.echo(f"  {e.ref}  {e.tags.get('alcm.stage', '')}  {_headline(e)}")
+
+
+@audit_app.command("sample")
+def audit_sample(key: str = typer.Argument(..., help="A raw sample key, e.g. img-1234-000042")) -> None:
+    """Where one raw sample went: its decision in every registered dataset version, and every checkpoint trained
+    (transitively) on a version that kept it — the takedown question."""
+    from registry.audit import sample_trace
+
+    t = _registry_call(sample_trace, _registry(), key)
+    if not t["datasets"]:
+        typer.echo(f"{key}: in no registered dataset's audit table")
+        return
+    for d in t["datasets"]:
+        typer.echo(f"  {d['dataset']}: {d['decision']} {d['reasons'] or ''} ({d['id']})")
+    typer.echo(f"{len(t['checkpoints'])} checkpoint(s) trained on data that contained {key}:")
+    for e in t["checkpoints"]:
+        typer.echo(f"  {e.ref}  {e.tags.get('alcm.stage', '')}")
+
+
 def main() -> None:
     """Console-script entry point."""
     apply_env_defaults()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+    for noisy in ("httpx", "httpcore", "alembic", "mlflow"):  # one line per Prefect API call otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app()
 

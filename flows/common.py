@@ -2,7 +2,8 @@
 
 A flow is thin: validate parameters (build the config, which raises naming the bad key before any work) → run the
 job (in this process against Ray, or submitted as a Ray job with ``submit=true``) → read the job's manifest →
-publish artifacts. Flows never load models or touch data themselves.
+record it in the registry (``flows.record.record_output``) → publish artifacts. Flows never load models or touch
+data themselves, and jobs never write the registry.
 """
 
 from __future__ import annotations
@@ -69,3 +70,10 @@ def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
         return read_manifest(Path(params.output_dir))
     kwargs = {name: Path(path) for name, path in extra.items()}
     return job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite, **kwargs).manifest
+
+
+def open_registry():
+    """The registry (``MLFLOW_TRACKING_URI``, or the embedded store under ``ALCM_REGISTRY_DIR``)."""
+    from registry.store import Registry
+
+    return Registry()

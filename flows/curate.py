@@ -9,6 +9,7 @@ from pydantic import Field
 
 from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
+from flows.record import record_output
 from pipelines import curate_images
 from pipelines.config import Config, load_config
 
@@ -42,6 +43,7 @@ def curate_images_flow(params: CurateImagesParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_curation_job(cfg, params)
+    registered = record_output(params.output_dir)
     counts = manifest["counts"]
     create_table_artifact(
         key="curate-images-reasons",
@@ -66,4 +68,4 @@ def curate_images_flow(params: CurateImagesParams) -> dict:
         counts["input"],
         params.output_dir,
     )
-    return manifest
+    return {**manifest, "registered": registered}

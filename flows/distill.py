@@ -14,6 +14,7 @@ from prefect.cache_policies import NONE
 from pydantic import Field
 
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
+from flows.record import record_output
 from pipelines import adapt, distill_image, distill_video
 from pipelines.config import Config, load_config
 
@@ -63,6 +64,7 @@ def distill_image_flow(params: DistillImageParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_distill_image_job(cfg, params)
+    registered = record_output(params.output_dir)
     create_markdown_artifact(
         key="distill-image-summary",
         markdown=summary_markdown(manifest, params.output_dir),
@@ -70,7 +72,7 @@ def distill_image_flow(params: DistillImageParams) -> dict:
     )
     logger.info("stage 1 finished at step %s (loss %s); LoRA in %s/lora", manifest["metrics"].get("step"),
                 manifest["metrics"].get("loss"), params.output_dir)  # fmt: skip
-    return manifest
+    return {**manifest, "registered": registered}
 
 
 # ------------------------------------------------------------------------------------------------ stages 2 and 3
@@ -173,6 +175,7 @@ def distill_video_flow(params: DistillVideoParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_distill_video_job(cfg, params)
+    registered = record_output(params.output_dir)
     create_markdown_artifact(
         key="distill-video-summary",
         markdown=video_summary_markdown(manifest, params.output_dir),
@@ -180,7 +183,7 @@ def distill_video_flow(params: DistillVideoParams) -> dict:
     )
     logger.info("stage 2 finished at step %s; pipeline in %s/pipeline", manifest["metrics"].get("step"),
                 params.output_dir)  # fmt: skip
-    return manifest
+    return {**manifest, "registered": registered}
 
 
 @flow(name="adapt-adapters")
@@ -190,10 +193,11 @@ def adapt_flow(params: AdaptParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_adapt_job(cfg, params)
+    registered = record_output(params.output_dir)
     create_markdown_artifact(
         key="adapt-adapters-summary",
         markdown=adapt_summary_markdown(manifest, params.output_dir),
         description="Stage 3 summary",
     )
     logger.info("stage 3 finished: %s in %s", ", ".join(manifest["adapters"]), params.output_dir)
-    return manifest
+    return {**manifest, "registered": registered}

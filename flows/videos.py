@@ -9,6 +9,7 @@ from pydantic import Field
 
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.curate import reason_rows
+from flows.record import record_output
 from pipelines import curate_videos, recaption
 from pipelines.config import Config, load_config
 
@@ -69,6 +70,7 @@ def recaption_videos_flow(params: RecaptionParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.config_overrides())
     manifest = run_recaption_job(cfg, params)
+    registered = record_output(params.output_dir)
     create_table_artifact(
         key="recaption-videos-reasons",
         table=reason_rows(manifest),
@@ -84,7 +86,7 @@ def recaption_videos_flow(params: RecaptionParams) -> dict:
     by = manifest["counts"]["by_decision"]
     logger.info("captioned %d clips (%d rejected, %d quarantined); outputs in %s", by["kept"], by["rejected"],
                 by["quarantined"], params.output_dir)  # fmt: skip
-    return manifest
+    return {**manifest, "registered": registered}
 
 
 @flow(name="curate-videos")
@@ -94,6 +96,7 @@ def curate_videos_flow(params: VideoJobParams) -> dict:
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_curate_videos_job(cfg, params)
+    registered = record_output(params.output_dir)
     create_table_artifact(
         key="curate-videos-reasons",
         table=reason_rows(manifest),
@@ -107,4 +110,4 @@ def curate_videos_flow(params: VideoJobParams) -> dict:
     by = manifest["counts"]["by_decision"]
     logger.info("kept %d, rejected %d, quarantined %d clips; outputs in %s", by["kept"], by["rejected"],
                 by["quarantined"], params.output_dir)  # fmt: skip
-    return manifest
+    return {**manifest, "registered": registered}

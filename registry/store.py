@@ -150,6 +150,8 @@ class Registry:
     def __init__(self, tracking_uri: str | None = None, artifact_location: str | None = None):
         from mlflow import MlflowClient
 
+        for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # one-off schema creation chatter
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         if tracking_uri is None:
             tracking_uri, artifact_location = default_tracking_uri()
         self.tracking_uri = tracking_uri

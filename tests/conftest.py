@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -13,3 +14,6 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 os.environ.pop("RAY_ADDRESS", None)
+# Flows record their outputs in the registry: the test session gets its own embedded store, never the project's.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ["ALCM_REGISTRY_DIR"] = tempfile.mkdtemp(prefix="alcm-test-registry-")

@@ -1,0 +1,130 @@
+"""Flows ``evaluate-checkpoint`` and ``promote-checkpoint``: evaluate a checkpoint into a report, record both in the
+registry, and (on request) run the promotion gate.
+
+``evaluate-checkpoint``: validate → run the eval job (here against Ray, or submitted) → register the checkpoint
+(and what it was made from) → attach the report → point the ``candidate`` alias at it → optionally run the gate →
+publish the report's tables and plot links as a Prefect artifact.
+
+``promote-checkpoint``: run the gate (``promotion.video`` or ``promotion.image`` rules of the profile) for a
+registered, evaluated checkpoint; the decision and its numbers are recorded with the candidate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, Field
+
+from flows.common import IOJobParams, apply_env_defaults, open_registry, run_io_job
+from flows.record import record_output
+from pipelines import evaluate
+from pipelines.config import Config, load_config
+
+
+class EvaluateParams(IOJobParams):
+    """Parameters of the ``evaluate-checkpoint`` flow."""
+
+    input_dir: str = Field(description="The checkpoint: a stage-1 or stage-2 output directory (manifest.json).")
+    output_dir: str = Field(description="New directory for report.json, report.md, plots/ and the sample grid.")
+    register: bool = Field(True, description="Record the checkpoint and attach the report in the registry.")
+    promote: bool = Field(False, description="Run the promotion gate after evaluating (needs register).")
+
+
+class PromoteParams(BaseModel):
+    """Parameters of the ``promote-checkpoint`` flow."""
+
+    checkpoint: str = Field(description="A registered checkpoint, NAME@VERSION or NAME@candidate.")
+    profile: str = Field("toy", description="Config profile whose promotion rules apply.")
+    overrides: list[str] = Field(default_factory=list, description="Config overrides, key=value.")
+
+
+@task(name="run-eval-job", cache_policy=NONE)
+def run_eval_job(cfg: Config, params: EvaluateParams) -> dict:
+    """Run the eval job (here, or submitted to the cluster) and return its manifest."""
+    return run_io_job(evaluate, cfg, params)
+
+
+@task(name="attach-eval-report", cache_policy=NONE)
+def attach_report(checkpoint_ref: str, report_dir: str) -> str:
+    """Attach the report to the checkpoint's version and make it the ``candidate``."""
+    registry = open_registry()
+    registry.attach_eval(checkpoint_ref, report_dir)
+    return registry.set_alias(checkpoint_ref, "candidate").ref
+
+
+def gate_rules(cfg: Config, stage: str):
+    """The promotion rules for a checkpoint of ``stage``."""
+    kind = evaluate.KINDS.get(stage)
+    if kind == "video":
+        return list(cfg.promotion.video)
+    if kind == "image":
+        return list(cfg.promotion.image)
+    raise ValueError(f"no promotion rules for stage {stage!r}; choose a checkpoint of {', '.join(evaluate.KINDS)}")
+
+
+@task(name="promotion-gate", cache_policy=NONE)
+def run_gate(cfg: Config, checkpoint_ref: str) -> dict:
+    """The gate's decision (recorded with the candidate)."""
+    from registry.gate import promote
+
+    registry = open_registry()
+    entry = registry.get(checkpoint_ref)
+    return promote(registry, entry.ref, gate_rules(cfg, entry.tags.get("alcm.stage", "")))
+
+
+def decision_markdown(decision: dict) -> str:
+    """The gate's decision as a short table."""
+    lines = [f"**{'promoted' if decision['promoted'] else 'not promoted'}**: {decision['candidate']} "
+             f"(production before: {decision['production_before'] or 'none'}) — {decision['reason']}"]  # fmt: skip
+    if decision["checks"]:
+        lines += ["", "| rule | candidate | production | passed |", "|---|---|---|---|"]
+        for c in decision["checks"]:
+            lines.append(
+                f"| {c['metric']} {c['direction']} by ≥ {c['margin']:g} | {c['candidate']:.4g} | "
+                f"{c['production']:.4g} | {'yes' if c['passed'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+@flow(name="evaluate-checkpoint")
+def evaluate_flow(params: EvaluateParams) -> dict:
+    """Evaluate a checkpoint: validate → run the job → register → attach the report → (gate) → publish."""
+    apply_env_defaults()
+    logger = get_run_logger()
+    if params.promote and not params.register:
+        raise ValueError("promote=true needs register=true (the gate compares registered versions)")
+    cfg = load_config(params.profile, params.overrides)
+    manifest = run_eval_job(cfg, params)
+    out = {"manifest": manifest, "checkpoint": None, "decision": None}
+    report_md = (Path(params.output_dir) / "report.md").read_text()
+    if params.register:
+        ref = record_output(params.input_dir)
+        out["checkpoint"] = attach_report(ref, params.output_dir)
+        logger.info("report attached to %s (alias candidate)", ref)
+        if params.promote:
+            out["decision"] = run_gate(cfg, ref)
+            report_md += "\n### Promotion gate\n\n" + decision_markdown(out["decision"]) + "\n"
+    plots = [f"- [{p}]({Path(params.output_dir).resolve().as_uri()}/{p})" for p in manifest["files"]
+             if p.startswith("plots/") or p.startswith("samples")]  # fmt: skip
+    create_markdown_artifact(
+        key="eval-report",
+        markdown=report_md + "\n### Files\n\n" + "\n".join(plots) + "\n",
+        description=f"Eval report of {manifest['inputs']['checkpoint']['name']}",
+    )
+    logger.info("eval report in %s: %s", params.output_dir, manifest["headline"])
+    return out
+
+
+@flow(name="promote-checkpoint")
+def promote_flow(params: PromoteParams) -> dict:
+    """Run the promotion gate for a registered checkpoint and publish the decision."""
+    apply_env_defaults()
+    cfg = load_config(params.profile, params.overrides)
+    decision = run_gate(cfg, params.checkpoint)
+    create_markdown_artifact(key="promotion-decision", markdown=decision_markdown(decision),
+                             description=f"Promotion gate for {decision['candidate']}")  # fmt: skip
+    get_run_logger().info("gate: %s", decision["reason"])
+    return decision

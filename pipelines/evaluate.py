@@ -1,0 +1,503 @@
+"""Evaluate a checkpoint: few-step tables of its consistency sampling against the teacher's DDIM and DPM-Solver++,
+with FVD (FID for image checkpoints), CLIPSIM, distance to the teacher's output, temporal consistency, latency and
+peak memory, generated on Ray; writes a report directory.
+
+Input: a stage-1 output (image checkpoint: the LCM-LoRA, sampled with the teacher + LoRA under ``LCMScheduler``) or a
+stage-2 output (video checkpoint: its AnimateLCM ``pipeline/``). Stage-3 adapters are measured by
+``bench/adapter_fidelity.py``. The teacher is the profile's ``teacher.pretrained_dir`` (checked against the digests
+the checkpoint recorded) and, for video, the motion module the checkpoint was distilled from.
+
+Methods × steps (``evaluate`` config): the checkpoint at ``student_steps`` without CFG (``lcm-lora`` or
+``animatelcm``), and each of ``teacher_methods`` at ``teacher_steps`` with CFG. Every method samples every
+(prompt, seed) item from the same seed. Items are sharded over ``evaluate.workers`` Ray actors, each of which loads
+the pipelines once; results do not depend on the sharding (each item has its own generator).
+
+Metrics per method and step count (the report says which extractor and reference were used):
+
+- ``fvd`` (videos) / ``fid`` (images): Fréchet distance of the samples' features to the reference set's features —
+  ground-truth renders of the toy prompts (``fvd_reference: real``) or the teacher's ``reference_steps`` DDIM output
+  (``teacher``); features from ``fvd_extractor`` (``toy_clip``: the scorer CLIP's image tower, frames pooled over
+  time; ``i3d``: a TorchScript I3D);
+- ``fvd_teacher`` / ``fid_teacher``: the same against the teacher's ``reference_steps`` DDIM output;
+- ``latent_mse``: mean squared distance of the final latents to the teacher's ``reference_steps`` DDIM latents from
+  the same noise (meaningful at 1 step: multistep consistency sampling re-noises and leaves the ODE path);
+- ``clipsim``: CLIP similarity (×100) of every frame to its prompt, averaged over frames and samples;
+- ``temporal`` (videos): mean cosine similarity of consecutive frames' CLIP embeddings;
+- ``latency_s``: median wall time per sample (pipeline call and VAE decode) on an actor with
+  ``evaluate.torch_threads`` threads, while the other actors run; ``peak_mem_mb``: CUDA peak allocation on a GPU,
+  else the actors' resident-set high-water mark; ``unet_evals``: UNet evaluations per sample (CFG doubles them).
+
+Outputs: ``report.json`` (everything above, plus ``headline``: the checkpoint's own figures as ``metric@steps``, the
+keys the promotion gate reads), ``report.md`` (a table per metric: rows = method, columns = steps),
+``plots/<metric>.png`` (metric vs steps per method), ``samples.gif`` (videos) or ``samples.png`` (images): a grid
+of ``grid_prompts`` prompts (rows) × the checkpoint at each student step, then the teacher at each teacher step
+with DDIM (columns), and ``manifest.json`` (kind ``eval-report``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from pipelines import runtime
+from pipelines.config import PROJECT_ROOT, Config, config_from_dict, to_dict
+from registry.manifest import code_version, publish, read_manifest, staged_output, tree_digest, write_manifest
+
+log = logging.getLogger(__name__)
+
+JOB = "evaluate"
+KINDS = {"image_consistency_distillation": "image", "video_consistency_distillation": "video"}
+STUDENT = {"image": "lcm-lora", "video": "animatelcm"}
+FD = {"image": "fid", "video": "fvd"}
+LOWER_IS_BETTER = ("fvd", "fid", "fvd_teacher", "fid_teacher", "latent_mse", "latency_s", "peak_mem_mb")
+
+
+@dataclass
+class EvalResult:
+    """What :func:`run` returns."""
+
+    output: Path
+    manifest: dict
+    report: dict
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def read_checkpoint(path: Path) -> tuple[dict, str]:
+    """A checkpoint's manifest and its kind (``image`` or ``video``); raises naming what is wrong."""
+    manifest = read_manifest(path)
+    kind = KINDS.get(manifest.get("stage", ""))
+    if manifest.get("kind") != "checkpoint" or kind is None:
+        raise ValueError(f"--input {path}: a {manifest.get('kind')} ({manifest.get('stage', 'no stage')}); evaluate "
+                         "a stage-1 (alcm distill image) or stage-2 (alcm distill video) output")  # fmt: skip
+    needed = path / ("lora/pytorch_lora_weights.safetensors" if kind == "image" else "pipeline/model_index.json")
+    if not needed.is_file():
+        raise FileNotFoundError(f"--input {path}: {needed.relative_to(path)} is missing")
+    return manifest, kind
+
+
+def load_prompts(cfg: Config, kind: str) -> list[dict]:
+    """The prompt set: toy held-out prompts (with what the ground truth needs) or a YAML list from a file."""
+    e = cfg.evaluate
+    if e.prompts == "toy":
+        if kind == "image":
+            from toyworld.image_teacher import validation_prompts
+        else:
+            from toyworld.motion_teacher import validation_prompts
+        return validation_prompts(e.seed, e.num_prompts)
+    import yaml
+
+    path = Path(e.prompts) if Path(e.prompts).is_absolute() else PROJECT_ROOT / e.prompts
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} does not exist (a YAML list of prompts)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"evaluate.prompts={path}: expected a non-empty YAML list of prompts")
+    prompts = []
+    for i, item in enumerate(data):
+        caption = item.get("caption") if isinstance(item, dict) else item
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"evaluate.prompts={path}: item {i} has no caption ({item!r})")
+        prompts.append({"caption": caption.strip()})
+    prompts = prompts[: e.num_prompts] if e.num_prompts else prompts
+    if len(prompts) * e.videos_per_prompt < 2:
+        raise ValueError(f"evaluate.prompts={path}: {len(prompts)} prompts × {e.videos_per_prompt} seeds; a Fréchet "
+                         "distance needs at least 2 samples")  # fmt: skip
+    return prompts
+
+
+def plan(cfg: Config, prompts: list[dict]) -> list[dict]:
+    """One item per (prompt, seed): its index, prompt index, caption and noise seed."""
+    e = cfg.evaluate
+    return [
+        {"index": i * e.videos_per_prompt + j, "prompt": i, "caption": p["caption"],
+         "seed": e.seed * 1_000_003 + i * e.videos_per_prompt + j}
+        for i, p in enumerate(prompts) for j in range(e.videos_per_prompt)
+    ]  # fmt: skip
+
+
+def methods_of(cfg: Config, kind: str) -> dict[str, tuple[int, ...]]:
+    """Method → step counts, the checkpoint first."""
+    e = cfg.evaluate
+    return {STUDENT[kind]: e.student_steps, **{m: e.teacher_steps for m in e.teacher_methods}}
+
+
+def guidance_of(cfg: Config) -> float:
+    """The teacher's CFG scale (diffusers' convention, 1 + w)."""
+    if cfg.evaluate.guidance_scale is not None:
+        return cfg.evaluate.guidance_scale
+    return 1.0 + 0.5 * (cfg.consistency.w_min + cfg.consistency.w_max)
+
+
+# ------------------------------------------------------------------------------------------------ the actor
+
+
+class Evaluator:
+    """Loads the checkpoint's and the teacher's pipelines and the feature extractors once; generates and measures
+    a shard of the items for every method and step count."""
+
+    def __init__(self, cfg_dict: dict, checkpoint: str, kind: str, motion_dir: str | None):
+        import torch
+
+        from models.evaluation import I3DFeatures, with_scheduler
+        from models.scorers import ClipScorer
+
+        cfg = config_from_dict(cfg_dict)
+        e = cfg.evaluate
+        torch.set_num_threads(e.torch_threads)
+        self.cfg, self.kind = cfg, kind
+        self.device = "cuda" if e.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        ckpt, teacher_root = Path(checkpoint), cfg.teacher.pretrained_dir
+        if kind == "image":
+            from models.sampling import load_pipeline
+
+            teacher = load_pipeline(teacher_root, scheduler="ddim", device=self.device)
+            student = load_pipeline(teacher_root, scheduler="lcm", lora_dir=ckpt / "lora", device=self.device)
+            self.size = e.resolution or teacher.unet.config.sample_size * teacher.vae_scale_factor
+            self.frames = None
+        else:
+            from diffusers import AnimateDiffPipeline
+
+            from models.export import load_animatelcm_pipeline
+            from models.video_unet import load_motion_adapter
+
+            teacher = AnimateDiffPipeline.from_pretrained(
+                str(teacher_root), motion_adapter=load_motion_adapter(Path(motion_dir)), local_files_only=True
+            ).to(self.device)
+            student = load_animatelcm_pipeline(ckpt / "pipeline", device=self.device)
+            self.size = e.resolution or cfg.distill_video.resolution
+            self.frames = e.frames or cfg.distill_video.frames
+        self.pipes = {STUDENT[kind]: student, **{m: with_scheduler(teacher, m) for m in e.teacher_methods}}
+        self.guidance = guidance_of(cfg)
+        scorers = dataclasses.replace(cfg.scorers, device=self.device, torch_threads=e.torch_threads)
+        self.clip = ClipScorer(scorers)
+        self.i3d = I3DFeatures(e.i3d_path, self.device) if e.fvd_extractor == "i3d" else None
+
+    def features(self, videos: list[np.ndarray]) -> np.ndarray:
+        """FVD/FID features of uint8 videos (each (F, H, W, 3); F = 1 for images)."""
+        from models.evaluation import clip_video_features
+
+        if self.i3d is not None:
+            return self.i3d(np.stack(videos))
+        emb = np.stack([self.clip.image_embeddings(list(v)) for v in videos])
+        return clip_video_features(emb)
+
+    def run(self, items: list[dict], grid: list[int]) -> dict:
+        """Every method × steps on ``items``; per item: features, clipsim, temporal, latent distance to the
+        reference, latency; per method × steps: peak memory; the frames of the ``grid`` items."""
+        from models.evaluation import Timer, clipsim, generate, temporal_consistency
+
+        e = self.cfg.evaluate
+        text = self.clip.text_embeddings([it["caption"] for it in items])
+        order = [("ddim", e.reference_steps)]  # the reference first: every other latent is compared with it
+        order += [(m, s) for m, steps in methods_of(self.cfg, self.kind).items() for s in steps
+                  if (m, s) != ("ddim", e.reference_steps)]  # fmt: skip
+        reference: dict[int, np.ndarray] = {}
+        out: dict = {"per_item": {}, "peak_mem_mb": {}, "grid": {}}
+        for method, steps in order:
+            guidance = 1.0 if method == STUDENT[self.kind] else self.guidance
+            rows, peak = {}, 0.0
+            for it, t in zip(items, text, strict=True):
+                with Timer(self.device) as timer:
+                    latents, frames = generate(self.pipes[method], it["caption"], it["seed"], steps=steps,
+                                               guidance=guidance, size=self.size, frames=self.frames)  # fmt: skip
+                peak = max(peak, timer.peak_mb)
+                if (method, steps) == ("ddim", e.reference_steps):
+                    reference[it["index"]] = latents
+                emb = self.clip.image_embeddings(list(frames))[None]
+                rows[it["index"]] = {
+                    "feature": self.features([frames])[0],
+                    "clipsim": float(clipsim(emb, t[None])[0]),
+                    "temporal": float(temporal_consistency(emb)[0]),
+                    "latent_mse": float(np.mean((latents - reference[it["index"]]) ** 2)),
+                    "latency_s": timer.seconds,
+                }
+                if it["index"] in grid:
+                    out["grid"][(method, steps, it["index"])] = frames
+            out["per_item"][(method, steps)] = rows
+            out["peak_mem_mb"][(method, steps)] = peak
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ aggregation
+
+
+def ground_truth(cfg: Config, kind: str, prompts: list[dict], items: list[dict]) -> list[np.ndarray]:
+    """Ground-truth renders of the toy prompts, one per item (uint8 (F, H, W, 3))."""
+    if kind == "image":
+        from toyworld.image_teacher import render_prompt
+
+        return [render_prompt(prompts[it["prompt"]], it["seed"])[None] for it in items]
+    from toyworld.motion_teacher import VAL_STREAM, render_prompt_clip
+
+    frames = cfg.evaluate.frames or cfg.distill_video.frames
+    return [render_prompt_clip(prompts[it["prompt"]], np.random.default_rng([it["seed"], VAL_STREAM, 1]),
+                               frames=frames, stride=1) for it in items]  # fmt: skip
+
+
+def aggregate(cfg: Config, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None) -> dict:
+    """Per method × steps metrics from the actors' per-item results (see the module docstring)."""
+    from models.evaluation import frechet_distance
+
+    e, fd = cfg.evaluate, FD[kind]
+    merged: dict = {}
+    for shard in shards:
+        for key, rows in shard["per_item"].items():
+            merged.setdefault(key, {}).update(rows)
+    ref_key = ("ddim", e.reference_steps)
+    order = [it["index"] for it in items]
+    teacher_feats = np.stack([merged[ref_key][i]["feature"] for i in order])
+    reference_feats = real if e.fvd_reference == "real" else teacher_feats
+    results: dict[str, dict[int, dict]] = {}
+    for method, steps_list in methods_of(cfg, kind).items():
+        results[method] = {}
+        for steps in steps_list:
+            rows = [merged[(method, steps)][i] for i in order]
+            feats = np.stack([r["feature"] for r in rows])
+            guided = method != STUDENT[kind] and guidance_of(cfg) != 1.0
+            figures = {
+                fd: frechet_distance(feats, reference_feats),
+                f"{fd}_teacher": frechet_distance(feats, teacher_feats),
+                "latent_mse": float(np.mean([r["latent_mse"] for r in rows])),
+                "clipsim": float(np.mean([r["clipsim"] for r in rows])),
+                "latency_s": float(np.median([r["latency_s"] for r in rows])),
+                "peak_mem_mb": float(max(s["peak_mem_mb"][(method, steps)] for s in shards)),
+                "unet_evals": steps * (2 if guided else 1),
+            }
+            if kind == "video":
+                figures["temporal"] = float(np.mean([r["temporal"] for r in rows]))
+            results[method][steps] = figures
+    return results
+
+
+def headline_of(kind: str, results: dict) -> dict[str, float]:
+    """The checkpoint's own figures, ``metric@steps`` (what the promotion gate and ``alcm registry list`` read)."""
+    out = {}
+    for steps, figures in results[STUDENT[kind]].items():
+        for metric in (FD[kind], "clipsim", "latent_mse", "temporal", "latency_s"):
+            if metric in figures and not math.isnan(figures[metric]):
+                out[f"{metric}@{steps}"] = round(float(figures[metric]), 6)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+METRIC_FORMATS = {"fvd": "{:.3f}", "fid": "{:.3f}", "fvd_teacher": "{:.3f}", "fid_teacher": "{:.3f}",
+                  "latent_mse": "{:.4f}", "clipsim": "{:.1f}", "temporal": "{:.3f}", "latency_s": "{:.3f}",
+                  "peak_mem_mb": "{:.0f}", "unet_evals": "{:d}"}  # fmt: skip
+
+
+def markdown(report: dict) -> str:
+    """``report.md``: what was evaluated, then a table per metric (rows = method, columns = steps)."""
+    ck, setup = report["checkpoint"], report["setup"]
+    steps = sorted({s for per in report["results"].values() for s in map(int, per)})
+    lines = [
+        f"# Eval report: `{ck['name']}` ({ck['stage']})",
+        "",
+        f"- checkpoint: `{ck['path']}` `{ck['digest']}`",
+        f"- prompts: {setup['prompts']} ({setup['num_prompts']} × {setup['videos_per_prompt']} seeds), "
+        f"{setup['frames'] or 1} frame(s) at {setup['size']}×{setup['size']}",
+        f"- {setup['fd']}: {setup['extractor']}; reference: {setup['reference']}",
+        f"- teacher CFG guidance_scale {setup['guidance_scale']:g}; the checkpoint samples without CFG",
+        f"- speed-up of the checkpoint at 4 steps over teacher DDIM {setup['reference_steps']} (CFG): "
+        + (f"{report['speedup'].get('4', float('nan')):.1f}×" if "4" in report["speedup"] else "n/a"),
+    ]
+    for metric in report["metrics"]:
+        better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        better = "1 = a still video; compare with the teacher's" if metric == "temporal" else better
+        lines += ["", f"### {metric} ({better})" if metric != "unet_evals" else f"### {metric}", "",
+                  "| method | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
+        for method, per in report["results"].items():
+            cells = [METRIC_FORMATS[metric].format(per[str(s)][metric]) if str(s) in per else "–" for s in steps]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Plots: " + ", ".join(f"`plots/{m}.png`" for m in report["metrics"] if m != "unet_evals"),
+              f"Samples: `{report['samples']}` ({report['samples_layout']})"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(report: dict, out: Path) -> list[str]:
+    """``plots/<metric>.png``: metric vs steps (log scale), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for metric in report["metrics"]:
+        if metric == "unet_evals":
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+        for method, per in report["results"].items():
+            steps = sorted(int(s) for s in per)
+            ax.plot(steps, [per[str(s)][metric] for s in steps], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{report['checkpoint']['name']}: {metric}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{metric}.png")
+        plt.close(fig)
+        written.append(f"plots/{metric}.png")
+    return written
+
+
+def write_samples(kind: str, grid: dict, columns: list[tuple[str, int]], rows: list[int], out: Path) -> None:
+    """The sample grid: rows = prompts, columns = method@steps; an animated GIF for videos, a PNG for images."""
+    from PIL import Image
+
+    from models.sampling import image_grid
+
+    n_frames = next(iter(grid.values())).shape[0]
+    frames = []
+    for f in range(n_frames):
+        grid_rows = [np.stack([grid[(m, s, r)][f] for m, s in columns]) for r in rows]
+        frames.append(Image.fromarray(image_grid(grid_rows)))
+    if kind == "image":
+        frames[0].save(out)
+    else:
+        frames[0].save(out, save_all=True, append_images=frames[1:], duration=125, loop=0)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> EvalResult:
+    """Evaluate the checkpoint at ``input_dir`` into a new report directory ``output_dir`` (module docstring)."""
+    from models.factory import teacher_digests
+
+    t0 = time.monotonic()
+    e = cfg.evaluate
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    ckpt_manifest, kind = read_checkpoint(input_dir)
+    recorded = (ckpt_manifest.get("inputs") or {}).get("teacher", {}).get("digests")
+    digests = teacher_digests(cfg.teacher)
+    if recorded and recorded != digests:
+        raise ValueError(f"teacher.pretrained_dir={cfg.teacher.pretrained_dir} is not the teacher {input_dir} was "
+                         f"distilled from ({(ckpt_manifest['inputs']['teacher'].get('pretrained_dir'))}): weight "
+                         "digests differ")  # fmt: skip
+    motion_dir = None
+    if kind == "video":
+        recorded_motion = (ckpt_manifest["inputs"].get("motion_adapter") or {}).get("path")
+        motion_dir = recorded_motion if recorded_motion and Path(recorded_motion).is_dir() else None
+        motion_dir = motion_dir or cfg.distill_video.motion_adapter_dir
+        if not (Path(motion_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"motion module {motion_dir}: no config.json (distill_video.motion_adapter_dir)")
+    prompts = load_prompts(cfg, kind)
+    items = plan(cfg, prompts)
+    grid = [it["index"] for it in items if it["index"] % e.videos_per_prompt == 0][: e.grid_prompts]
+    timings = {"checks_s": time.monotonic() - t0}
+    with staged_output(output_dir, overwrite=overwrite) as staging:
+        runtime.connect(cfg.ray)
+        t = time.monotonic()
+        workers = min(e.workers, len(items))
+        actor_cls = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=e.gpus_per_worker)(Evaluator)
+        actors = [actor_cls.remote(to_dict(cfg), str(input_dir), kind, motion_dir) for _ in range(workers)]
+        shards = [items[w::workers] for w in range(workers)]
+        log.info("evaluating %s (%s) on %d items × %s with %d actors", input_dir.name, kind, len(items),
+                 {m: list(s) for m, s in methods_of(cfg, kind).items()}, workers)  # fmt: skip
+        pending = {a.run.remote(shard, grid): w for w, (a, shard) in enumerate(zip(actors, shards, strict=True))}
+        results_by_worker: dict[int, dict] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            w = pending.pop(done[0])
+            results_by_worker[w] = ray.get(done[0])
+            log.info("eval: worker %d finished its %d items (%d/%d workers, %.0f s)", w, len(shards[w]),
+                     len(results_by_worker), workers, time.monotonic() - t)  # fmt: skip
+        out = [results_by_worker[w] for w in range(workers)]
+        real = None
+        if e.fvd_reference == "real":
+            truth = ground_truth(cfg, kind, prompts, items)
+            real = ray.get(actors[0].features.remote(truth))
+        for a in actors:
+            ray.kill(a)
+        timings["generate_s"] = time.monotonic() - t
+        results = aggregate(cfg, kind, out, items, real)
+        student = STUDENT[kind]
+        ref_latency = results["ddim"][e.reference_steps]["latency_s"]
+        report = {
+            "checkpoint": {"name": ckpt_manifest["name"], "digest": ckpt_manifest["digest"], "path": str(input_dir),
+                           "stage": ckpt_manifest["stage"], "kind": kind},  # fmt: skip
+            "setup": {
+                "prompts": e.prompts, "num_prompts": len(prompts), "videos_per_prompt": e.videos_per_prompt,
+                "seed": e.seed, "frames": e.frames or cfg.distill_video.frames if kind == "video" else None,
+                "size": None, "guidance_scale": guidance_of(cfg), "reference_steps": e.reference_steps, "fd": FD[kind],
+                "extractor": "toy CLIP image tower (scorers.clip), frame embeddings pooled over time [mean, last − "
+                             "first]" if e.fvd_extractor == "toy_clip" else f"I3D TorchScript {e.i3d_path}",
+                "reference": "ground-truth renders of the prompts" if e.fvd_reference == "real"
+                             else f"the teacher's DDIM {e.reference_steps}-step output (CFG)",
+                "clip_model": cfg.scorers.clip.model, "workers": workers, "torch_threads": e.torch_threads,
+            },  # fmt: skip
+            "methods": {m: list(s) for m, s in methods_of(cfg, kind).items()},
+            "metrics": [FD[kind], f"{FD[kind]}_teacher", "latent_mse", "clipsim",
+                        *(["temporal"] if kind == "video" else []), "latency_s", "peak_mem_mb", "unet_evals"],
+            "results": {m: {str(s): r for s, r in per.items()} for m, per in results.items()},
+            "headline": headline_of(kind, results),
+            "speedup": {str(s): ref_latency / r["latency_s"] for s, r in results[student].items()},
+        }  # fmt: skip
+        report["setup"]["size"] = int(next(iter(out[0]["grid"].values())).shape[1]) if grid else None
+        columns = [(student, s) for s in e.student_steps] + [("ddim", s) for s in e.teacher_steps]
+        samples = "samples.png" if kind == "image" else "samples.gif"
+        report["samples"] = samples
+        captions = "; ".join(repr(prompts[items[i]["prompt"]]["caption"]) for i in grid)
+        report["samples_layout"] = f"rows: prompts {captions}; columns: " + ", ".join(f"{m}@{s}" for m, s in columns)
+        if grid:
+            merged_grid = {k: v for shard in out for k, v in shard["grid"].items()}
+            write_samples(kind, merged_grid, columns, grid, staging / samples)
+        write_plots(report, staging / "plots")
+        (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (staging / "report.md").write_text(markdown(report))
+        timings["total_s"] = time.monotonic() - t0
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            "name": f"{ckpt_manifest['name']}-eval",
+            "kind": "eval-report",
+            "job": JOB,
+            "digest": tree_digest(files, staging),
+            "profile": cfg.profile,
+            "inputs": {
+                "checkpoint": {
+                    "name": ckpt_manifest["name"],
+                    "digest": ckpt_manifest["digest"],
+                    "path": str(input_dir),
+                },
+                "teacher": {"pretrained_dir": cfg.teacher.pretrained_dir, "digests": digests},
+                **({"motion_adapter": {"path": str(motion_dir)}} if motion_dir else {}),
+            },  # fmt: skip
+            "headline": report["headline"],
+            "config": {"evaluate": to_dict(e), "scorers": to_dict(cfg.scorers)},
+            "code_version": code_version(),
+            "files": [p.relative_to(staging).as_posix() for p in files],
+            "timings": timings,
+        }
+        write_manifest(staging, manifest)
+        publish(staging, output_dir)
+    log.info("eval report: %s (%s)", output_dir / "report.md", json.dumps(report["headline"]))
+    return EvalResult(output=output_dir, manifest=manifest, report=report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.evaluate --input CHECKPOINT --output REPORT_DIR [--config ...]``."""
+    return runtime.job_main(
+        argv,
+        module="pipelines.evaluate",
+        doc=__doc__,
+        run=run,
+        input_help="a stage-1 or stage-2 output (manifest.json + lora/ or pipeline/)",
+        output_help="new directory for report.json, report.md, plots/, samples and manifest.json",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
