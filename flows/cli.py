@@ -340,7 +340,7 @@ def evaluate_checkpoint(
     _config(profile, overrides)
     _check_io(checkpoint, output_dir, overwrite)
     params = _io_params(EvaluateParams, checkpoint, output_dir, profile, overrides, submit, overwrite,
-                        register=register, promote=promote)  # fmt: skip
+                        record=register, promote=promote)  # fmt: skip
     out = evaluate_flow(params)
     typer.echo((output_dir / "report.md").read_text())
     typer.echo(f"report:     {output_dir / 'report.md'} (report.json, plots/, {out['manifest']['files'][-1]})")

@@ -29,8 +29,8 @@ class EvaluateParams(IOJobParams):
 
     input_dir: str = Field(description="The checkpoint: a stage-1 or stage-2 output directory (manifest.json).")
     output_dir: str = Field(description="New directory for report.json, report.md, plots/ and the sample grid.")
-    register: bool = Field(True, description="Record the checkpoint and attach the report in the registry.")
-    promote: bool = Field(False, description="Run the promotion gate after evaluating (needs register).")
+    record: bool = Field(True, description="Record the checkpoint and attach the report in the registry.")
+    promote: bool = Field(False, description="Run the promotion gate after evaluating (needs record).")
 
 
 class PromoteParams(BaseModel):
@@ -94,13 +94,13 @@ def evaluate_flow(params: EvaluateParams) -> dict:
     """Evaluate a checkpoint: validate → run the job → register → attach the report → (gate) → publish."""
     apply_env_defaults()
     logger = get_run_logger()
-    if params.promote and not params.register:
-        raise ValueError("promote=true needs register=true (the gate compares registered versions)")
+    if params.promote and not params.record:
+        raise ValueError("promote=true needs record=true (the gate compares registered versions)")
     cfg = load_config(params.profile, params.overrides)
     manifest = run_eval_job(cfg, params)
     out = {"manifest": manifest, "checkpoint": None, "decision": None}
     report_md = (Path(params.output_dir) / "report.md").read_text()
-    if params.register:
+    if params.record:
         ref = record_output(params.input_dir)
         out["checkpoint"] = attach_report(ref, params.output_dir)
         logger.info("report attached to %s (alias candidate)", ref)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(1200)
 
 EVAL = [
     "evaluate.num_prompts=3",
-    "evaluate.student_steps=[1, 2]",
+    "evaluate.student_steps=[1, 4]",
     "evaluate.teacher_steps=[1, 4]",
     "evaluate.reference_steps=4",
     "evaluate.grid_prompts=2",
@@ -66,25 +66,25 @@ def _cli(*args: str) -> str:
 def test_the_report_tables_every_method_at_every_step_and_the_reference_is_at_distance_zero(chain):
     report_dir = chain["tmp"] / "eval-a"
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["methods"] == {"lcm-lora": [1, 2], "ddim": [1, 4], "dpmsolver++": [1, 4]}
+    assert report["methods"] == {"lcm-lora": [1, 4], "ddim": [1, 4], "dpmsolver++": [1, 4]}
     assert {m: sorted(per) for m, per in report["results"].items()} == {
-        "lcm-lora": ["1", "2"], "ddim": ["1", "4"], "dpmsolver++": ["1", "4"]}  # fmt: skip
+        "lcm-lora": ["1", "4"], "ddim": ["1", "4"], "dpmsolver++": ["1", "4"]}  # fmt: skip
     reference = report["results"]["ddim"]["4"]  # the teacher's 4-step DDIM output is the reference here
     assert reference["latent_mse"] == 0.0 and reference["fid_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert report["results"]["ddim"]["1"]["latent_mse"] > 0
     assert report["results"]["lcm-lora"]["1"]["unet_evals"] == 1 and reference["unet_evals"] == 8  # CFG doubles
     assert set(report["headline"]) == {f"{m}@{s}" for m in ("fid", "clipsim", "latent_mse", "latency_s")
-                                       for s in (1, 2)}  # fmt: skip
-    assert report["headline"]["fid@2"] == pytest.approx(report["results"]["lcm-lora"]["2"]["fid"], abs=1e-6)
+                                       for s in (1, 4)}  # fmt: skip
+    assert report["headline"]["fid@4"] == pytest.approx(report["results"]["lcm-lora"]["4"]["fid"], abs=1e-6)
     assert "toy CLIP image tower" in report["setup"]["extractor"]
     md = (report_dir / "report.md").read_text()
     for metric in report["metrics"]:
         assert f"### {metric}" in md
-    assert "| method | 1 | 2 | 4 |" in md and "| lcm-lora |" in md and "| dpmsolver++ |" in md
+    assert "| method | 1 | 4 |" in md and "| lcm-lora |" in md and "| dpmsolver++ |" in md
     for metric in ("fid", "clipsim", "latency_s", "peak_mem_mb"):
         assert Image.open(report_dir / "plots" / f"{metric}.png").size[0] > 100
     grid = np.asarray(Image.open(report_dir / "samples.png"))
-    assert grid.shape == (2 * 64 + 2, 4 * 64 + 3 * 2, 3)  # 2 prompts × (lcm-lora@1, @2, ddim@1, @4)
+    assert grid.shape == (2 * 64 + 2, 4 * 64 + 3 * 2, 3)  # 2 prompts × (lcm-lora@1, @4, ddim@1, @4)
     manifest = json.loads((report_dir / "manifest.json").read_text())
     assert manifest["kind"] == "eval-report"
     assert manifest["inputs"]["checkpoint"]["digest"] == chain["manifest"][0]["digest"]
@@ -143,7 +143,7 @@ def test_cli_list_lineage_audit_and_diff_answer_from_the_registry(chain, tmp_pat
     curated = chain["curated"].manifest
     listing = _cli("registry", "list").splitlines()
     line = next(x for x in listing if x.startswith(ref2 + " "))
-    assert "checkpoint" in line and "fid@1" in line and "candidate" in line
+    assert "checkpoint" in line and "fid@4" in line and "candidate" in line
 
     lineage = _cli("lineage", ref1)
     dataset_ref = next(x for x in lineage.splitlines() if "dataset: " in x).split("dataset: ")[1].split()[0]
