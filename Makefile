@@ -58,6 +58,8 @@ integration: install lavis-env
 test: lint lavis-env
 	$(PY) -m pytest -q tests/unit tests/integration
 
+# The demo records its datasets and checkpoints in its own registry (a fresh MLflow store under the demo directory).
+demo: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 --dancers 8
@@ -69,6 +71,17 @@ demo: install
 		--output $(DEMO_DIR)/distilled-video
 	$(VENV)/bin/alcm adapt --input $(DEMO_DIR)/distilled-video --control-data $(DEMO_DIR)/recaptioned-dancers \
 		--video-data $(DEMO_DIR)/curated-videos --output $(DEMO_DIR)/adapters
+	$(VENV)/bin/alcm eval --checkpoint $(DEMO_DIR)/distilled-video --output $(DEMO_DIR)/eval-video --promote \
+		> $(DEMO_DIR)/eval-video.log
+	@echo
+	@echo "registered versions (registry: $(ALCM_REGISTRY_DIR)):"
+	@$(VENV)/bin/alcm registry list
+	@echo
+	@echo "eval of the stage-2 checkpoint (full report: $(DEMO_DIR)/eval-video/report.md):"
+	@$(VENV)/bin/alcm registry show toy-animatelcm-t2v@candidate
+	@echo
+	@echo "lineage of the final checkpoint:"
+	@$(VENV)/bin/alcm lineage toy-animatelcm-adapters
 	@echo
 	@echo "demo outputs:"
 	@echo "  toy world:        $(DEMO_DIR)/raw (labels: $(DEMO_DIR)/raw/{images,videos,dancers}/labels.parquet)"
@@ -78,6 +91,8 @@ demo: install
 	@echo "  stage 1 LCM-LoRA: $(DEMO_DIR)/distilled-image/lora/ (diffusers + kohya), preview.png, manifest.json"
 	@echo "  stage 2 video:    $(DEMO_DIR)/distilled-video/pipeline/ (AnimateDiffPipeline, 4 steps), motion_adapter/, preview.png"
 	@echo "  stage 3 adapters: $(DEMO_DIR)/adapters/{controlnet,image_to_video_adapter}/ + manifest.json"
+	@echo "  eval report:      $(DEMO_DIR)/eval-video/{report.md,report.json,plots/,samples.gif}"
+	@echo "  registry:         $(ALCM_REGISTRY_DIR) (MLflow; export ALCM_REGISTRY_DIR=$(ALCM_REGISTRY_DIR) to query it with alcm)"
 	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
 
 bench: install lavis-env video-ablations

@@ -370,7 +370,9 @@ def _headline(entry) -> str:
     h = entry.headline
     if entry.kind == "dataset":
         return " ".join(f"{k} {int(v)}" for k, v in h.items())
-    keys = [k for k in h if k.endswith("@4") and not k.startswith("latency")] or list(h)[:3]
+    order = ("fvd", "fid", "clipsim", "latent_mse", "temporal")
+    keys = sorted((k for k in h if k.endswith("@4") and k.split("@")[0] in order), key=lambda k: order.index(
+        k.split("@")[0])) or list(h)[:3]  # fmt: skip
     return " ".join(f"{k} {h[k]:.4g}" for k in keys)
 
 
@@ -384,6 +386,37 @@ def registry_list(kind: str = typer.Option(None, "--kind", help="dataset or chec
     for e in entries:
         aliases = f" [{', '.join(e.aliases)}]" if e.aliases else ""
         typer.echo(f"{e.ref:<{width}}{e.type:<24}{_headline(e)}{aliases}")
+
+
+@registry_app.command("show")
+def registry_show(
+    ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS"),
+    metrics: list[str] = typer.Option(
+        [], "--metric", "-m", help="Eval tables to print (default: FVD/FID, CLIPSIM, latency); repeatable"
+    ),  # fmt: skip
+) -> None:
+    """One version: where it is, what it was made from, its aliases, headline and last gate decision, and the
+    tables of its eval report."""
+    from registry.report import tables
+
+    registry = _registry()
+    e = _registry_call(registry.get, ref)
+    typer.echo(f"{e.ref}  {e.type}  {e.digest}")
+    typer.echo(f"  location: {e.location}")
+    typer.echo(f"  aliases:  {', '.join(e.aliases) or 'none'}")
+    typer.echo("  parents:  " + (", ".join(f"{p.role} {p.ref}" for p in e.parents) or "none (raw inputs only)"))
+    typer.echo(f"  headline: {_headline(e) or 'none'}")
+    if "alcm.promotion" in e.tags:
+        d = json.loads(e.tags["alcm.promotion"])
+        typer.echo(f"  gate:     {'promoted' if d['promoted'] else 'not promoted'} — {d['reason']}")
+    report = registry.eval_report(e)
+    if report is None:
+        typer.echo("  not evaluated (alcm eval --checkpoint DIR)" if e.kind == "checkpoint" else "")
+        return
+    fd = report["setup"]["fd"]
+    typer.echo(f"  eval:     {report['setup']['num_prompts']} prompts, {fd}: {report['setup']['extractor']}; "
+               f"reference: {report['setup']['reference']}")  # fmt: skip
+    typer.echo(tables(report, list(metrics) or [fd, "clipsim", "latency_s"]))
 
 
 @registry_app.command("register")

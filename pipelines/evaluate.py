@@ -50,6 +50,7 @@ import ray
 from pipelines import runtime
 from pipelines.config import PROJECT_ROOT, Config, config_from_dict, to_dict
 from registry.manifest import code_version, publish, read_manifest, staged_output, tree_digest, write_manifest
+from registry.report import tables
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ JOB = "evaluate"
 KINDS = {"image_consistency_distillation": "image", "video_consistency_distillation": "video"}
 STUDENT = {"image": "lcm-lora", "video": "animatelcm"}
 FD = {"image": "fid", "video": "fvd"}
-LOWER_IS_BETTER = ("fvd", "fid", "fvd_teacher", "fid_teacher", "latent_mse", "latency_s", "peak_mem_mb")
 
 
 @dataclass
@@ -292,15 +292,9 @@ def headline_of(kind: str, results: dict) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ report
 
 
-METRIC_FORMATS = {"fvd": "{:.3f}", "fid": "{:.3f}", "fvd_teacher": "{:.3f}", "fid_teacher": "{:.3f}",
-                  "latent_mse": "{:.4f}", "clipsim": "{:.1f}", "temporal": "{:.3f}", "latency_s": "{:.3f}",
-                  "peak_mem_mb": "{:.0f}", "unet_evals": "{:d}"}  # fmt: skip
-
-
 def markdown(report: dict) -> str:
     """``report.md``: what was evaluated, then a table per metric (rows = method, columns = steps)."""
     ck, setup = report["checkpoint"], report["setup"]
-    steps = sorted({s for per in report["results"].values() for s in map(int, per)})
     lines = [
         f"# Eval report: `{ck['name']}` ({ck['stage']})",
         "",
@@ -312,14 +306,7 @@ def markdown(report: dict) -> str:
         f"- speed-up of the checkpoint at 4 steps over teacher DDIM {setup['reference_steps']} (CFG): "
         + (f"{report['speedup'].get('4', float('nan')):.1f}×" if "4" in report["speedup"] else "n/a"),
     ]
-    for metric in report["metrics"]:
-        better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-        better = "1 = a still video; compare with the teacher's" if metric == "temporal" else better
-        lines += ["", f"### {metric} ({better})" if metric != "unet_evals" else f"### {metric}", "",
-                  "| method | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]  # fmt: skip
-        for method, per in report["results"].items():
-            cells = [METRIC_FORMATS[metric].format(per[str(s)][metric]) if str(s) in per else "–" for s in steps]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append(tables(report))
     lines += ["", "Plots: " + ", ".join(f"`plots/{m}.png`" for m in report["metrics"] if m != "unet_evals"),
               f"Samples: `{report['samples']}` ({report['samples_layout']})"]  # fmt: skip
     return "\n".join(lines) + "\n"
