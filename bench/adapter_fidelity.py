@@ -48,7 +48,7 @@ import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
 from bench.common import write_json
-from bench.fewstep_video import decode_video
+from models.evaluation import decode_latents
 
 STEPS = 4
 COLOUR_TOLERANCE = 80.0
@@ -210,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         ehs = pipe.encode_prompt(caption, "cpu", 1, False)[0]
         lat = lcm_sample(unet, pipe.scheduler.config, ehs, shape=shape, seed=seed, timestep_cond=w_cond,
                          residuals=None if residuals is None else lambda x, t: residuals(x, t, ehs))  # fmt: skip
-        return decode_video(vae, lat)
+        return decode_latents(vae, lat)
 
     def round_trip(clips: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            return [decode_video(vae, encode_clips(vae, clip[None])) for clip in clips]
+            return [decode_latents(vae, encode_clips(vae, clip[None])) for clip in clips]
 
     t0 = time.monotonic()
     out: dict = {"steps": STEPS, "n": args.n, "seed": args.seed, "frames": frames, "size": size,

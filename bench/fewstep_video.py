@@ -52,7 +52,7 @@ import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
 from bench.common import write_json
-from models.evaluation import clip_video_features, frechet_distance
+from models.evaluation import clip_video_features, decode_latents, frechet_distance, with_scheduler
 
 STEPS = (1, 2, 4, 8)
 VERDICT_STEPS = (1, 2, 4)
@@ -84,34 +84,10 @@ def stage2_settings(out_dir: Path) -> dict:
 
 def scheduler_variant(pipe, name: str):
     """``pipe`` (sharing its modules) with the named scheduler: trailing DDIM, 2nd-order DPM-Solver++ with
-    trailing spacing, or LCM."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, DPMSolverMultistepScheduler, LCMScheduler
-
-    config = pipe.scheduler.config
-    if name == "ddim":
-        scheduler = DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    elif name == "dpmsolver++":
-        scheduler = DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
-        )
-    elif name == "lcm-base":
-        scheduler = LCMScheduler.from_config(config)
-    else:
+    trailing spacing, or LCM (``lcm-base``)."""
+    if name not in TEACHER_METHODS:
         raise ValueError(f"scheduler variant {name!r}: choose one of {', '.join(TEACHER_METHODS)}")
-    variant = AnimateDiffPipeline(**{**pipe.components, "scheduler": scheduler})
-    variant.set_progress_bar_config(disable=True)
-    return variant
-
-
-def decode_video(vae, latents) -> np.ndarray:
-    """Video latents (1, C, F, h, w) → uint8 (F, H, W, 3), every frame decoded as an image."""
-    import torch
-
-    from models.video_unet import to_frames
-    from toyworld.image_teacher import from_pixels
-
-    with torch.no_grad():
-        return from_pixels(vae.decode(to_frames(latents.float()) / vae.config.scaling_factor).sample)
+    return with_scheduler(pipe, "lcm" if name == "lcm-base" else name)
 
 
 def sample_videos(
@@ -129,7 +105,7 @@ def sample_videos(
                 caption, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, height=size,
                 width=size, generator=torch.Generator().manual_seed(int(seed)), output_type="latent",
             ).frames  # fmt: skip
-        videos.append(decode_video(pipe.vae, lat))
+        videos.append(decode_latents(pipe.vae, lat))
         seconds.append(time.perf_counter() - t0)
         latents.append(lat[0].float().numpy())
     return np.stack(latents), np.stack(videos), float(np.median(seconds))

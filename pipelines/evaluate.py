@@ -157,11 +157,14 @@ class Evaluator:
         self.cfg, self.kind = cfg, kind
         self.device = "cuda" if e.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         ckpt, teacher_root = Path(checkpoint), cfg.teacher.pretrained_dir
+        # the teacher's dtype (fp16 for sd15) on a GPU; CPU kernels want float32
+        dtype = getattr(torch, cfg.teacher.dtype) if self.device == "cuda" else torch.float32
         if kind == "image":
             from models.sampling import load_pipeline
 
-            teacher = load_pipeline(teacher_root, scheduler="ddim", device=self.device)
-            student = load_pipeline(teacher_root, scheduler="lcm", lora_dir=ckpt / "lora", device=self.device)
+            teacher = load_pipeline(teacher_root, scheduler="ddim", dtype=dtype, device=self.device)
+            student = load_pipeline(teacher_root, scheduler="lcm", lora_dir=ckpt / "lora", dtype=dtype,
+                                    device=self.device)  # fmt: skip
             self.size = e.resolution or teacher.unet.config.sample_size * teacher.vae_scale_factor
             self.frames = None
         else:
@@ -170,10 +173,11 @@ class Evaluator:
             from models.export import load_animatelcm_pipeline
             from models.video_unet import load_motion_adapter
 
+            motion = load_motion_adapter(Path(motion_dir), dtype=dtype)
             teacher = AnimateDiffPipeline.from_pretrained(
-                str(teacher_root), motion_adapter=load_motion_adapter(Path(motion_dir)), local_files_only=True
+                str(teacher_root), motion_adapter=motion, local_files_only=True, dtype=dtype
             ).to(self.device)
-            student = load_animatelcm_pipeline(ckpt / "pipeline", device=self.device)
+            student = load_animatelcm_pipeline(ckpt / "pipeline", dtype=dtype, device=self.device)
             self.size = e.resolution or cfg.distill_video.resolution
             self.frames = e.frames or cfg.distill_video.frames
         self.pipes = {STUDENT[kind]: student, **{m: with_scheduler(teacher, m) for m in e.teacher_methods}}
