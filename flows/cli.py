@@ -351,6 +351,47 @@ def evaluate_checkpoint(
         typer.echo(f"gate:       {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
 
 
+@app.command("retrain")
+def retrain(
+    images: Path = typer.Option(..., "--images", help="Raw image-text data (Parquet shards, tars or images)."),
+    videos: Path = typer.Option(..., "--videos", help="Raw text-video data (video files with captions, tars)."),
+    dancers: Path = typer.Option(..., "--dancers", help="TikTok-style dance sequences (pose control adapter)."),
+    work_dir: Path = typer.Option(..., "--work", help="Root of the stages' outputs and links."),
+    stages: list[str] = typer.Option([], "--stage", help="Run only these stages (repeatable); default: all."),
+    promote: bool = typer.Option(True, "--promote/--no-promote", help="Run the promotion gate after the eval."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+    submit: bool = SUBMIT,
+) -> None:
+    """The end-to-end retraining flow (``retrain-animatelcm``): curate images and videos, recaption → stages 1, 2,
+    3 → evaluate → register → promotion gate. Finished stages are cached on their inputs: re-running skips them."""
+    from flows.retrain import STAGES, RetrainParams, retrain_flow
+
+    _config(profile, overrides)
+    for option, path in (("--images", images), ("--videos", videos), ("--dancers", dancers)):
+        if not path.exists():
+            _fail(f"{option} {path} does not exist")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        _fail(f"--stage {unknown[0]}: choose from {', '.join(STAGES)}")
+    params = RetrainParams(images=str(images.resolve()), videos=str(videos.resolve()), dancers=str(dancers.resolve()),
+                           work_dir=str(work_dir.resolve()), stages=stages or list(STAGES), promote=promote,
+                           profile=profile, overrides=list(overrides), submit=submit)  # fmt: skip
+    summary = retrain_flow(params)
+    typer.echo(f"{'stage':<15}{'status':<15}{'wall s':>8}  output")
+    for r in summary["stages"]:
+        typer.echo(f"{r['stage']:<15}{r['status']:<15}{r['seconds']:>8.0f}  {r['output']} {r.get('registered', '')}")
+    typer.echo(f"total {summary['total_s']:.0f} s: {summary['jobs_s']:.0f} s in the jobs that ran, "
+               f"{summary['outside_jobs_s']:.0f} s outside them")  # fmt: skip
+    if summary["report"]:
+        typer.echo(f"eval report: {summary['report']}")
+    if summary["checkpoint"]:
+        typer.echo(f"checkpoint:  {summary['checkpoint']} (lineage: alcm lineage {summary['checkpoint']})")
+    if summary["decision"]:
+        d = summary["decision"]
+        typer.echo(f"gate:        {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
+
+
 def _registry():
     from flows.common import open_registry
 

@@ -1,0 +1,262 @@
+"""Flow ``retrain-animatelcm``: raw data → curated datasets → the three distillation stages → evaluation → registry
+→ promotion gate, as one flow run with a form in the Prefect UI.
+
+Stages (each the same job its own flow runs, recorded in the registry as it finishes):
+
+    curate_images(images)            → curated-images
+    curate_videos(videos)            → curated-videos
+    recaption(dancers)               → recaptioned-dancers
+    distill_image(curated-images)    → distilled-image     (stage 1)
+    distill_video(curated-videos, distilled-image) → distilled-video  (stage 2)
+    adapt(distilled-video, recaptioned-dancers, curated-videos) → adapters  (stage 3)
+    evaluate(distilled-video)        → eval-video, attached to the stage-2 checkpoint; candidate; gate
+
+Caching: a stage's output directory is keyed by what it depends on: ``WORK/runs/<stage>/<key>/`` with ``key`` the
+sha256 of the stage name, its inputs' digests (the upstream outputs' manifest digests; for raw directories a digest
+of the file listing — relative path, size, modification time — so a retrain does not re-read terabytes to find out
+nothing changed), the config sections the stage reads (:data:`STAGE_SECTIONS`), the profile and the code version.
+A finished stage's output (its ``manifest.json``, written last and published atomically) is the persisted result:
+re-running with unchanged inputs finds it and skips the stage; changing one input changes the keys of that stage and
+of everything downstream of it, and only those re-run. ``WORK/<name>`` links point at the latest output of each stage.
+
+Retries: a stage is retried (twice, with backoff) only on infrastructure errors — lost Ray workers or actors,
+connection and timeout errors, other OS errors — never on a bad config, a missing input or bad data
+(:func:`is_infrastructure_error`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from pydantic import BaseModel, Field
+
+from flows.common import apply_env_defaults, run_io_job
+from flows.curate import CurateImagesParams
+from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
+from flows.evaluate import EvaluateParams, attach_report, run_gate
+from flows.record import record_output
+from flows.videos import RecaptionParams, VideoJobParams
+from pipelines import adapt, curate_images, curate_videos, distill_image, distill_video, evaluate, recaption
+from pipelines.config import Config, ConfigError, load_config, to_dict
+from registry.manifest import code_version, read_manifest
+
+Stage = Literal["curate_images", "curate_videos", "recaption", "distill_image", "distill_video", "adapt", "evaluate"]
+STAGES: tuple[str, ...] = Stage.__args__
+#: Name of the ``WORK/<name>`` link to each stage's latest output (the layout ``make demo`` and the benches use).
+LINKS = {"curate_images": "curated-images", "curate_videos": "curated-videos", "recaption": "recaptioned-dancers",
+         "distill_image": "distilled-image", "distill_video": "distilled-video", "adapt": "adapters",
+         "evaluate": "eval-video"}  # fmt: skip
+#: Config sections each stage reads; a change in one re-runs that stage and what depends on it.
+STAGE_SECTIONS = {
+    "curate_images": ("curation", "scorers"),
+    "curate_videos": ("video_curation", "video", "scorers"),
+    "recaption": ("recaption", "captioner", "video", "scorers"),
+    "distill_image": ("distill_image", "teacher", "consistency"),
+    "distill_video": ("distill_video", "teacher", "consistency"),
+    "adapt": ("adapt", "teacher", "consistency"),
+    "evaluate": ("evaluate", "scorers", "teacher", "consistency", "distill_video"),
+}
+#: Upstream stages of each stage (raw inputs are named by the flow's parameters).
+DEPENDS = {"distill_image": ("curate_images",), "distill_video": ("curate_videos", "distill_image"),
+           "adapt": ("distill_video", "recaption", "curate_videos"), "evaluate": ("distill_video",)}  # fmt: skip
+JOBS = {
+    "curate_images": curate_images, "curate_videos": curate_videos, "recaption": recaption,
+    "distill_image": distill_image, "distill_video": distill_video, "adapt": adapt, "evaluate": evaluate,
+}  # fmt: skip
+
+
+class RetrainParams(BaseModel):
+    """Parameters of the ``retrain-animatelcm`` flow (rendered as a form in the Prefect UI)."""
+
+    images: str = Field(description="Raw image-text data: img2dataset Parquet shards, webdataset tars or images.")
+    videos: str = Field(description="Raw text-video data: video files with .txt captions or video2dataset tars.")
+    dancers: str = Field(description="TikTok-style dance videos (SEQ/images/*.png) for the pose control adapter.")
+    work_dir: str = Field(description="Root of every stage's outputs (WORK/runs/<stage>/<key>/, links WORK/<name>).")
+    profile: str = Field("toy", description="Config profile: toy, sd15 or a YAML path.")
+    overrides: list[str] = Field(default_factory=list, description="Config overrides, key=value.")
+    stages: list[Stage] = Field(
+        default_factory=lambda: list(STAGES),
+        description="Stages to run; a stage left out must already have an output for its inputs if a chosen stage "
+        "needs it.",
+    )
+    promote: bool = Field(True, description="Run the promotion gate on the evaluated stage-2 checkpoint.")
+    submit: bool = Field(False, description="Submit each job to the Ray cluster's Jobs API (RAY_ADDRESS).")
+
+
+# ------------------------------------------------------------------------------------------------ caching
+
+
+def listing_digest(root: str | Path) -> str:
+    """``sha256:`` of a raw input's file listing (relative path, size, modification time), sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"raw input {root} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        rel = p.name if p == root else p.relative_to(root).as_posix()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def stage_key(stage: str, cfg: Config, inputs: dict[str, str]) -> str:
+    """The cache key of a stage: its name, its inputs' digests, the config sections it reads, profile, code."""
+    full = to_dict(cfg)
+    identity = {
+        "stage": stage,
+        "inputs": dict(sorted(inputs.items())),
+        "config": {s: full[s] for s in STAGE_SECTIONS[stage]},
+        "profile": cfg.profile,
+        "code": code_version(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Whether a failure is worth a retry: Ray system errors (a lost worker, actor or node), connection and
+    timeout errors, other OS errors. Bad configs, missing inputs and data errors fail at once."""
+    if isinstance(exc, ConfigError | ValueError | TypeError | KeyError | FileNotFoundError | FileExistsError
+                  | PermissionError | NotADirectoryError | IsADirectoryError):  # fmt: skip
+        return False
+    if type(exc).__module__.split(".")[0] == "ray":
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+def _retry_condition(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classified, not swallowed: the task fails if this returns False
+        return is_infrastructure_error(exc)
+    return False
+
+
+@task(name="run-stage", cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_condition)
+def run_stage(stage: str, cfg: Config, params) -> dict:
+    """Run one stage's job (here, or submitted to the cluster); retried only on infrastructure errors."""
+    return run_io_job(JOBS[stage], cfg, params)
+
+
+def _params(stage: str, p: RetrainParams, out: Path, outs: dict[str, Path]) -> object:
+    common = {"output_dir": str(out), "profile": p.profile, "overrides": list(p.overrides), "submit": p.submit,
+              "overwrite": True}  # fmt: skip
+    if stage == "curate_images":
+        return CurateImagesParams(input_dir=p.images, **common)
+    if stage == "curate_videos":
+        return VideoJobParams(input_dir=p.videos, **common)
+    if stage == "recaption":
+        return RecaptionParams(input_dir=p.dancers, **common)
+    if stage == "distill_image":
+        return DistillImageParams(input_dir=str(outs["curate_images"]), **common)
+    if stage == "distill_video":
+        return DistillVideoParams(input_dir=str(outs["curate_videos"]), stage1_dir=str(outs["distill_image"]), **common)
+    if stage == "adapt":
+        return AdaptParams(input_dir=str(outs["distill_video"]), control_data=str(outs["recaption"]),
+                           video_data=str(outs["curate_videos"]), **common)  # fmt: skip
+    if stage == "evaluate":
+        return EvaluateParams(input_dir=str(outs["distill_video"]), **common)
+    raise ValueError(f"stage {stage!r}: choose one of {', '.join(STAGES)}")
+
+
+def _link(work: Path, stage: str, out: Path) -> None:
+    link = work / LINKS[stage]
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not the link to the latest {stage} output; move it away")
+    link.symlink_to(out.relative_to(work), target_is_directory=True)
+
+
+# ------------------------------------------------------------------------------------------------ the flow
+
+
+@flow(name="retrain-animatelcm")
+def retrain_flow(params: RetrainParams) -> dict:
+    """curate images, curate videos, recaption → stage 1 → stage 2 → stage 3 → evaluate → register → gate."""
+    apply_env_defaults()
+    logger = get_run_logger()
+    t_flow = time.monotonic()
+    cfg = load_config(params.profile, params.overrides)
+    work = Path(params.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    raw = {"curate_images": params.images, "curate_videos": params.videos, "recaption": params.dancers}
+    needed = set(params.stages)
+    for stage in reversed(STAGES):  # a chosen stage needs its upstream outputs, run or cached
+        if stage in needed:
+            needed |= set(DEPENDS.get(stage, ()))
+    outs: dict[str, Path] = {}
+    digests: dict[str, str] = {}
+    rows: list[dict] = []
+    registered: dict[str, str] = {}
+    for stage in STAGES:
+        if stage not in needed:
+            rows.append({"stage": stage, "status": "not requested", "seconds": 0.0, "output": ""})
+            continue
+        inputs = {"raw": listing_digest(raw[stage])} if stage in raw else {d: digests[d] for d in DEPENDS[stage]}
+        key = stage_key(stage, cfg, inputs)
+        out = work / "runs" / stage / key[:16]
+        t = time.monotonic()
+        if (out / "manifest.json").is_file():
+            status = "cached"
+            logger.info("%s: cached (%s)", stage, out)
+        elif stage not in params.stages:
+            raise ValueError(f"stage {stage} was not requested and has no output for these inputs at {out}; add it "
+                             f"to stages")  # fmt: skip
+        else:
+            logger.info("%s: running → %s", stage, out)
+            run_stage.with_options(name=f"stage-{stage}")(stage, cfg, _params(stage, params, out, outs))
+            status = "ran"
+        seconds = time.monotonic() - t
+        manifest = read_manifest(out)
+        outs[stage], digests[stage] = out, manifest["digest"]
+        _link(work, stage, out)
+        if stage == "evaluate":
+            ref = record_output(str(outs["distill_video"]))
+            registered[stage] = attach_report(ref, str(out))
+        else:
+            registered[stage] = record_output(str(out))
+        rows.append({"stage": stage, "status": status, "seconds": seconds, "output": str(work / LINKS[stage]),
+                     "registered": registered[stage]})  # fmt: skip
+    decision = None
+    if params.promote and "evaluate" in outs:
+        decision = run_gate(cfg, registered["evaluate"])
+    total = time.monotonic() - t_flow
+    in_jobs = sum(r["seconds"] for r in rows if r["status"] == "ran")
+    summary = {
+        "stages": rows,
+        "total_s": total,
+        "jobs_s": in_jobs,
+        "outside_jobs_s": total - in_jobs,
+        "work_dir": str(work),
+        "report": str(work / LINKS["evaluate"] / "report.md") if "evaluate" in outs else None,
+        "checkpoint": registered.get("evaluate"),
+        "registered": registered,
+        "decision": decision,
+    }
+    create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(summary),
+                             description="Retrain: stages, timings, registered versions")  # fmt: skip
+    logger.info("retrain finished in %.0f s (%.0f s in jobs): %s", total, in_jobs,
+                ", ".join(f"{r['stage']} {r['status']}" for r in rows))  # fmt: skip
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """The per-stage table (status, wall time, output, registered version) and the time outside jobs."""
+    lines = ["| stage | status | wall s | output | registered |", "|---|---|---|---|---|"]
+    for r in summary["stages"]:
+        lines.append(f"| {r['stage']} | {r['status']} | {r['seconds']:.0f} | `{r['output']}` | "
+                     f"{r.get('registered', '')} |")  # fmt: skip
+    lines += ["", f"total {summary['total_s']:.0f} s: {summary['jobs_s']:.0f} s in jobs that ran, "
+              f"{summary['outside_jobs_s']:.0f} s outside them (flow, registry, cached-stage checks)"]  # fmt: skip
+    if summary["decision"]:
+        d = summary["decision"]
+        lines.append(f"\ngate: {'promoted' if d['promoted'] else 'not promoted'} {d['candidate']} — {d['reason']}")
+    return "\n".join(lines)
