@@ -58,21 +58,14 @@ integration: install lavis-env
 test: lint lavis-env
 	$(PY) -m pytest -q tests/unit tests/integration
 
-# The demo records its datasets and checkpoints in its own registry (a fresh MLflow store under the demo directory).
+# The demo is the end-to-end flow `retrain-animatelcm` on a fresh toy world: outputs under $(DEMO_DIR)/runs/<stage>/<key>/
+# with links $(DEMO_DIR)/<name>; it records its datasets and checkpoints in its own registry (a fresh MLflow store).
 demo: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 --dancers 8
-	$(VENV)/bin/alcm curate images --input $(DEMO_DIR)/raw/images/parquet --output $(DEMO_DIR)/curated-images
-	$(VENV)/bin/alcm recaption --input $(DEMO_DIR)/raw/dancers --output $(DEMO_DIR)/recaptioned-dancers
-	$(VENV)/bin/alcm curate videos --input $(DEMO_DIR)/raw/videos/wds --output $(DEMO_DIR)/curated-videos
-	$(VENV)/bin/alcm distill image --input $(DEMO_DIR)/curated-images --output $(DEMO_DIR)/distilled-image
-	$(VENV)/bin/alcm distill video --input $(DEMO_DIR)/curated-videos --stage1 $(DEMO_DIR)/distilled-image \
-		--output $(DEMO_DIR)/distilled-video
-	$(VENV)/bin/alcm adapt --input $(DEMO_DIR)/distilled-video --control-data $(DEMO_DIR)/recaptioned-dancers \
-		--video-data $(DEMO_DIR)/curated-videos --output $(DEMO_DIR)/adapters
-	$(VENV)/bin/alcm eval --checkpoint $(DEMO_DIR)/distilled-video --output $(DEMO_DIR)/eval-video --promote \
-		> $(DEMO_DIR)/eval-video.log
+	$(VENV)/bin/alcm retrain --images $(DEMO_DIR)/raw/images/parquet --videos $(DEMO_DIR)/raw/videos/wds \
+		--dancers $(DEMO_DIR)/raw/dancers --work $(DEMO_DIR)
 	@echo
 	@echo "registered versions (registry: $(ALCM_REGISTRY_DIR)):"
 	@$(VENV)/bin/alcm registry list

@@ -1,0 +1,67 @@
+"""A simulated two-node cluster (Ray's ``cluster_utils.Cluster``): a CPU head and a "GPU" node (a declared GPU and
+the ``gpu_node`` custom resource, as the KubeRay GPU groups declare). The real curation job with the sd15 profile's
+scheduling settings (scorers need a GPU) runs on it: the scorer actors land on the GPU node, the CPU stages on both,
+and the output equals the single-machine run's. Runs in a subprocess so the session's local Ray is left alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.dataset as ds
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from pipelines.config import load_config
+    from pipelines.curate_images import run
+
+    src, out = sys.argv[1], sys.argv[2]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"cpu_node": 1}})
+    gpu = cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    placements = []
+
+    @ray.remote(num_gpus=1)
+    def where_a_gpu_task_runs():
+        return ray.get_runtime_context().get_node_id()
+
+    placements.append(ray.get(where_a_gpu_task_runs.remote()))
+    # the sd15 profile's scheduling: the scorers ask for a GPU (the toy scorers still compute on the CPU)
+    cfg = load_config("toy", ["curation.scorer_gpus=1", "curation.scorer_actors=1"])
+    result = run(cfg, src, out)
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(detail=True, limit=10000) if "ScoreActor" in (a.class_name or "")]
+    print("RESULT " + json.dumps({
+        "gpu_node": gpu.node_id, "head_node": cluster.head_node.node_id, "gpu_task": placements,
+        "scorer_nodes": sorted({a.node_id for a in actors}), "counts": result.manifest["counts"],
+    }))
+    ray.shutdown()
+    cluster.shutdown()
+    """
+)
+
+
+def test_scorers_are_scheduled_on_the_gpu_node_and_the_output_equals_a_single_machine_run(toy_images, curated,
+                                                                                          tmp_path):  # fmt: skip
+    src, _ = toy_images
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(src / "parquet"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=540)  # fmt: skip
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(line[len("RESULT "):])
+    assert result["gpu_task"] == [result["gpu_node"]]
+    assert result["scorer_nodes"] == [result["gpu_node"]]
+    assert result["counts"] == curated.manifest["counts"]
+    cluster_rows = ds.dataset(tmp_path / "out" / "audit").to_table(columns=["id", "decision"]).to_pylist()
+    local_rows = ds.dataset(curated.output / "audit").to_table(columns=["id", "decision"]).to_pylist()
+    assert sorted(map(tuple, (r.values() for r in cluster_rows))) == sorted(map(tuple, (r.values() for r in local_rows)))
