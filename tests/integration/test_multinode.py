@@ -58,10 +58,12 @@ def test_scorers_are_scheduled_on_the_gpu_node_and_the_output_equals_a_single_ma
                           capture_output=True, text=True, timeout=540)  # fmt: skip
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result["gpu_task"] == [result["gpu_node"]]
     assert result["scorer_nodes"] == [result["gpu_node"]]
     assert result["counts"] == curated.manifest["counts"]
     cluster_rows = ds.dataset(tmp_path / "out" / "audit").to_table(columns=["id", "decision"]).to_pylist()
     local_rows = ds.dataset(curated.output / "audit").to_table(columns=["id", "decision"]).to_pylist()
-    assert sorted(map(tuple, (r.values() for r in cluster_rows))) == sorted(map(tuple, (r.values() for r in local_rows)))
+    assert sorted(map(tuple, (r.values() for r in cluster_rows))) == sorted(
+        map(tuple, (r.values() for r in local_rows))
+    )
