@@ -417,16 +417,7 @@ class Registry:
         ea, eb = self.get(a), self.get(b)
         ma, mb = self.manifest(ea), self.manifest(eb)
         config = _dict_diff(_flatten(ma.get("config") or {}), _flatten(mb.get("config") or {}))
-        inputs_a = {r: (p.ref, "") for r, p in ((p.role, p) for p in ea.parents)}
-        inputs_b = {r: (p.ref, "") for r, p in ((p.role, p) for p in eb.parents)}
-        for role, info in _inputs_of(ma):
-            inputs_a.setdefault(role, (info.get("path"), _input_digest(info)))
-        for role, info in _inputs_of(mb):
-            inputs_b.setdefault(role, (info.get("path"), _input_digest(info)))
-        inputs = _dict_diff(
-            {r: f"{v[0]} {v[1]}".strip() for r, v in inputs_a.items() if r != "raw"},
-            {r: f"{v[0]} {v[1]}".strip() for r, v in inputs_b.items() if r != "raw"},
-        )
+        inputs = _dict_diff(_named_inputs(ea, ma), _named_inputs(eb, mb))
         metrics = _dict_diff(_flatten({"train": ma.get("metrics") or {}}), _flatten({"train": mb.get("metrics") or {}}))
         ra, rb = self.eval_report(ea), self.eval_report(eb)
         metrics.update(_dict_diff({f"eval/{k}": v for k, v in (ra or {}).get("headline", {}).items()},
@@ -440,6 +431,15 @@ class Registry:
             "inputs": inputs,
             "metrics": metrics,
         }
+
+
+def _named_inputs(entry: Entry, manifest: dict) -> dict[str, str]:
+    """Role → the registered parent's ref, or a raw input's ``path digest`` (raw file lists left out)."""
+    named = {p.role: p.ref for p in entry.parents}
+    for role, info in _inputs_of(manifest):
+        if role != "raw":
+            named.setdefault(role, f"{info.get('path') or ''} {_input_digest(info)}".strip())
+    return named
 
 
 def _input_digest(info: dict) -> str:
