@@ -21,6 +21,8 @@ How a run goes:
    counter and the Task's extra state. The data shard (in the same order every run: ``preserve_order``) is read
    from its start again, skipping, pass after pass, as many micro-batches as the checkpointed steps consumed, so the
    step count is never inflated and training continues on the batches an uninterrupted run would see next.
+   A shard whose first pass fits in ``replay_mb`` on every worker is kept in memory and replayed on later passes
+   (:class:`_Replay`): the same micro-batches in the same order, without a Ray Data pass per epoch.
 6. The final checkpoint also holds the deliverable: rank 0 calls ``task.export`` into its ``export/`` (under ZeRO-3
    the parameters are gathered first, by every rank), so the export reaches the run's storage (shared, or an object
    store, on a cluster) with the checkpoint; the driver copies it from the result's checkpoint to ``export_dir``.
@@ -169,11 +171,12 @@ def _worker(config: dict) -> None:
     )
     step = start = _restore(engine, task)
     shard = ray.train.get_dataset_shard("train")
+    replay = _Replay(cfg.replay_mb)
     skip = step * cfg.grad_accum  # micro-batches the checkpointed steps consumed, skipped pass after pass below
     t0, seen, last = time.monotonic(), 0, {}
     while step < cfg.steps:
         consumed = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.micro_batch_size, drop_last=True):
+        for batch in replay.batches(lambda: shard.iter_torch_batches(batch_size=cfg.micro_batch_size, drop_last=True)):
             if skip > 0:
                 skip -= 1
                 consumed += 1
@@ -187,7 +190,7 @@ def _worker(config: dict) -> None:
                 continue
             task.after_step(step)
             step += 1
-            last = {"loss": float(loss.detach()), "resumed_from": start, **metrics}
+            last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": replay.reads, **metrics}
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 rate = seen / max(1e-9, time.monotonic() - t0)
                 lr = engine.get_lr()[0]
@@ -200,8 +203,62 @@ def _worker(config: dict) -> None:
                 break
         if consumed == 0:
             raise RuntimeError(f"training data shard of rank {rank} yields no batch of {cfg.micro_batch_size}")
+        if step < cfg.steps:
+            replay.end_of_pass()
     if start >= cfg.steps and rank == 0:
         log.info("the run already reached step %d; nothing to train", start)
+
+
+class _Replay:
+    """Micro-batches of a worker's first full pass over its shard, replayed on later passes when every worker's
+    pass fit in ``limit_mb`` (decided together: a worker that stops reading its split while another still reads
+    would stall Ray Data's split coordinator). Batches are copied in and out, so a Task may modify its batch."""
+
+    def __init__(self, limit_mb: float) -> None:
+        self.limit = limit_mb * 2**20
+        self.kept: list[dict] | None = [] if limit_mb > 0 else None
+        self.size = 0
+        self.replaying = False
+        self.reads = 0
+        """Passes read from the shard (reported as the ``shard_reads`` metric)."""
+
+    @staticmethod
+    def _copy(batch: dict) -> dict:
+        return {k: v.clone() if hasattr(v, "clone") else (list(v) if isinstance(v, list) else v)
+                for k, v in batch.items()}  # fmt: skip
+
+    def batches(self, read: Callable[[], Any]):
+        if self.replaying:
+            for batch in self.kept:
+                yield self._copy(batch)
+            return
+        self.reads += 1
+        for batch in read():
+            if self.kept is not None:
+                self.size += sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "numel"))
+                if self.size <= self.limit:
+                    self.kept.append(self._copy(batch))
+                else:
+                    self.kept = None
+            yield batch
+
+    def end_of_pass(self) -> None:
+        """Called after each complete pass: after the first, decide with the other workers whether to replay."""
+        if self.replaying or self.kept is None and self.limit == 0:
+            return
+        import torch
+        import torch.distributed as dist
+
+        fits = torch.tensor([1 if self.kept is not None else 0])
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                fits = fits.cuda()
+            dist.all_reduce(fits, op=dist.ReduceOp.MIN)
+        if int(fits) == 1:
+            self.replaying = True
+            log.info("replaying the shard's %d micro-batches (%.1f MB) from memory", len(self.kept), self.size / 2**20)
+        else:
+            self.kept, self.limit = None, 0
 
 
 @dataclass(frozen=True)

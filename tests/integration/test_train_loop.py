@@ -59,3 +59,17 @@ def test_two_workers_train_checkpoint_and_resume_without_inflating_steps(regress
     assert second.metrics["loss"] < first.metrics["loss"]
     ema = load_file(str(tmp_path / "export2" / "probe_ema.safetensors"))
     assert not np.allclose(ema["weight"].numpy(), exported["weight"].numpy())
+
+
+def test_replaying_a_small_shard_trains_exactly_what_reading_it_again_trains(regression_data, tmp_path):
+    # 64 rows on 2 workers in micro-batches of 4: 8 per pass, so 20 steps are 2.5 passes.
+    base = dict(storage_path=str(tmp_path / "runs"), num_workers=2, steps=20, micro_batch_size=4, lr=0.05,
+                checkpoint_every=100, cpus_per_worker=0.5)  # fmt: skip
+    replayed = train(make_probe, regression_data, TrainConfig(name="replay", **base), export_dir=tmp_path / "a")
+    read = train(make_probe, regression_data, TrainConfig(name="read", replay_mb=0, **base), export_dir=tmp_path / "b")
+    assert replayed.metrics["step"] == read.metrics["step"] == 20
+    assert (replayed.metrics["shard_reads"], read.metrics["shard_reads"]) == (1, 3)
+    for name in ("probe.safetensors", "probe_ema.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
