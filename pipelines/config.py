@@ -600,6 +600,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping, e.g. {{gpu_node: 1}}")
+        key_type, value_type = typing.get_args(tp)
+        return {_convert(key_type, k, key): _convert(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r}: expected a list, e.g. [1024, 128]")

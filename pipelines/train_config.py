@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -22,6 +22,9 @@ class TrainConfig:
     """One GPU per worker."""
     cpus_per_worker: float = 1.0
     """CPUs reserved by each worker."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker also reserves, e.g. ``{gpu_node: 0.01}`` to keep CPU training on the nodes
+    of the cluster's GPU group (the KubeRay groups declare ``gpu_node`` / ``cpu_node``)."""
     steps: int = 100
     """Optimiser steps."""
     micro_batch_size: int = 4
@@ -71,5 +74,7 @@ class TrainConfig:
             raise ValueError("lr must be > 0; warmup_steps, grad_clip and max_failures must be ≥ 0")
         if self.replay_mb < 0:
             raise ValueError(f"replay_mb={self.replay_mb!r}: must be ≥ 0")
+        if any(v < 0 for v in self.resources.values()) or {"CPU", "GPU"} & set(self.resources):
+            raise ValueError(f"resources={self.resources!r}: custom resources ≥ 0 only (CPU and GPU have their keys)")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")

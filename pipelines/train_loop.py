@@ -288,7 +288,9 @@ def train(
         dataset_config=ray.train.DataConfig(execution_options=ingest),
         train_loop_config={"train": cfg, "make_task": make_task},
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.resources},
         ),
         run_config=RunConfig(
             name=cfg.name,
