@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install lavis-env test lint unit integration demo bench video-ablations train-zoo clean-demo
+.PHONY: install lavis-env browser-env test lint unit integration demo serve bench video-ablations train-zoo clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ $(LAVIS_STAMP):
 
 lavis-env: $(LAVIS_STAMP)
 
+# The browser test drives the system Chromium through Playwright (no browser download): Debian's chromium packages.
+CHROMIUM := /usr/lib/chromium/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-env:
+	@test -x $(CHROMIUM) || { echo "installing chromium (apt) for the browser test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }; }
+	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) is missing: apt-get install chromium chromium-driver"; exit 1; }
+
 lint: install
 	$(VENV)/bin/ruff check .
 
@@ -52,20 +62,35 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-integration: install lavis-env
+integration: install lavis-env browser-env
 	$(PY) -m pytest -q tests/integration
 
-test: lint lavis-env
+test: lint lavis-env browser-env
 	$(PY) -m pytest -q tests/unit tests/integration
+
+# The UI: a Prefect server (SQLite under $(DEMO_DIR)/prefect) on 127.0.0.1:4200 serving every flow's deployment, and
+# the MLflow UI on the demo's registry at 127.0.0.1:5000; forms default to the demo's data. Ctrl-C stops everything.
+# SERVE_ARGS passes further options (alcm serve --help), e.g. SERVE_ARGS="--auth-string admin:pass".
+serve: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
+serve: install
+	@test -d $(DEMO_DIR)/raw || $(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 \
+		--dancers 8
+	$(VENV)/bin/alcm serve --data-root $(DEMO_DIR)/raw --work $(DEMO_DIR) $(SERVE_ARGS)
 
 # The demo is the end-to-end flow `retrain-animatelcm` on a fresh toy world: outputs under $(DEMO_DIR)/runs/<stage>/<key>/
 # with links $(DEMO_DIR)/<name>; it records its datasets and checkpoints in its own registry (a fresh MLflow store).
+# Its training budget is shorter than the toy profile's (which `alcm retrain` without overrides and the benches use)
+# so that the whole demo fits in 15 minutes on 2 cores: stage 1 180 steps (profile: 300), stage 2 140 (200), stage 3
+# 100 per adapter (150), and the teachers' eval at 1/2/4/8/50 steps (profile: also 25).
+DEMO_SET := --set distill_image.train.steps=180 --set distill_video.train.steps=140 --set adapt.train.steps=100 \
+	--set "evaluate.teacher_steps=[1, 2, 4, 8, 50]"
 demo: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
 demo: install
 	rm -rf $(DEMO_DIR)
+	@mkdir -p $(DEMO_DIR) && date +%s > $(DEMO_DIR)/.started
 	$(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 --dancers 8
 	$(VENV)/bin/alcm retrain --images $(DEMO_DIR)/raw/images/parquet --videos $(DEMO_DIR)/raw/videos/wds \
-		--dancers $(DEMO_DIR)/raw/dancers --work $(DEMO_DIR)
+		--dancers $(DEMO_DIR)/raw/dancers --work $(DEMO_DIR) $(DEMO_SET)
 	@echo
 	@echo "registered versions (registry: $(ALCM_REGISTRY_DIR)):"
 	@$(VENV)/bin/alcm registry list
@@ -87,6 +112,8 @@ demo: install
 	@echo "  eval report:      $(DEMO_DIR)/eval-video/{report.md,report.json,plots/,samples.gif}"
 	@echo "  registry:         $(ALCM_REGISTRY_DIR) (MLflow; export ALCM_REGISTRY_DIR=$(ALCM_REGISTRY_DIR) to query it with alcm)"
 	@echo "  audits:           every row with its decision and reasons, in each output's audit/"
+	@echo
+	@echo "demo wall time (after install): $$(( $$(date +%s) - $$(cat $(DEMO_DIR)/.started) )) s; make serve opens these in the UI"
 
 bench: install lavis-env video-ablations
 	$(PY) bench/curation_quality.py

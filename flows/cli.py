@@ -392,6 +392,95 @@ def retrain(
         typer.echo(f"gate:        {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
 
 
+@app.command("serve")
+def serve_cmd(
+    data_root: Path = typer.Option(..., "--data-root", help="Raw-data root (images/parquet, videos/wds, dancers)."),
+    work_dir: Path = typer.Option(..., "--work", help="Root of the outputs; the Prefect database is WORK/prefect."),
+    port: int = typer.Option(4200, "--port", help="Prefect server port (127.0.0.1)."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow UI port; 0: no MLflow UI."),
+    auth_string: str = typer.Option(
+        None,
+        "--auth-string",
+        envvar="ALCM_PREFECT_AUTH_STRING",
+        show_default=False,
+        help="Require this user:password on the Prefect API (or set ALCM_PREFECT_AUTH_STRING).",
+    ),  # fmt: skip
+    retrain_cron: str = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (off)."),
+    stages: list[str] = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable)."),
+    trigger: bool = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+) -> None:
+    """Serve the UI: a Prefect server (SQLite) on 127.0.0.1 with a deployment of every flow, and the MLflow UI.
+    Ctrl-C stops everything."""
+    from flows.serve import run_services
+
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger)
+    raise typer.Exit(run_services(settings, port=port, mlflow_port=mlflow_port or None, auth_string=auth_string))
+
+
+def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger):
+    from flows.retrain import STAGES
+    from flows.serve import ServeSettings
+
+    _config(profile, overrides)
+    if not data_root.is_dir():
+        _fail(f"--data-root {data_root} is not a directory (alcm toy data --out {data_root} makes one)")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        _fail(f"--retrain-stage {unknown[0]}: choose from {', '.join(STAGES)}")
+    if retrain_cron is not None and len(retrain_cron.split()) != 5:
+        _fail(f"--retrain-cron {retrain_cron!r}: expected five cron fields, e.g. '0 3 * * *'")
+    return ServeSettings(
+        data_root=str(data_root.resolve()),
+        work_dir=str(work_dir.resolve()),
+        profile=profile,
+        overrides=list(overrides),
+        retrain_cron=retrain_cron,
+        retrain_stages=stages or None,
+        trigger=trigger,
+    )
+
+
+@app.command("deploy")
+def deploy_cmd(
+    pool: str = typer.Option(..., "--pool", help="Work pool (e.g. animatelcm-k8s) that runs the flow runs."),
+    data_root: Path = typer.Option(..., "--data-root", help="Raw-data root as the pool's jobs see it."),
+    work_dir: Path = typer.Option(..., "--work", help="Outputs root as the pool's jobs see it."),
+    image: str = typer.Option(None, "--image", help="Container image of the flow-run jobs (infra/docker)."),
+    retrain_cron: str = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (off)."),
+    stages: list[str] = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable)."),
+    trigger: bool = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard."),
+    profile: str = PROFILE,
+    overrides: list[str] = SET,
+) -> None:
+    """Register every flow's deployment (same defaults, limits, schedule and trigger as alcm serve) with a work pool
+    of the Prefect server at PREFECT_API_URL: the cluster's way to serve them."""
+    from flows.serve import deploy_to_pool
+
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger)
+    ids = deploy_to_pool(settings, pool, image)
+    typer.echo(f"registered {len(ids)} deployments with work pool {pool}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    path: Path = typer.Argument(..., help="The new raw shard: a file or a directory."),
+    kind: str = typer.Option(..., "--kind", help="images, videos or dancers."),
+    data_root: Path = typer.Option(None, "--data-root", help="Copy the shard into this raw-data root first."),
+) -> None:
+    """Land a raw shard and emit the ``alcm.data.landed`` event (PREFECT_API_URL): the served retrain deployment
+    runs on it."""
+    from flows.ingest import IngestError, emit_landed, land
+
+    try:
+        payload = land(path, kind, data_root)
+        event_id = emit_landed(payload)
+    except IngestError as exc:
+        _fail(str(exc))
+    typer.echo(f"landed {payload['shard']} ({payload['files']} files, {payload['bytes']} bytes); event {event_id}")
+
+
 def _registry():
     from flows.common import open_registry
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
-from flows.record import record_output
+from flows.record import record_output, with_run_name
 from pipelines import curate_images
 from pipelines.config import Config, load_config
 
@@ -40,6 +40,7 @@ def reason_rows(manifest: dict) -> list[dict]:
 def curate_images_flow(params: CurateImagesParams) -> dict:
     """Curate image-text data: validate → run the job → read its manifest → publish counts per reason."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_curation_job(cfg, params)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NONE
 from pydantic import Field
 
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
-from flows.record import record_output
+from flows.record import record_output, with_run_name
 from pipelines import adapt, distill_image, distill_video
 from pipelines.config import Config, load_config
 
@@ -61,6 +61,7 @@ def summary_markdown(manifest: dict, output_dir: str) -> str:
 def distill_image_flow(params: DistillImageParams) -> dict:
     """Stage 1: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_distill_image_job(cfg, params)
@@ -172,6 +173,7 @@ def adapt_summary_markdown(manifest: dict, output_dir: str) -> str:
 def distill_video_flow(params: DistillVideoParams) -> dict:
     """Stage 2: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_distill_video_job(cfg, params)
@@ -190,6 +192,7 @@ def distill_video_flow(params: DistillVideoParams) -> dict:
 def adapt_flow(params: AdaptParams) -> dict:
     """Stage 3: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_adapt_job(cfg, params)

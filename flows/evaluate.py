@@ -19,7 +19,7 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
 from flows.common import IOJobParams, apply_env_defaults, open_registry, run_io_job
-from flows.record import record_output
+from flows.record import record_output, with_run_name
 from pipelines import evaluate
 from pipelines.config import Config, load_config
 
@@ -93,6 +93,7 @@ def decision_markdown(decision: dict) -> str:
 def evaluate_flow(params: EvaluateParams) -> dict:
     """Evaluate a checkpoint: validate → run the job → register → attach the report → (gate) → publish."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     if params.promote and not params.record:
         raise ValueError("promote=true needs record=true (the gate compares registered versions)")

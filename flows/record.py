@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -15,3 +17,14 @@ def record_output(output_dir: str) -> str:
     entry = open_registry().register(output_dir)
     get_run_logger().info("registered %s (%s, %s)", entry.ref, entry.type, entry.digest)
     return entry.ref
+
+
+def with_run_name(params):
+    """``params`` with ``{run}`` in its ``output_dir`` replaced by this flow run's name (the served deployments'
+    default output directories are ``WORK/ui/<flow>/{run}``, so each run from the UI writes a new directory)."""
+    if "{run}" not in params.output_dir:
+        return params
+    from prefect.runtime import flow_run
+
+    name = flow_run.name or time.strftime("run-%Y%m%d-%H%M%S")
+    return params.model_copy(update={"output_dir": params.output_dir.replace("{run}", name)})

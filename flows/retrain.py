@@ -88,6 +88,8 @@ class RetrainParams(BaseModel):
     )
     promote: bool = Field(True, description="Run the promotion gate on the evaluated stage-2 checkpoint.")
     submit: bool = Field(False, description="Submit each job to the Ray cluster's Jobs API (RAY_ADDRESS).")
+    new_data: str = Field("", description="The raw shard whose landing started this run (set by the new-data "
+                          "trigger; empty for a manual or scheduled run).")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ caching
@@ -185,6 +187,8 @@ def retrain_flow(params: RetrainParams) -> dict:
     logger = get_run_logger()
     t_flow = time.monotonic()
     cfg = load_config(params.profile, params.overrides)
+    if params.new_data:
+        logger.info("started by new data: %s", params.new_data)
     work = Path(params.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     raw = {"curate_images": params.images, "curate_videos": params.videos, "recaption": params.dancers}
@@ -240,6 +244,7 @@ def retrain_flow(params: RetrainParams) -> dict:
         "checkpoint": registered.get("evaluate"),
         "registered": registered,
         "decision": decision,
+        "new_data": params.new_data,
     }
     create_markdown_artifact(key="retrain-summary", markdown=summary_markdown(summary),
                              description="Retrain: stages, timings, registered versions")  # fmt: skip
@@ -250,7 +255,8 @@ def retrain_flow(params: RetrainParams) -> dict:
 
 def summary_markdown(summary: dict) -> str:
     """The per-stage table (status, wall time, output, registered version) and the time outside jobs."""
-    lines = ["| stage | status | wall s | output | registered |", "|---|---|---|---|---|"]
+    lines = [f"started by new data: `{summary['new_data']}`\n"] if summary.get("new_data") else []
+    lines += ["| stage | status | wall s | output | registered |", "|---|---|---|---|---|"]
     for r in summary["stages"]:
         lines.append(f"| {r['stage']} | {r['status']} | {r['seconds']:.0f} | `{r['output']}` | "
                      f"{r.get('registered', '')} |")  # fmt: skip

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.curate import reason_rows
-from flows.record import record_output
+from flows.record import record_output, with_run_name
 from pipelines import curate_videos, recaption
 from pipelines.config import Config, load_config
 
@@ -67,6 +67,7 @@ def _summary(title: str, manifest: dict, output_dir: str, dataset: str) -> str:
 def recaption_videos_flow(params: RecaptionParams) -> dict:
     """Recaption video clips with BLIP: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.config_overrides())
     manifest = run_recaption_job(cfg, params)
@@ -93,6 +94,7 @@ def recaption_videos_flow(params: RecaptionParams) -> dict:
 def curate_videos_flow(params: VideoJobParams) -> dict:
     """Curate text-video data: validate → run the job → read its manifest → publish counts per reason."""
     apply_env_defaults()
+    params = with_run_name(params)
     logger = get_run_logger()
     cfg = load_config(params.profile, params.overrides)
     manifest = run_curate_videos_job(cfg, params)
