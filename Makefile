@@ -80,9 +80,9 @@ serve: install
 # The demo is the end-to-end flow `retrain-animatelcm` on a fresh toy world: outputs under $(DEMO_DIR)/runs/<stage>/<key>/
 # with links $(DEMO_DIR)/<name>; it records its datasets and checkpoints in its own registry (a fresh MLflow store).
 # Its training budget is shorter than the toy profile's (which `alcm retrain` without overrides and the benches use)
-# so that the whole demo fits in 15 minutes on 2 cores: stage 1 150 steps (profile: 300), stage 2 120 (200), stage 3
+# so that the whole demo fits in 15 minutes on 2 cores: stage 1 120 steps (profile: 300), stage 2 100 (200), stage 3
 # 80 per adapter (150), and the teachers' eval at 1/2/4/8/50 steps (profile: also 25).
-DEMO_SET := --set distill_image.train.steps=150 --set distill_video.train.steps=120 --set adapt.train.steps=80 \
+DEMO_SET := --set distill_image.train.steps=120 --set distill_video.train.steps=100 --set adapt.train.steps=80 \
 	--set "evaluate.teacher_steps=[1, 2, 4, 8, 50]"
 demo: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
 demo: install

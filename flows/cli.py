@@ -371,9 +371,7 @@ def retrain(
     for option, path in (("--images", images), ("--videos", videos), ("--dancers", dancers)):
         if not path.exists():
             _fail(f"{option} {path} does not exist")
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        _fail(f"--stage {unknown[0]}: choose from {', '.join(STAGES)}")
+    _check_stages(stages, "--stage")
     params = RetrainParams(images=str(images.resolve()), videos=str(videos.resolve()), dancers=str(dancers.resolve()),
                            work_dir=str(work_dir.resolve()), stages=stages or list(STAGES), promote=promote,
                            profile=profile, overrides=list(overrides), submit=submit)  # fmt: skip
@@ -392,10 +390,25 @@ def retrain(
         typer.echo(f"gate:        {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
 
 
+DATA_ROOT = typer.Option(..., "--data-root", help="Raw-data root (images/parquet, videos/wds, dancers).")
+SERVE_WORK = typer.Option(..., "--work", help="Root of the outputs (and of WORK/prefect, the server's database).")
+RETRAIN_CRON = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (default: none).")
+RETRAIN_STAGES = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable).")
+TRIGGER = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard.")
+
+
+def _check_stages(stages: list[str], option: str) -> None:
+    from flows.retrain import STAGES
+
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        _fail(f"{option} {unknown[0]}: choose from {', '.join(STAGES)}")
+
+
 @app.command("serve")
 def serve_cmd(
-    data_root: Path = typer.Option(..., "--data-root", help="Raw-data root (images/parquet, videos/wds, dancers)."),
-    work_dir: Path = typer.Option(..., "--work", help="Root of the outputs; the Prefect database is WORK/prefect."),
+    data_root: Path = DATA_ROOT,
+    work_dir: Path = SERVE_WORK,
     port: int = typer.Option(4200, "--port", help="Prefect server port (127.0.0.1)."),
     mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow UI port; 0: no MLflow UI."),
     auth_string: str = typer.Option(
@@ -405,9 +418,9 @@ def serve_cmd(
         show_default=False,
         help="Require this user:password on the Prefect API (or set ALCM_PREFECT_AUTH_STRING).",
     ),  # fmt: skip
-    retrain_cron: str = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (off)."),
-    stages: list[str] = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable)."),
-    trigger: bool = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard."),
+    retrain_cron: str = RETRAIN_CRON,
+    stages: list[str] = RETRAIN_STAGES,
+    trigger: bool = TRIGGER,
     profile: str = PROFILE,
     overrides: list[str] = SET,
 ) -> None:
@@ -420,15 +433,12 @@ def serve_cmd(
 
 
 def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger):
-    from flows.retrain import STAGES
     from flows.serve import ServeSettings
 
     _config(profile, overrides)
     if not data_root.is_dir():
         _fail(f"--data-root {data_root} is not a directory (alcm toy data --out {data_root} makes one)")
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        _fail(f"--retrain-stage {unknown[0]}: choose from {', '.join(STAGES)}")
+    _check_stages(stages, "--retrain-stage")
     if retrain_cron is not None and len(retrain_cron.split()) != 5:
         _fail(f"--retrain-cron {retrain_cron!r}: expected five cron fields, e.g. '0 3 * * *'")
     return ServeSettings(
@@ -445,12 +455,12 @@ def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stage
 @app.command("deploy")
 def deploy_cmd(
     pool: str = typer.Option(..., "--pool", help="Work pool (e.g. animatelcm-k8s) that runs the flow runs."),
-    data_root: Path = typer.Option(..., "--data-root", help="Raw-data root as the pool's jobs see it."),
-    work_dir: Path = typer.Option(..., "--work", help="Outputs root as the pool's jobs see it."),
+    data_root: Path = DATA_ROOT,
+    work_dir: Path = SERVE_WORK,
     image: str = typer.Option(None, "--image", help="Container image of the flow-run jobs (infra/docker)."),
-    retrain_cron: str = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (off)."),
-    stages: list[str] = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable)."),
-    trigger: bool = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard."),
+    retrain_cron: str = RETRAIN_CRON,
+    stages: list[str] = RETRAIN_STAGES,
+    trigger: bool = TRIGGER,
     profile: str = PROFILE,
     overrides: list[str] = SET,
 ) -> None:
