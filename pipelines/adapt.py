@@ -42,7 +42,7 @@ from pipelines.distill_video import (
     run_name,
     video_cache_key,
 )
-from registry.manifest import publish, read_manifest, staged_output, write_manifest
+from registry.manifest import publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def read_stage2(stage2_dir: Path) -> dict:
     manifest = read_manifest(stage2_dir)
     if manifest.get("stage") != "video_consistency_distillation":
         raise ValueError(f"--input {stage2_dir}: manifest stage is {manifest.get('stage')!r}, not stage 2's")
+    verify_files(stage2_dir, manifest)
     return manifest
 
 

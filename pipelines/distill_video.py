@@ -42,7 +42,7 @@ from models.digests import digest_file
 from pipelines import runtime
 from pipelines.config import Config, to_dict
 from pipelines.distill_image import RESUMABLE_FIELDS, _pixels, cached_dataset, decode_square, encode_cached
-from registry.manifest import code_version, publish, read_manifest, staged_output, write_manifest
+from registry.manifest import code_version, publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def read_stage1(stage1_dir: Path | None) -> tuple[dict | None, Path | None]:
     manifest = read_manifest(stage1_dir)
     if manifest.get("stage") != "image_consistency_distillation":
         raise ValueError(f"--stage1 {stage1_dir}: manifest stage is {manifest.get('stage')!r}, not stage 1's")
+    verify_files(stage1_dir, manifest)
     return manifest, lora
 
 

@@ -49,7 +49,15 @@ import ray
 
 from pipelines import runtime
 from pipelines.config import PROJECT_ROOT, Config, config_from_dict, to_dict
-from registry.manifest import code_version, publish, read_manifest, staged_output, tree_digest, write_manifest
+from registry.manifest import (
+    code_version,
+    publish,
+    read_manifest,
+    staged_output,
+    tree_digest,
+    verify_files,
+    write_manifest,
+)
 from registry.report import tables
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,7 @@ def read_checkpoint(path: Path) -> tuple[dict, str]:
     needed = path / ("lora/pytorch_lora_weights.safetensors" if kind == "image" else "pipeline/model_index.json")
     if not needed.is_file():
         raise FileNotFoundError(f"--input {path}: {needed.relative_to(path)} is missing")
+    verify_files(path, manifest)
     return manifest, kind
 
 

@@ -71,6 +71,32 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+class IntegrityError(ValueError):
+    """A job output's file no longer has the content its manifest recorded (or is missing)."""
+
+
+def verify_files(out_dir: Path, manifest: dict[str, Any] | None = None) -> int:
+    """Check every file a checkpoint's manifest lists (``files``: relative path → sha256 hex) against its bytes;
+    return how many were checked. Raises :class:`IntegrityError` naming the file and both digests, so a flipped
+    byte or a truncated copy is caught when a later stage loads the output, not as a wrong model downstream.
+    A manifest without a per-file map (datasets, whose ``digest`` covers the table) checks nothing here."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir) if manifest is None else manifest
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return 0
+    for rel, expected in sorted(files.items()):
+        path = out_dir / rel
+        if not path.is_file():
+            raise IntegrityError(f"{path} is missing: {out_dir / MANIFEST} lists it (sha256:{expected})")
+        actual = file_digest(path).removeprefix("sha256:")
+        if actual != expected:
+            raise IntegrityError(f"{path}: content digest sha256:{actual} does not match sha256:{expected} recorded "
+                                 f"in {out_dir / MANIFEST}; the file changed or was corrupted after the job wrote "
+                                 "it")  # fmt: skip
+    return len(files)
+
+
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     """Read a job's manifest; a missing one means the job did not finish."""
     path = Path(out_dir) / MANIFEST
