@@ -346,9 +346,13 @@ def evaluate_checkpoint(
     typer.echo(f"report:     {output_dir / 'report.md'} (report.json, plots/, {out['manifest']['files'][-1]})")
     if out["checkpoint"]:
         typer.echo(f"registered: {out['checkpoint']} (alias candidate)")
-    if out["decision"]:
-        d = out["decision"]
-        typer.echo(f"gate:       {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
+    _echo_gate(out["decision"], "gate:       ")
+
+
+def _echo_gate(decision: dict | None, label: str) -> None:
+    if decision:
+        verdict = "promoted to production" if decision["promoted"] else "not promoted"
+        typer.echo(f"{label}{verdict} — {decision['reason']}")
 
 
 @app.command("retrain")
@@ -385,9 +389,7 @@ def retrain(
         typer.echo(f"eval report: {summary['report']}")
     if summary["checkpoint"]:
         typer.echo(f"checkpoint:  {summary['checkpoint']} (lineage: alcm lineage {summary['checkpoint']})")
-    if summary["decision"]:
-        d = summary["decision"]
-        typer.echo(f"gate:        {'promoted to production' if d['promoted'] else 'not promoted'} — {d['reason']}")
+    _echo_gate(summary["decision"], "gate:        ")
 
 
 DATA_ROOT = typer.Option(..., "--data-root", help="Raw-data root (images/parquet, videos/wds, dancers).")

@@ -153,11 +153,13 @@ class Services:
         for name, proc in reversed(self.processes):
             if proc.poll() is None:
                 print(f"stopping {name} (pid {proc.pid})", flush=True)
-                os.killpg(proc.pid, signal.SIGTERM)
                 try:
+                    os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                except ProcessLookupError:  # it exited between the poll and the signal
                     proc.wait()
 
 
