@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 VIDEO_DECODE_REASONS = ("undecodable", "too_large", "too_long", "missing_frames")
 """Reason codes a :class:`VideoDecodeError` can carry (all in ``filters.reasons``)."""
 
+FPS_RANGE = (1.0, 1000.0)
+"""Frame rates a stream may declare. Outside it the stream's timing is broken (an ``mdhd`` time scale of 0 makes
+FFmpeg report 1/2048 fps and decode a single frame), so the video is ``undecodable``, not a one-frame clip."""
+
 VIDEO_CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
 """FFmpeg demuxer names accepted as video containers. FFmpeg also "opens" a PNG or JPEG as a one-frame video
 (``png_pipe``, ``image2``); those are refused as ``undecodable`` here, since a still image is not a video."""
@@ -111,6 +115,12 @@ def _probe(container: av.container.InputContainer, label: str) -> tuple[VideoInf
     rate: Fraction | None = stream.average_rate or stream.guessed_rate
     if not rate or rate <= 0:
         raise VideoDecodeError("undecodable", f"{label}: the video stream declares no frame rate")
+    if not FPS_RANGE[0] <= float(rate) <= FPS_RANGE[1]:
+        raise VideoDecodeError(
+            "undecodable",
+            f"{label}: the video stream declares {float(rate):.4g} fps, outside {FPS_RANGE[0]:g}-{FPS_RANGE[1]:g}: "
+            "its timing is broken (a time scale of 0?)",
+        )
     ctx = stream.codec_context
     if ctx is None:
         raise VideoDecodeError("undecodable", f"{label}: no decoder for the video stream's codec")

@@ -217,7 +217,10 @@ def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
                     continue
                 caption, why = _text(rec.get("caption"))
                 if why:
-                    yield _row(rid, key, rel, quarantine=why, error=f"caption of type {type(rec.get('caption'))}")
+                    got = rec.get("caption")
+                    error = ("caption bytes are not valid UTF-8" if why == "bad_encoding"
+                             else f"caption is a {type(got).__name__}, not text")  # fmt: skip
+                    yield _row(rid, key, rel, quarantine=why, error=error)
                     continue
                 image = next((rec[c] for c in image_cols if rec.get(c) is not None), None)
                 url = rec.get("url") if isinstance(rec.get("url"), str) else None

@@ -254,3 +254,11 @@ def test_png_round_trip_is_exact_and_deterministic(clip):
     assert np.array_equal(decode_png(data), clip[3])
     with pytest.raises(VideoDecodeError):
         decode_png(b"not a png")
+
+
+def test_a_stream_declaring_zero_fps_is_undecodable_not_a_one_frame_clip(mp4):
+    from toyworld.hostile import _zero_fps
+
+    with pytest.raises(VideoDecodeError) as err:
+        video_info(_zero_fps(mp4))
+    assert err.value.reason == "undecodable" and "fps" in str(err.value)
