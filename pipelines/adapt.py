@@ -42,6 +42,7 @@ from pipelines.distill_video import (
     run_name,
     video_cache_key,
 )
+from pipelines.storage import check_storage
 from registry.manifest import publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def run(
     control_init = adapter_digests(a.control_init_dir) if a.control_init_dir and "control" in a.adapters else None
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
     results: dict[str, dict] = {}
+    check_storage(a.train.storage_path, "adapt.train.storage_path")
     with staged_output(output_dir, overwrite=overwrite) as staging:
         runtime.connect(cfg.ray)
         for adapter in a.adapters:

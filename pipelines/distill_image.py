@@ -51,6 +51,7 @@ from filters.decode import DecodeConfig, decode_image
 from models.digests import digest_file
 from pipelines import runtime
 from pipelines.config import Config, to_dict
+from pipelines.storage import check_storage
 from registry.manifest import code_version, publish, read_manifest, staged_output, write_manifest
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     teacher_root = teacher_dir(cfg.teacher)
     digests = teacher_digests(cfg.teacher)
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
+    check_storage(cfg.distill_image.train.storage_path, "distill_image.train.storage_path")
     with staged_output(output_dir, overwrite=overwrite) as staging:
         runtime.connect(cfg.ray)
         t = time.monotonic()

@@ -42,6 +42,7 @@ from models.digests import digest_file
 from pipelines import runtime
 from pipelines.config import Config, to_dict
 from pipelines.distill_image import RESUMABLE_FIELDS, _pixels, cached_dataset, decode_square, encode_cached
+from pipelines.storage import check_storage
 from registry.manifest import code_version, publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, stage1: Path | None =
     digests = teacher_digests(cfg.teacher)
     motion_digests = adapter_digests(v.motion_adapter_dir)
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
+    check_storage(v.train.storage_path, "distill_video.train.storage_path")
     with staged_output(output_dir, overwrite=overwrite) as staging:
         runtime.connect(cfg.ray)
         t = time.monotonic()

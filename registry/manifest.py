@@ -11,10 +11,12 @@ into place, so a reader sees either no dataset or a complete one. This module is
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -108,32 +110,90 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
 def prepare_output(out_dir: Path, *, overwrite: bool = False) -> Path:
     """Check that ``out_dir`` can be published and return a fresh staging directory beside it.
 
-    Raises before any work if the destination exists and is not empty (unless ``overwrite``) or its parent is
-    not writable.
+    Raises before any work if the destination exists and is not empty (unless ``overwrite``) or its parent cannot
+    be written (a read-only or missing file system: the staging directory is created here, so the error comes
+    now, not after the job). Staging directories that a killed job left for the same destination on this host are
+    removed first (:func:`remove_stale_staging`).
     """
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"output {out_dir} is not empty; choose a new directory or pass overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir.parent, os.W_OK):
-        raise PermissionError(f"output parent {out_dir.parent} is not writable")
-    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+        remove_stale_staging(out_dir)
+        staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        _owner_file(staging).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    except OSError as exc:
+        raise OSError(exc.errno, f"output {out_dir}: cannot write in {out_dir.parent} ({exc.strerror or exc}); "
+                                 "nothing was started") from exc  # fmt: skip
     return staging
+
+
+def _owner_file(staging: Path) -> Path:
+    """The file beside a staging directory naming the process that writes it (never inside: it would be
+    published)."""
+    return staging.parent / f"{staging.name}.owner"
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging directories of ``out_dir`` whose writer was a process on this host that no longer runs
+    (a job killed before it could clean up); return them. A staging directory of a live process, of another host,
+    or without an owner file is left alone."""
+    removed = []
+    for owner in sorted(out_dir.parent.glob(f".{out_dir.name}.staging-*.owner")):
+        try:
+            info = json.loads(owner.read_text())
+            if info.get("host") != socket.gethostname() or _alive(int(info["pid"])):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        staging = owner.with_name(owner.name.removesuffix(".owner"))
+        shutil.rmtree(staging, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+        removed.append(staging)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
 def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A staging directory for ``out_dir`` (see :func:`prepare_output`), removed if the block raises, so a failed
-    job leaves no partial dataset; the block publishes it with :func:`publish` when done."""
+    job leaves no partial dataset; the block publishes it with :func:`publish` when done. A full disk while
+    writing is reported as such, naming the output."""
     staging = prepare_output(out_dir, overwrite=overwrite)
     try:
         yield staging
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        _owner_file(staging).unlink(missing_ok=True)
+        if _disk_full(exc):
+            raise OSError(errno.ENOSPC, f"output {Path(out_dir).resolve()}: no space left on the device while "
+                                        "writing; the partial output was removed and nothing was published") from exc
         raise
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True if ``exc`` (or what it wraps: Ray re-raises a worker's OSError inside its own error) is a full disk."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def publish(staging: Path, out_dir: Path) -> Path:
@@ -146,4 +206,5 @@ def publish(staging: Path, out_dir: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, out_dir)
+    _owner_file(staging).unlink(missing_ok=True)
     return out_dir

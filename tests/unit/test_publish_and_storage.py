@@ -1,0 +1,98 @@
+"""Publishing outputs safely (stale staging of killed jobs, unwritable destinations, a full disk) and the training
+storage preflight."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.storage import StorageError, check_storage
+from registry.manifest import prepare_output, publish, remove_stale_staging, staged_output
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def stale(tmp_path, name, *, host=None, pid=None):
+    staging = tmp_path / f".out.staging-{name}"
+    (staging / "kept").mkdir(parents=True)
+    (staging / "kept" / "part-0.parquet").write_bytes(b"half written")
+    owner = {"host": host or socket.gethostname(), "pid": dead_pid() if pid is None else pid}
+    (tmp_path / f".out.staging-{name}.owner").write_text(json.dumps(owner))
+    return staging
+
+
+def test_a_killed_jobs_staging_is_removed_and_live_or_foreign_ones_are_kept(tmp_path):
+    dead = stale(tmp_path, "dead0001")
+    live = stale(tmp_path, "live0001", pid=os.getpid())
+    foreign = stale(tmp_path, "away0001", host="another-host")
+    unowned = tmp_path / ".out.staging-none0001"
+    unowned.mkdir()
+    assert remove_stale_staging(tmp_path / "out") == [dead]
+    assert not dead.exists() and not (tmp_path / ".out.staging-dead0001.owner").exists()
+    assert live.is_dir() and foreign.is_dir() and unowned.is_dir()
+
+
+def test_preparing_an_output_cleans_its_stale_staging_and_publishing_leaves_no_owner_file(tmp_path):
+    dead = stale(tmp_path, "dead0002")
+    staging = prepare_output(tmp_path / "out")
+    assert not dead.exists()
+    owner = json.loads((tmp_path / f"{staging.name}.owner").read_text())
+    assert owner == {"host": socket.gethostname(), "pid": os.getpid()}
+    (staging / "manifest.json").write_text("{}")
+    publish(staging, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"]
+
+
+def test_a_destination_that_cannot_be_written_fails_before_any_work_naming_it(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError, match=r"output .*a-file/out: cannot write in .*nothing was started"):
+        prepare_output(tmp_path / "a-file" / "out")
+
+
+def test_a_full_disk_while_writing_is_named_and_leaves_nothing(tmp_path):
+    with pytest.raises(OSError, match=r"no space left on the device while writing") as err:
+        with staged_output(tmp_path / "out") as staging:
+            (staging / "part").write_bytes(b"x")
+            raise RuntimeError("worker died") from OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.errno == errno.ENOSPC and "out" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="other"), staged_output(tmp_path / "out"):
+        raise RuntimeError("other")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_preflight_accepts_a_writable_root_and_leaves_no_probe(tmp_path):
+    assert check_storage(str(tmp_path / "runs"), "distill_image.train.storage_path") == str(tmp_path / "runs")
+    assert check_storage((tmp_path / "runs2").as_uri(), "k") == (tmp_path / "runs2").as_uri()
+    assert list((tmp_path / "runs").iterdir()) == [] and list((tmp_path / "runs2").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("nosuch://bucket/runs", "not a usable storage URI"),
+        ("file:///proc/alcm-missing/runs", "cannot create or write checkpoints"),
+        ("/proc/alcm-missing/runs", "cannot create or write checkpoints"),
+    ],
+)
+def test_storage_preflight_names_the_key_and_uri_of_a_bad_location(uri, words):
+    with pytest.raises(StorageError, match="distill_video.train.storage_path") as err:
+        check_storage(uri, "distill_video.train.storage_path")
+    assert uri in str(err.value) and words in str(err.value)
+
+
+def test_a_file_where_the_storage_root_should_be_is_refused(tmp_path):
+    (tmp_path / "runs").write_text("x")
+    with pytest.raises(StorageError, match="is a file, not a directory"):
+        check_storage(str(tmp_path / "runs"), "adapt.train.storage_path")
