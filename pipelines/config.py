@@ -5,8 +5,11 @@ Each component owns a frozen dataclass next to its code (``models.scorer_config.
 config. This module composes them into :class:`Config` and builds it from YAML strictly:
 
 - an unknown key, a missing required key or a value of the wrong type raises :class:`ConfigError` naming the full
-  dotted key, the bad value and the fix (e.g. the valid keys);
-- a component's own ``ValueError`` is re-raised as :class:`ConfigError` prefixed with the dotted path;
+  dotted key, the bad value and the fix (e.g. the valid keys); a float must be finite (no ``.nan``, ``.inf``) and a
+  string must not be blank (use null where a field allows it), except the fields in :data:`BLANK_ALLOWED`;
+- a component's own ``ValueError`` is re-raised as :class:`ConfigError` naming full dotted keys: every ``name=``
+  of one of its fields in the message becomes ``dotted.key.name=``, and the message is prefixed with the dotted path;
+- :data:`LOADER_CHECKS` adds checks to components owned by other modules, before they are built;
 - overrides ``a.b.c=value`` are parsed as YAML scalars/lists (``true``, ``0.5``, ``[1, 2]``, ``null``);
 - relative local paths in fields named ``weights``, ``*_dir``, ``*_path`` or ``*_file`` are made absolute against
   the project root, so Ray workers (whose working directory differs) resolve them the same way. URIs
@@ -18,10 +21,14 @@ Profiles are complete configs: every profile file spells out every component. A 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import os
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +39,13 @@ from filters.decode import DecodeConfig
 from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
 from filters.video_rules import VideoFilterConfig
-from models.captioner_config import CaptionerConfig
+from models.captioner_config import CaptionerConfig, GenerationConfig
 from models.consistency_config import TARGETS, ConsistencyConfig
 from models.pose import PoseConfig
 from models.scorer_config import ScorersConfig
 from models.teacher_config import TeacherConfig
 from pipelines.train_config import TrainConfig
-from registry.gate import GateRule
+from registry.gate import DIRECTIONS, GateRule
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -80,7 +87,8 @@ class ToyWorldConfig:
     """Side of the square toy images, in pixels."""
 
     def __post_init__(self) -> None:
-        for name in ("images", "videos", "dancers"):
+        # numpy's generators (default_rng([seed, stream, ...])) reject negative seeds.
+        for name in ("seed", "images", "videos", "dancers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
         if self.image_size < 16:
@@ -296,8 +304,10 @@ class ImageDistillConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
-        if self.encode_cpus <= 0 or self.encode_gpus < 0:
-            raise ValueError("encode_cpus must be > 0 and encode_gpus ≥ 0")
+        if self.encode_cpus <= 0:
+            raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
+        if self.encode_gpus < 0:
+            raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
         if any(not p.strip() for p in self.preview_prompts):
             raise ValueError("preview_prompts: an empty prompt; remove it")
 
@@ -368,8 +378,10 @@ class VideoDistillConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
-        if self.encode_cpus <= 0 or self.encode_gpus < 0:
-            raise ValueError("encode_cpus must be > 0 and encode_gpus ≥ 0")
+        if self.encode_cpus <= 0:
+            raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
+        if self.encode_gpus < 0:
+            raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
         if any(not p.strip() for p in self.preview_prompts):
             raise ValueError("preview_prompts: an empty prompt; remove it")
 
@@ -418,15 +430,19 @@ class AdaptConfig:
             raise ValueError(f"adapters={list(self.adapters)!r}: an adapter is listed twice")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
-        if self.control_scale < 0 or self.motion_scale < 0:
-            raise ValueError("control_scale and motion_scale must be ≥ 0")
+        for name in ("control_scale", "motion_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
         for name in ("frames", "resolution", "encode_batch_size", "encode_actors", "preview_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
-        if self.encode_cpus <= 0 or self.encode_gpus < 0:
-            raise ValueError("encode_cpus must be > 0 and encode_gpus ≥ 0")
+        if self.encode_cpus <= 0:
+            raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
+        if self.encode_gpus < 0:
+            raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
+
 
 EVAL_TEACHER_METHODS = ("ddim", "dpmsolver++")
 FVD_EXTRACTORS = ("toy_clip", "i3d")
@@ -480,6 +496,8 @@ class EvaluateConfig:
     """torch threads per actor (CPU)."""
 
     def __post_init__(self) -> None:
+        if self.prompts != "toy" and not self.prompts.endswith((".yaml", ".yml")):
+            raise ValueError(f"prompts={self.prompts!r}: use toy, or a YAML file (.yaml, .yml) that lists the prompts")
         for name in ("student_steps", "teacher_steps"):
             steps = getattr(self, name)
             if not steps or any(s < 1 for s in steps) or len(set(steps)) != len(steps):
@@ -487,11 +505,14 @@ class EvaluateConfig:
         if not self.teacher_methods or any(m not in EVAL_TEACHER_METHODS for m in self.teacher_methods):
             raise ValueError(f"teacher_methods={list(self.teacher_methods)!r}: choose from "
                              f"{', '.join(EVAL_TEACHER_METHODS)}")  # fmt: skip
-        if self.reference_steps not in self.teacher_steps:
-            raise ValueError(f"reference_steps={self.reference_steps}: must be one of teacher_steps "
-                             f"{list(self.teacher_steps)}")  # fmt: skip
         if "ddim" not in self.teacher_methods:
-            raise ValueError("teacher_methods must include ddim (the reference is the teacher's DDIM output)")
+            raise ValueError(f"teacher_methods={list(self.teacher_methods)!r}: must include ddim (the reference is the "
+                             "teacher's DDIM output)")  # fmt: skip
+        if self.reference_steps not in self.teacher_steps:
+            steps, wanted = list(self.teacher_steps), sorted([*self.teacher_steps, self.reference_steps])
+            add = f" or add it: teacher_steps={wanted}" if self.reference_steps >= 1 else ""
+            raise ValueError(f"reference_steps={self.reference_steps}: must be one of teacher_steps {steps}; pick "
+                             f"one of them{add}")  # fmt: skip
         if self.fvd_extractor not in FVD_EXTRACTORS:
             raise ValueError(f"fvd_extractor={self.fvd_extractor!r}: choose one of {', '.join(FVD_EXTRACTORS)}")
         if self.fvd_extractor == "i3d" and not self.i3d_path:
@@ -499,15 +520,27 @@ class EvaluateConfig:
         if self.fvd_reference not in FVD_REFERENCES:
             raise ValueError(f"fvd_reference={self.fvd_reference!r}: choose one of {', '.join(FVD_REFERENCES)}")
         if self.fvd_reference == "real" and self.prompts != "toy":
-            raise ValueError("fvd_reference=real needs prompts: toy (ground-truth renders); use teacher for a "
-                             "prompt file")  # fmt: skip
-        if self.num_prompts < 0 or self.videos_per_prompt < 1 or self.workers < 1 or self.torch_threads < 1:
-            raise ValueError("num_prompts must be ≥ 0 and videos_per_prompt, workers, torch_threads ≥ 1")
+            raise ValueError(f"fvd_reference=real needs prompts: toy (ground-truth renders), not prompts="
+                             f"{self.prompts!r}; use fvd_reference: teacher for a prompt file")  # fmt: skip
+        # seed: the noise seeds and the toy prompts come from numpy generators, which reject negative seeds.
+        for name in ("num_prompts", "seed", "grid_prompts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
+        for name in ("videos_per_prompt", "workers", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if self.prompts == "toy" and self.num_prompts * self.videos_per_prompt < 2:
-            raise ValueError(f"num_prompts × videos_per_prompt = {self.num_prompts * self.videos_per_prompt}: a "
-                             "Fréchet distance needs at least 2 samples")  # fmt: skip
-        if self.grid_prompts < 0 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ValueError("grid_prompts must be ≥ 0, cpus_per_worker > 0 and gpus_per_worker ≥ 0")
+            raise ValueError(f"num_prompts={self.num_prompts} × videos_per_prompt={self.videos_per_prompt}: a Fréchet "
+                             "distance needs at least 2 samples")  # fmt: skip
+        for name in ("frames", "resolution"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1, or null for the default")
+        if self.resolution is not None and self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8, or null")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker!r}: must be ≥ 0")
         if self.guidance_scale is not None and self.guidance_scale < 1.0:
             raise ValueError(f"guidance_scale={self.guidance_scale}: must be ≥ 1 (1 = no guidance) or null")
 
@@ -520,6 +553,12 @@ class PromotionConfig:
     """Rules for video checkpoints (stage 2): metric@steps of the eval headline, direction, margin."""
     image: tuple[GateRule, ...] = (GateRule("fid@4", "lower", 0.0), GateRule("clipsim@4", "higher", 0.0))
     """Rules for image checkpoints (stage 1)."""
+
+    def __post_init__(self) -> None:
+        for name in ("video", "image"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}=[]: give one or more rules, e.g. [{{metric: fvd@4, direction: lower, "
+                                 "margin: 0.0}]; an empty gate cannot promote")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -563,6 +602,63 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- building
+
+
+BLANK_ALLOWED = {(GenerationConfig, "prompt")}
+"""(component, field) whose value may be a blank string: BLIP also captions from an empty prompt."""
+
+_CAPTIONER_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _check_generation(v: dict[str, Any]) -> None:
+    if v["seed"] < 0:
+        raise ValueError(f"seed={v['seed']!r}: must be ≥ 0")
+    if v["min_new_tokens"] > v["max_new_tokens"]:
+        raise ValueError(f"min_new_tokens={v['min_new_tokens']!r}, max_new_tokens={v['max_new_tokens']!r}: need "
+                         "min_new_tokens ≤ max_new_tokens")  # fmt: skip
+
+
+def _check_captioner(v: dict[str, Any]) -> None:
+    if not _CAPTIONER_DEVICE.fullmatch(v["device"]):
+        raise ValueError(f"device={v['device']!r}: choose cpu, cuda or cuda:N")
+
+
+def _check_gate_rule(v: dict[str, Any]) -> None:
+    if "@" not in v["metric"]:
+        raise ValueError(f"metric={v['metric']!r}: expected metric@steps, e.g. fvd@4")
+    if v["direction"] not in DIRECTIONS:
+        raise ValueError(f"direction={v['direction']!r}: choose one of {', '.join(DIRECTIONS)}")
+    if v["margin"] < 0:
+        raise ValueError(f"margin={v['margin']!r}: must be ≥ 0 (how much better than production, in metric units)")
+
+
+LOADER_CHECKS: dict[type, Callable[[dict[str, Any]], None]] = {
+    GenerationConfig: _check_generation,
+    CaptionerConfig: _check_captioner,
+    GateRule: _check_gate_rule,
+}
+"""Checks run on a component owned by another module (given all its field values) before it is built: ones it
+lacks (a seed ≥ 0 like every other seed, min ≤ max, a strict device), or ones whose own message does not name the
+field as ``name=value``, so that the error would not name the dotted key."""
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _qualify(message: str, cls: type, key: str) -> str:
+    """A component's error message with its fields named by full dotted key: ``rank=0`` → ``teacher.lora.rank=0``."""
+    if not key:
+        return message
+    own = key.rsplit(".", 1)[-1] + "."
+    if message.startswith(own):  # a component that names itself: clip.weights=... under scorers.clip
+        message = message[len(own) :]
+    names = "|".join(re.escape(f.name) for f in dataclasses.fields(cls))
+    message = re.sub(rf"(?<![\w.])(?:{names})=", lambda m: f"{key}.{m[0]}", message)
+    if message.startswith(f"{key}."):
+        return message
+    return f"{key}.{message}" if re.match(rf"(?:{names})\b", message) else f"{key}: {message}"
 
 
 def _type_name(tp: Any) -> str:
@@ -621,6 +717,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r}: expected a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -636,7 +734,7 @@ def build(cls: type, data: Any, key: str = "") -> Any:
     where = key or "<root>"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}={data!r}: expected a mapping of {cls.__name__} fields")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -651,16 +749,38 @@ def build(cls: type, data: Any, key: str = "") -> Any:
                 continue
             raise ConfigError(f"missing key {sub!r} ({_type_name(hints[name])}); add it to the profile or --set it")
         value = _convert(hints[name], data[name], sub)
+        if (cls, name) not in BLANK_ALLOWED:
+            _check_not_blank(value, sub, nullable=type(None) in typing.get_args(hints[name]))
         if isinstance(value, str) and _is_path_field(name):
             value = _resolve_path(value)
         kwargs[name] = value
     try:
+        if cls in LOADER_CHECKS:
+            LOADER_CHECKS[cls]({**_defaults(cls), **kwargs})
         return cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
-        prefix = f"{key}." if key else ""
-        raise ConfigError(f"{prefix}{exc}") from exc
+        raise ConfigError(_qualify(str(exc), cls, key)) from exc
+
+
+def _check_not_blank(value: Any, key: str, *, nullable: bool) -> None:
+    texts = [(key, value)] if isinstance(value, str) else []
+    if isinstance(value, tuple):
+        texts = [(f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str)]
+    for where, text in texts:
+        if not text.strip():
+            raise ConfigError(f"{where}={text!r}: blank; give a value{', or null' if nullable else ''}")
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -718,10 +838,16 @@ def load_config(profile: str = "toy", overrides: list[str] | tuple[str, ...] = (
     """Load a profile, apply overrides, and build the validated :class:`Config`."""
     path = profile_path(profile)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _parse_profile(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"profile file {path}: not valid YAML ({exc})") from exc
     return build(Config, apply_overrides(data, list(overrides)))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_profile(text: str) -> Any:
+    # Cached by content: never mutate the result (apply_overrides copies it).
+    return yaml.safe_load(text) or {}
 
 
 def config_from_dict(data: dict) -> Config:

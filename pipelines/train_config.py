@@ -61,20 +61,21 @@ class TrainConfig:
     Ray Data pass set-up (1–5 s per pass) that dominates training on small datasets."""
 
     def __post_init__(self) -> None:
-        for name in ("num_workers", "steps", "micro_batch_size", "grad_accum", "log_every", "checkpoint_every"):
+        for name in ("num_workers", "steps", "micro_batch_size", "grad_accum", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints={self.keep_checkpoints!r}: must be ≥ 1")
+        # seed: the Tasks draw noise through numpy SeedSequence([seed, rank, step, ...]), which rejects negatives.
+        for name in ("warmup_steps", "max_failures", "seed", "weight_decay", "grad_clip", "replay_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr!r}: must be > 0")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage!r}: choose 0, 1, 2 or 3")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.max_failures < 0:
-            raise ValueError("lr must be > 0; warmup_steps, grad_clip and max_failures must be ≥ 0")
-        if self.replay_mb < 0:
-            raise ValueError(f"replay_mb={self.replay_mb!r}: must be ≥ 0")
         if any(v < 0 for v in self.resources.values()) or {"CPU", "GPU"} & set(self.resources):
             raise ValueError(f"resources={self.resources!r}: custom resources ≥ 0 only (CPU and GPU have their keys)")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
