@@ -24,16 +24,35 @@ weights, motion modules) is a raw input, kept in the stored manifest with its di
 Storage: ``MLFLOW_TRACKING_URI`` (a shared server, e.g. ``http://mlflow:5000``) when set; otherwise an embedded
 SQLite database and a local artifact directory under ``ALCM_REGISTRY_DIR`` (default ``data/registry`` in the
 project). Registering the same manifest twice returns the same version (same name and digest → same version).
+
+Concurrency: several processes (two flows finishing at once, a CLI beside a flow) may register into one store at
+the same time; none collides, none loses a version, and the same output registered twice at once is one version.
+
+- On every backend, registration is find → create → re-check: after creating its version, a process looks again
+  for versions of the name with the same digest, and if an older one exists (another process registered the same
+  output in the meantime), it deletes its own newer duplicate (version and run) and returns the older one. The
+  oldest version always wins, so both callers return the same reference. Creating a registered model or the
+  experiment that another process has just created (``RESOURCE_ALREADY_EXISTS``) is not an error. Version numbers
+  are the store's own (``max + 1`` under a unique key, retried by MLflow's SQL store on a collision).
+- On the embedded SQLite store, a file lock (``mlflow.db.lock`` next to the database, ``fcntl.flock``) also
+  serialises opening the store (MLflow creates and migrates the schema on first use, which two processes cannot
+  do at once) and every registry write (registration's find-then-create, aliases, eval reports, decisions).
+  SQLite serialises writers anyway; the lock turns its ``database is locked`` failures, which its busy timeout
+  does not cover when two read-then-write transactions deadlock, into waiting. A server needs no lock: it
+  creates its schema once, and the re-check covers registration.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +131,11 @@ def default_tracking_uri() -> tuple[str, str | None]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 
+def _already_exists(exc: Exception) -> bool:
+    """Whether an MLflow error says another process created the resource first."""
+    return getattr(exc, "error_code", None) == "RESOURCE_ALREADY_EXISTS"
+
+
 def _headline_of(manifest: dict) -> dict[str, float]:
     counts = manifest.get("counts") or {}
     if manifest.get("kind") == CHECKPOINT:
@@ -155,12 +179,46 @@ class Registry:
         if tracking_uri is None:
             tracking_uri, artifact_location = default_tracking_uri()
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        embedded = tracking_uri.startswith("sqlite:///") and tracking_uri != "sqlite:///:memory:"
+        self._lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock") if embedded else None
+        self._lock_file = None  # the open lock file while this object holds the lock
+        self._thread_lock = threading.RLock()
+        with self._exclusive():  # the first use creates the schema
+            self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self._experiment = self._experiment_id(artifact_location)
+
+    def _experiment_id(self, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
         exp = self._client.get_experiment_by_name(EXPERIMENT)
-        if exp is None:
-            self._experiment = self._client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
-        else:
-            self._experiment = exp.experiment_id
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self._client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if not _already_exists(exc):
+                raise
+            return self._client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the embedded store's file lock against other processes and this object's other threads (re-entrant
+        in the holding thread); on a server's store, nothing."""
+        if self._lock_path is None:
+            yield
+            return
+        with self._thread_lock:
+            if self._lock_file is not None:  # this thread holds it already
+                yield
+                return
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._lock_path, "a") as handle:  # closing it releases the lock
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._lock_file = handle
+                try:
+                    yield
+                finally:
+                    self._lock_file = None
 
     # ------------------------------------------------------------------------------------------------ registration
 
@@ -182,9 +240,13 @@ class Registry:
                 parents.append(Parent(role, self.register(parent_dir).ref))
             elif info.get("digest") and (known := self.find_digest(info["digest"])) is not None:
                 parents.append(Parent(role, known.ref))
-        return self._create(manifest, str(output_dir), parents)
+        with self._exclusive():
+            existing = self.find(manifest["name"], manifest["digest"])  # registered while the parents were
+            return existing or self._create(manifest, str(output_dir), parents)
 
     def _create(self, manifest: dict, location: str, parents: list[Parent]) -> Entry:
+        """Create the run and the version, then keep the oldest version of this name and digest (see the module
+        docstring): a process that lost a race deletes its duplicate and returns the winner."""
         name = manifest["name"]
         kind = CHECKPOINT if manifest["kind"] == CHECKPOINT else DATASET
         tags = {
@@ -208,12 +270,29 @@ class Registry:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self._client.log_metric(run_id, f"train/{key}", float(value))
         self._client.set_terminated(run_id)
-        if not self._client.search_registered_models(filter_string=f"name = '{name}'"):
-            self._client.create_registered_model(name, tags={TAG + "kind": kind})
+        self._ensure_registered_model(name, kind)
         mv = self._client.create_model_version(name, source=location, run_id=run_id, tags=tags)
+        oldest = self._oldest(name, manifest["digest"])
+        if oldest is not None and oldest.version != int(mv.version):
+            self._client.delete_model_version(name, mv.version)
+            self._client.delete_run(run_id)
+            log.info("%s was registered by another process as %s: dropped the duplicate %s@%s",
+                     manifest["digest"], oldest.ref, name, mv.version)  # fmt: skip
+            return oldest
         entry = self.get(f"{name}@{mv.version}")
         log.info("registered %s (%s, %s)", entry.ref, manifest["kind"], manifest["digest"])
         return entry
+
+    def _ensure_registered_model(self, name: str, kind: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self._client.search_registered_models(filter_string=f"name = '{name}'"):
+            return
+        try:
+            self._client.create_registered_model(name, tags={TAG + "kind": kind})
+        except MlflowException as exc:
+            if not _already_exists(exc):
+                raise
 
     # ------------------------------------------------------------------------------------------------ lookups
 
@@ -259,6 +338,10 @@ class Registry:
         """The version of ``name`` with content digest ``digest``, if registered."""
         if not self._client.search_registered_models(filter_string=f"name = '{name}'"):
             return None
+        return self._oldest(name, digest)
+
+    def _oldest(self, name: str, digest: str) -> Entry | None:
+        """The lowest-numbered version of ``name`` with ``digest`` (of an existing registered model)."""
         hits = self._versions(f"name = '{name}' and tags.`{TAG}digest` = '{digest}'")
         return hits[0] if hits else None
 
@@ -313,7 +396,8 @@ class Registry:
         if alias not in ALIASES:
             raise RegistryError(f"alias {alias!r}: choose one of {', '.join(ALIASES)}")
         entry = self.get(ref)
-        self._client.set_registered_model_alias(entry.name, alias, str(entry.version))
+        with self._exclusive():
+            self._client.set_registered_model_alias(entry.name, alias, str(entry.version))
         return self.get(entry.ref)
 
     def alias_holder(self, name: str, alias: str) -> Entry | None:
@@ -340,13 +424,15 @@ class Registry:
         if report["checkpoint"]["digest"] != entry.digest:
             raise RegistryError(f"{report_dir}: the report evaluates digest {report['checkpoint']['digest']}, but "
                                 f"{entry.ref} has digest {entry.digest}")  # fmt: skip
-        if entry.tags.get(TAG + "eval") == report_manifest["digest"]:
-            return entry
-        self._client.log_artifacts(entry.run_id, str(report_dir), artifact_path="eval")
-        for key, value in report["headline"].items():
-            self._client.log_metric(entry.run_id, "eval/" + key.replace("@", "/") + "steps", float(value))
-        headline = {**{k: v for k, v in entry.headline.items() if k in ("loss", "step")}, **report["headline"]}
-        self._set_tags(entry, {TAG + "eval": report_manifest["digest"], TAG + "headline": json.dumps(headline)})
+        with self._exclusive():
+            entry = self.get(entry.ref)  # as it is now, not before the lock
+            if entry.tags.get(TAG + "eval") == report_manifest["digest"]:
+                return entry
+            self._client.log_artifacts(entry.run_id, str(report_dir), artifact_path="eval")
+            for key, value in report["headline"].items():
+                self._client.log_metric(entry.run_id, "eval/" + key.replace("@", "/") + "steps", float(value))
+            headline = {**{k: v for k, v in entry.headline.items() if k in ("loss", "step")}, **report["headline"]}
+            self._set_tags(entry, {TAG + "eval": report_manifest["digest"], TAG + "headline": json.dumps(headline)})
         return self.get(entry.ref)
 
     def eval_report(self, ref: str | Entry) -> dict | None:
@@ -361,11 +447,11 @@ class Registry:
 
     def record_decision(self, entry: Entry, decision: dict) -> None:
         """Store a promotion decision with the candidate (tag ``alcm.promotion`` and a JSON artifact)."""
-        with tempfile.TemporaryDirectory() as tmp:
+        with self._exclusive(), tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"decision-{time.strftime('%Y%m%dT%H%M%S')}-{int(time.time() * 1e6) % 10**6:06d}.json"
             path.write_text(json.dumps(decision, indent=2, sort_keys=True))
             self._client.log_artifact(entry.run_id, str(path), artifact_path="promotion")
-        self._set_tags(entry, {TAG + "promotion": json.dumps(decision, sort_keys=True)})
+            self._set_tags(entry, {TAG + "promotion": json.dumps(decision, sort_keys=True)})
 
     # ------------------------------------------------------------------------------------------------ lineage
 
