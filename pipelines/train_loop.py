@@ -17,8 +17,9 @@ How a run goes:
    ``ray.train.report(metrics, checkpoint=...)``; Ray merges the ranks' files into one checkpoint under the run's
    storage path.
 5. Resume: re-running with the same ``name`` and ``storage_path`` (Ray 2.60's Train V2 has no ``Trainer.restore``),
-   or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state, step
-   counter and the Task's extra state. The data shard (in the same order every run: ``preserve_order``) is read
+   or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state (read
+   with ``torch.load(weights_only=True)``: :func:`models.safe_load.load_deepspeed_checkpoint`), step counter and
+   the Task's extra state. The data shard (in the same order every run: ``preserve_order``) is read
    from its start again, skipping, pass after pass, as many micro-batches as the checkpointed steps consumed, so the
    step count is never inflated and training continues on the batches an uninterrupted run would see next.
    A shard whose first pass fits in ``replay_mb`` on every worker is kept in memory and replayed on later passes
@@ -141,15 +142,17 @@ def _restore(engine, task) -> int:
     """Load the latest checkpoint if there is one; return the step to continue from."""
     from safetensors.torch import load_file
 
+    from models.safe_load import load_deepspeed_checkpoint
+
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return 0
     with ckpt.as_directory() as d:
-        _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
+        client = load_deepspeed_checkpoint(engine, d, tag=CKPT_TAG)  # weights_only: no arbitrary unpickling
         state_file = os.path.join(d, TASK_STATE)
         if os.path.exists(state_file):
             task.load_extra_state(load_file(state_file))
-    step = int((client or {}).get("step", 0))
+    step = int(client.get("step", 0))
     log.info("resumed from checkpoint at step %d", step)
     return step
 
