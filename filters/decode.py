@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from models.errtext import describe_error
+
 # Our own limits are enforced from the header; PIL's global bomb check is made to agree with them per call.
 _PIL_LIMIT_SLACK = 1
 
@@ -152,7 +154,7 @@ def decode_image(data: bytes | None, cfg: DecodeConfig) -> Decoded:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Decoded(ok=False, reason="too_large", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is a quarantine, by contract
-        return Decoded(ok=False, reason="undecodable", error=f"{type(exc).__name__}: {exc}")
+        return Decoded(ok=False, reason="undecodable", error=describe_error(exc))
     width, height = rgb.size
     thumb = rgb.resize(thumbnail_size(width, height, cfg.scorer_size), Image.Resampling.BICUBIC)
     return Decoded(

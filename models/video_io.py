@@ -47,6 +47,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from models.errtext import describe_error
+
 log = logging.getLogger(__name__)
 
 VIDEO_DECODE_REASONS = ("undecodable", "too_large", "too_long", "missing_frames")
@@ -154,7 +156,7 @@ def video_info(data: bytes, *, name: str | None = None) -> VideoInfo:
     except VideoDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is undecodable, by contract
-        raise VideoDecodeError("undecodable", f"{label}: not a readable video: {type(exc).__name__}: {exc}") from exc
+        raise VideoDecodeError("undecodable", f"{label}: not a readable video: {describe_error(exc)}") from exc
     return info
 
 
@@ -253,7 +255,7 @@ def iter_video_frames(
         raise
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parser failure is undecodable, by contract
         where = "not a readable video" if stage == "opening" else f"decoding failed after {decoded} frames"
-        raise VideoDecodeError("undecodable", f"{label}: {where}: {type(exc).__name__}: {exc}") from exc
+        raise VideoDecodeError("undecodable", f"{label}: {where}: {describe_error(exc)}") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -280,7 +282,7 @@ def read_image_frame(path: Path, *, max_pixels: int, max_bytes: int) -> np.ndarr
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise VideoDecodeError("missing_frames", f"{path}: cannot read the frame: {exc}") from exc
+        raise VideoDecodeError("missing_frames", f"{path}: cannot read the frame: {describe_error(exc)}") from exc
     if size == 0:
         raise VideoDecodeError("missing_frames", f"{path}: zero-byte frame file")
     if size > max_bytes:
@@ -300,7 +302,7 @@ def read_image_frame(path: Path, *, max_pixels: int, max_bytes: int) -> np.ndarr
     except Image.DecompressionBombError as exc:
         raise VideoDecodeError("too_large", f"{path}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - untrusted file: any parser failure is a missing frame, by contract
-        raise VideoDecodeError("missing_frames", f"{path}: unreadable frame: {type(exc).__name__}: {exc}") from exc
+        raise VideoDecodeError("missing_frames", f"{path}: unreadable frame: {describe_error(exc)}") from exc
 
 
 @dataclass(frozen=True)
@@ -431,4 +433,4 @@ def decode_png(data: bytes) -> np.ndarray:
             img.load()
             return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
     except Exception as exc:  # noqa: BLE001 - any parser failure is the same answer: not a readable PNG
-        raise VideoDecodeError("undecodable", f"<png bytes>: not a readable PNG: {type(exc).__name__}: {exc}") from exc
+        raise VideoDecodeError("undecodable", f"<png bytes>: not a readable PNG: {describe_error(exc)}") from exc

@@ -125,3 +125,9 @@ def test_a_row_the_other_filters_kept_represents_its_group():
     dups = find_duplicates(["a", "b"], ["a", "b"], ["x", "x"], [0, 0], [100, 1], DedupConfig(), preferred=[False, True])
     # "a" has more pixels and the smaller key, but was rejected (e.g. watermarked): the clean copy stays.
     assert dups == {"a": "b"}
+
+
+def test_error_text_is_the_same_on_every_run():
+    a = decode_image(b"not an image at all", DecodeConfig())
+    b = decode_image(b"not an image at all", DecodeConfig())
+    assert a.error == b.error and "0x" not in a.error and a.error.startswith("UnidentifiedImageError")

@@ -1,0 +1,441 @@
+"""Fault scenarios on the toy profile, each measured against a clean run of the same work: what the fault-injection
+tests assert on and what ``bench/fault_matrix.py`` tabulates.
+
+Faults are real: a process is sent SIGKILL (a Ray Data actor's worker, a Ray Train worker, the flow's own process),
+a tmpfs too small for the output fills up, a read-only mount refuses the output, a storage URI names nothing. Every
+scenario returns a :class:`FaultResult`:
+
+- ``recovered``: the work completed (killed actor or worker: with the restart Ray did; killed flow: by re-running
+  it), or, for a fault that cannot be recovered from (full disk, unwritable output, missing storage), it failed
+  cleanly: a clear error, nothing published, nothing registered;
+- ``identical``: the outputs equal the clean run's (None where there is no output to compare);
+- ``seconds``: the time the fault cost: the faulted run's wall time minus the clean run's (killed actor or worker),
+  the re-run's wall time (killed flow), or the time until the clean error.
+
+Scenarios that kill Ray processes run in this process's Ray (``ray.init`` first); the flow scenario runs ``alcm
+retrain`` in subprocesses. Mounting needs root (the CI machine runs as root); without it, the read-only case uses
+file permissions and the full-disk case is reported as not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: Ray Data names a map_batches actor pool's actors ``MapWorker(MapBatches(<class>))``: the job's actor classes.
+DATA_ACTORS = {"curate_images": "_ScoreActor", "curate_videos": "_VideoScoreActor", "recaption": "_CaptionActor"}
+TRAIN_WORKER = "RayTrainWorker"
+
+
+@dataclass
+class FaultResult:
+    fault: str
+    recovered: bool
+    identical: bool | None
+    seconds: float
+    detail: str
+    data: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ killing
+
+
+def alive_actors(class_name: str) -> dict[str, dict]:
+    """Actor id → info of the live actors in the connected Ray cluster whose class is ``class_name`` or that
+    Ray Data made of it (``MapWorker(MapBatches(<class_name>))``)."""
+    from ray._private import state
+
+    def match(name: str) -> bool:
+        return name == class_name or (name.startswith("MapWorker(") and f"({class_name})" in name)
+
+    return {aid: info for aid, info in state.actors().items()
+            if match(info["ActorClassName"]) and info["State"] == "ALIVE"}  # fmt: skip
+
+
+def actor_info(actor_id: str) -> dict:
+    from ray._private import state
+
+    return state.actors(actor_id=actor_id)
+
+
+class Killer(threading.Thread):
+    """Polls ``find`` (→ a victim's (pid, label) or None) until it answers, then SIGKILLs the pid once."""
+
+    def __init__(self, find: Callable[[], tuple[int, str] | None], *, timeout: float = 300.0):
+        super().__init__(daemon=True)
+        self.find, self.timeout = find, timeout
+        self.victim: str | None = None
+        self.pid: int | None = None
+        self.at: float | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        end = time.monotonic() + self.timeout
+        while not self._stop_event.is_set() and time.monotonic() < end:
+            try:
+                found = self.find()
+            except Exception:  # noqa: BLE001 - the cluster state may be briefly unavailable; poll again
+                found = None
+            if found:
+                self.pid, self.victim = found
+                os.kill(self.pid, signal.SIGKILL)
+                self.at = time.monotonic()
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def kill_actor_after(class_name: str, delay: float) -> Callable[[], tuple[int, str] | None]:
+    """A ``find`` for :class:`Killer`: the first live actor of ``class_name``, once it has been alive ``delay`` s
+    (so it is working on a batch, not still loading its models)."""
+    first_seen: dict[str, float] = {}
+
+    def find():
+        for aid, info in sorted(alive_actors(class_name).items()):
+            seen = first_seen.setdefault(aid, time.monotonic())
+            if time.monotonic() - seen >= delay:
+                return int(info["Pid"]), aid
+        return None
+
+    return find
+
+
+# ------------------------------------------------------------------------------------------------ comparing
+
+
+def compare_tables(a: Path, b: Path, *, sort: str = "id", atol: float = 1e-5) -> tuple[bool, str]:
+    """Equal Parquet datasets: same rows by ``sort``, every column equal (floats within ``atol``)."""
+    import pyarrow.dataset as pads
+
+    ta = pads.dataset(a).to_table().sort_by(sort)
+    tb = pads.dataset(b).to_table().sort_by(sort)
+    if ta.num_rows != tb.num_rows or ta.schema.names != tb.schema.names:
+        return False, f"{a.name}: {ta.num_rows} vs {tb.num_rows} rows, columns {ta.schema.names} vs {tb.schema.names}"
+    for name in ta.schema.names:
+        x, y = ta.column(name), tb.column(name)
+        if x.type in ("float", "double") or str(x.type) in ("float", "double", "halffloat"):
+            xs = np.array(x.to_pylist(), dtype=float)
+            ys = np.array(y.to_pylist(), dtype=float)
+            if not np.allclose(xs, ys, atol=atol, equal_nan=True):
+                return False, f"{a.name}.{name}: max difference {np.nanmax(np.abs(xs - ys)):.3g}"
+        elif not x.equals(y):
+            return False, f"{a.name}.{name} differs"
+    return True, f"{ta.num_rows} rows equal"
+
+
+def compare_outputs(a: Path, b: Path, tables: tuple[str, ...] = ("kept", "audit")) -> tuple[bool, str]:
+    """A job's two outputs: equal manifest digests and equal tables."""
+    da = json.loads((a / "manifest.json").read_text())["digest"]
+    db = json.loads((b / "manifest.json").read_text())["digest"]
+    details = [f"digest {'equal' if da == db else f'{da[:19]} vs {db[:19]}'}"]
+    ok = da == db
+    for t in tables:
+        same, why = compare_tables(a / t, b / t)
+        ok, details = ok and same, details + [f"{t}: {why}"]
+    return ok, "; ".join(details)
+
+
+#: Weights of a resumed run against an uninterrupted one. Resuming restores the engine, optimiser, EMA and data
+#: position exactly, but not the floating-point summation order of the first steps after it: the toy stage-1 LoRA
+#: then differs by a few 1e-6, against about 5e-5 that one Adam step at the final learning rate moves a weight.
+WEIGHT_ATOL = 1e-5
+
+
+def compare_weights(a: Path, b: Path, atol: float = WEIGHT_ATOL) -> tuple[bool, float, str]:
+    """Every ``*.safetensors`` under ``a`` against the same file under ``b``: (all within ``atol``, max |diff|)."""
+    from safetensors.numpy import load_file
+
+    worst, files = 0.0, sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))
+    if not files:
+        return False, float("nan"), f"no weights under {a}"
+    for rel in files:
+        x, y = load_file(str(a / rel)), load_file(str(b / rel))
+        if set(x) != set(y):
+            return False, float("nan"), f"{rel}: tensor names differ"
+        for k in x:
+            worst = max(worst, float(np.max(np.abs(x[k].astype(np.float64) - y[k].astype(np.float64)), initial=0.0)))
+    return worst <= atol, worst, f"{len(files)} weight files, max |difference| {worst:.3g} (tolerance {atol:g})"
+
+
+def _timed(fn, *args, **kwargs):
+    t = time.monotonic()
+    out = fn(*args, **kwargs)
+    return out, time.monotonic() - t
+
+
+# ------------------------------------------------------------------------------------------------ scenarios
+
+
+def kill_data_actor(cfg, input_dir: Path, work: Path, *, job: str = "curate_images", delay: float = 0.1,
+                    clean: Path | None = None) -> FaultResult:  # fmt: skip
+    """SIGKILL one of a Ray Data job's actors (the scorers; the captioner for ``recaption``) ``delay`` s after it
+    came up (it is then scoring its first batches); Ray restarts it and retries its batches. Compares kept/ and
+    audit/ with a clean run (``clean``: an existing clean output of the same config and input)."""
+    import importlib
+
+    module = importlib.import_module(f"pipelines.{job}")
+    clean_s = 0.0
+    if clean is None:
+        clean = work / "clean"
+        _, clean_s = _timed(module.run, cfg, input_dir, clean)
+    killer = Killer(kill_actor_after(DATA_ACTORS[job], delay))
+    killer.start()
+    t = time.monotonic()
+    try:
+        module.run(cfg, input_dir, work / "faulted")
+    finally:
+        killer.stop()
+    faulted_s = time.monotonic() - t
+    if killer.at is None:
+        return FaultResult(f"kill a Ray Data actor ({job})", False, None, faulted_s, "the actor was never killed")
+    restarts = int(actor_info(killer.victim).get("NumRestarts", 0))
+    same, why = compare_outputs(clean, work / "faulted")
+    return FaultResult(
+        f"kill a Ray Data actor ({job})", restarts >= 1, same, faulted_s - clean_s if clean_s else faulted_s,
+        f"actor pid {killer.pid} killed {killer.at - t:.1f} s in, restarted {restarts}x; {why}",
+        {"restarts": restarts, "killed_after_s": killer.at - t, "clean_s": clean_s, "faulted_s": faulted_s},
+    )  # fmt: skip
+
+
+def _checkpoints(storage: Path) -> set[Path]:
+    return set(storage.glob("*/checkpoint_*")) if storage.is_dir() else set()
+
+
+def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Path) -> FaultResult:
+    """Stage 1 twice on the same data and settings: uninterrupted, then with one Ray Train worker SIGKILLed as soon
+    as the run's second checkpoint is being written. ``cfg_for(storage)`` gives the config (small ``steps`` and
+    ``checkpoint_every``, ``max_failures`` ≥ 1). Ray Train restarts the worker group from that checkpoint."""
+    from pipelines import distill_image
+
+    clean_cfg, faulted_cfg = cfg_for(work / "runs-clean"), cfg_for(work / "runs-faulted")
+    clean, clean_s = _timed(distill_image.run, clean_cfg, dataset, work / "clean")
+    storage = work / "runs-faulted"
+
+    def find():
+        # The second checkpoint's directory appearing means the first is committed (Ray Train commits a checkpoint
+        # once every rank has reported it; a worker killed while reporting leaves it uncommitted, and the restart
+        # then begins at step 0, which is correct but does not exercise the resume).
+        if len(_checkpoints(storage)) < 2:
+            return None
+        workers = sorted(alive_actors(TRAIN_WORKER).items())
+        return (int(workers[0][1]["Pid"]), workers[0][0]) if workers else None
+
+    killer = Killer(find)
+    killer.start()
+    t = time.monotonic()
+    try:
+        faulted = distill_image.run(faulted_cfg, dataset, work / "faulted")
+    finally:
+        killer.stop()
+    faulted_s = time.monotonic() - t
+    steps = faulted_cfg.distill_image.train.steps
+    m_clean, m_fault = clean.manifest["metrics"], faulted.manifest["metrics"]
+    same, worst, why = compare_weights(work / "clean", work / "faulted")
+    resumed = int(m_fault.get("resumed_from", 0))
+    recovered = killer.at is not None and m_fault["step"] == steps and 0 < resumed < steps
+    return FaultResult(
+        "kill a Ray Train worker (stage 1)", recovered, same, faulted_s - clean_s,
+        f"worker pid {killer.pid} killed {(killer.at or t) - t:.1f} s in; resumed from step {resumed}, ended at "
+        f"{m_fault['step']}/{steps} (clean {m_clean['step']}); {why}",
+        {"resumed_from": resumed, "step": m_fault["step"], "steps": steps, "max_abs_diff": worst,
+         "clean_s": clean_s, "faulted_s": faulted_s, "killed": killer.at is not None},
+    )  # fmt: skip
+
+
+def _alcm(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=PROJECT_ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return " ".join(Path(c.decode()).name if i == 0 else c.decode() for i, c in enumerate(cmd[:3]) if c)[:80]
+    return str(pid)
+
+
+def statuses(log: str) -> dict[str, str]:
+    """``alcm retrain``'s stage table → stage: status."""
+    out = {}
+    for line in log.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] in ("ran", "cached"):
+            out[parts[0]] = parts[1]
+    return out
+
+
+def registry_check(registry_dir: Path) -> tuple[bool, str, dict[str, int]]:
+    """Every registered version is whole: its source holds a manifest with the digest the version carries and its
+    run holds that manifest; returns (ok, detail, versions per name)."""
+    from registry.store import Registry
+
+    reg = Registry(f"sqlite:///{registry_dir / 'mlflow.db'}", (registry_dir / "artifacts").as_uri())
+    per_name: dict[str, int] = {}
+    problems = []
+    for e in reg.list():
+        per_name[e.name] = per_name.get(e.name, 0) + 1
+        src = Path(e.location) / "manifest.json"
+        if not src.is_file() or json.loads(src.read_text())["digest"] != e.digest:
+            problems.append(f"{e.ref}: its source {e.location} has no matching manifest")
+        elif reg.manifest(e)["digest"] != e.digest:
+            problems.append(f"{e.ref}: its run's manifest does not match")
+    return not problems, "; ".join(problems) or f"{sum(per_name.values())} versions, all whole", per_name
+
+
+def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_images", "curate_videos"),
+              kill_in: str = "curate_videos") -> FaultResult:  # fmt: skip
+    """``alcm retrain`` three times on the same raw data: clean; killed (SIGKILL to the flow's process) once stage
+    ``kill_in`` has started writing; re-run. The re-run must find the finished stages cached, run the interrupted
+    one, publish what the clean run published, and leave a registry of whole versions only."""
+    args = ["retrain", "--images", str(raw / "images" / "parquet"), "--videos", str(raw / "videos" / "wds"),
+            "--dancers", str(raw / "dancers"), "--no-promote"]  # fmt: skip
+    args += [a for s in stages for a in ("--stage", s)]
+    runs = {}
+    for name in ("clean", "faulted"):
+        w = work / name
+        w.mkdir(parents=True, exist_ok=True)
+        runs[name] = (w, {**os.environ, "ALCM_REGISTRY_DIR": str(w / "registry"), "PYTHONUNBUFFERED": "1"})
+    w, env = runs["clean"]
+    t = time.monotonic()
+    proc = _alcm([*args, "--work", str(w)], env, w / "run.log")
+    if proc.wait(timeout=900) != 0:
+        raise RuntimeError(f"the clean retrain failed: see {w / 'run.log'}")
+    clean_s = time.monotonic() - t
+
+    w, env = runs["faulted"]
+    proc = _alcm([*args, "--work", str(w)], env, w / "killed.log")
+    stage_dir = w / "runs" / kill_in
+    deadline = time.monotonic() + 900
+    while not list(stage_dir.glob(".*.staging-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        raise RuntimeError(f"the retrain ended before {kill_in} started: see {w / 'killed.log'}")
+    time.sleep(1.0)  # well into the stage: its job is reading and writing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(5.0)  # what the flow started (Ray, the temporary Prefect server) has time to notice
+    leftovers = _group(proc.pid)
+    names = sorted(_name(pid) for pid in leftovers)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    before = registry_check(w / "registry")
+    t = time.monotonic()
+    again = _alcm([*args, "--work", str(w)], env, w / "rerun.log")
+    rc = again.wait(timeout=900)
+    rerun_s = time.monotonic() - t
+    log = (w / "rerun.log").read_text()
+    status = statuses(log)
+    after = registry_check(w / "registry")
+    litter = sorted(str(p.relative_to(w)) for p in (w / "runs").rglob(".*staging*"))
+    same = all(_digest(w / LINK[s]) == _digest(runs["clean"][0] / LINK[s]) for s in stages)
+    expected = {s: ("ran" if stages.index(s) >= stages.index(kill_in) else "cached") for s in stages}
+    recovered = rc == 0 and status == expected and before[0] and after[0] and not litter
+    return FaultResult(
+        "kill the flow process, re-run", recovered, same, rerun_s,
+        f"re-run {status} (expected {expected}); registry after the kill: {before[1]} {before[2]}; after the re-run: "
+        f"{after[1]} {after[2]}; staging left: {litter or 'none'}; processes of the killed flow still alive after 5 s: "
+        f"{len(leftovers)} {names}",
+        {"status": status, "expected": expected, "rc": rc, "before": before, "after": after, "litter": litter,
+         "leftovers": len(leftovers), "clean_s": clean_s, "rerun_s": rerun_s},
+    )  # fmt: skip
+
+
+def _digest(out: Path) -> str:
+    return json.loads((out / "manifest.json").read_text())["digest"]
+
+
+LINK = {"curate_images": "curated-images", "curate_videos": "curated-videos", "recaption": "recaptioned-dancers"}
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, *, size: str, read_only: bool = False) -> Iterator[bool]:
+    """Mount a tmpfs of ``size`` at ``path`` for the block; yields False (and mounts nothing) without the right."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                                              capture_output=True).returncode == 0  # fmt: skip
+    try:
+        yield ok
+    finally:
+        if ok:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fails_cleanly(fn, where: Path, words: str) -> tuple[bool, float, str]:
+    t = time.monotonic()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the scenario is about which error and what it leaves
+        seconds = time.monotonic() - t
+        left = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+        ok = words in str(exc) and not left
+        return ok, seconds, f"{type(exc).__name__}: {str(exc)[:200]}; left in {where.name}/: {left or 'nothing'}"
+    return False, time.monotonic() - t, "no error"
+
+
+def disk_full(cfg, input_dir: Path, work: Path) -> FaultResult:
+    """Curate into a 256 KiB tmpfs: the write fails; the error says the disk is full; nothing is left there."""
+    from pipelines import curate_images
+
+    small = work / "small-disk"
+    with tmpfs(small, size="256k") as mounted:
+        if not mounted:
+            return FaultResult("disk full while writing", False, None, 0.0, "not run: mounting a tmpfs needs root")
+        ok, seconds, why = _fails_cleanly(lambda: curate_images.run(cfg, input_dir, small / "out"), small,
+                                          "no space left on the device")  # fmt: skip
+    return FaultResult("disk full while writing", ok, None, seconds, why)
+
+
+def unwritable_output(cfg, input_dir: Path, work: Path) -> FaultResult:
+    """Curate into a read-only mount (or, without root, a directory without write permission): refused before
+    any work, naming the output."""
+    from pipelines import curate_images
+
+    ro = work / "read-only"
+    with tmpfs(ro, size="1m", read_only=True) as mounted:
+        if not mounted:
+            ro.chmod(0o555)
+        ok, seconds, why = _fails_cleanly(lambda: curate_images.run(cfg, input_dir, ro / "out"), ro,
+                                          "nothing was started")  # fmt: skip
+    return FaultResult("unwritable output directory", ok, None, seconds, why)
+
+
+def missing_storage(overrides: list[str], dataset: Path, work: Path, uri: str) -> FaultResult:
+    """Stage 1 (toy profile with ``overrides``) with ``distill_image.train.storage_path`` set to ``uri``: refused
+    before work, naming the key."""
+    from pipelines import distill_image
+    from pipelines.config import load_config
+
+    bad = load_config("toy", [*overrides, f"distill_image.train.storage_path={uri}"])
+    out = work / "storage-out"
+    out.mkdir(parents=True, exist_ok=True)
+    ok, seconds, why = _fails_cleanly(lambda: distill_image.run(bad, dataset, out / "stage1"), out,
+                                      "distill_image.train.storage_path")  # fmt: skip
+    return FaultResult(f"storage URI that does not exist ({uri.split(':')[0]})", ok, None, seconds, why)

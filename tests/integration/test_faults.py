@@ -1,0 +1,86 @@
+"""Fault injection on the toy profile with real faults (SIGKILL to a Ray Data actor, a Ray Train worker, the flow's
+process; a full tmpfs; a read-only mount; a storage URI that names nothing), through :mod:`bench.faults`, the same
+scenarios ``bench/fault_matrix.py`` tabulates. Nothing is lost or duplicated, and what cannot be recovered fails
+cleanly before or without publishing anything."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench import faults
+from pipelines.config import load_config
+
+STAGE1 = [
+    "distill_image.train.steps=12",
+    "distill_image.train.checkpoint_every=3",
+    "distill_image.train.log_every=3",
+    "distill_image.train.max_failures=1",
+    "distill_image.preview_prompts=[a large red circle in the center on a white background]",
+    "distill_image.preview_steps=1",
+]
+
+
+def test_a_killed_scorer_actor_is_restarted_and_the_curation_equals_a_clean_run(curated, toy_images, tmp_path):
+    src, _ = toy_images
+    r = faults.kill_data_actor(load_config("toy"), src / "parquet", tmp_path, clean=curated.output)
+    assert r.data["restarts"] >= 1, r.detail
+    assert r.recovered and r.identical, r.detail
+    audit = pq.read_table(tmp_path / "faulted" / "audit", columns=["id"]).column("id").to_pylist()
+    assert len(audit) == len(set(audit)) == curated.manifest["counts"]["input"]
+
+
+def test_a_killed_training_worker_resumes_from_its_checkpoint_to_the_same_weights(curated, ray_local, tmp_path):
+    def cfg_for(storage):
+        return load_config("toy", [*STAGE1, f"distill_image.train.storage_path={storage}",
+                                   f"distill_image.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
+
+    r = faults.kill_train_worker(cfg_for, curated.output, tmp_path)
+    assert r.data["killed"], r.detail
+    # Killed while the second checkpoint (step 6) was written: resumed from step 3 or 6, not from scratch, and
+    # stopped at the configured steps.
+    assert r.data["resumed_from"] in (3, 6) and r.data["step"] == 12, r.detail
+    assert r.recovered and r.identical and r.data["max_abs_diff"] <= faults.WEIGHT_ATOL, r.detail
+
+
+@pytest.fixture(scope="module")
+def raw_world(tmp_path_factory):
+    from toyworld.generate import generate_world
+
+    out = tmp_path_factory.mktemp("faultworld") / "raw"
+    generate_world(out, seed=4545, images=120, videos=24, dancers=2)
+    return out
+
+
+def test_a_killed_flow_reruns_only_the_interrupted_stage_and_registers_only_whole_versions(raw_world, tmp_path):
+    r = faults.kill_flow(raw_world, tmp_path)
+    assert r.data["rc"] == 0, (tmp_path / "faulted" / "rerun.log").read_text()[-3000:]
+    assert r.data["status"] == {"curate_images": "cached", "curate_videos": "ran"}, r.detail
+    ok_before, _, versions_before = r.data["before"]
+    ok_after, _, versions_after = r.data["after"]
+    assert ok_before and ok_after, r.detail
+    assert "toy-curated-videos" not in versions_before, "the killed stage registered a version"
+    assert versions_after == {"toy-curated-images": 1, "toy-curated-videos": 1}, r.detail
+    assert r.data["litter"] == [] and r.identical and r.recovered, r.detail
+
+
+def test_a_full_disk_fails_naming_it_and_leaves_nothing(toy_images, ray_local, tmp_path):
+    src, _ = toy_images
+    r = faults.disk_full(load_config("toy"), src / "parquet", tmp_path)
+    if r.detail.startswith("not run"):
+        pytest.skip(r.detail)
+    assert r.recovered, r.detail
+
+
+def test_an_unwritable_output_is_refused_before_any_work(toy_images, tmp_path):
+    src, _ = toy_images
+    r = faults.unwritable_output(load_config("toy"), src / "parquet", tmp_path)
+    assert r.recovered and r.seconds < 5, r.detail
+
+
+@pytest.mark.parametrize("uri", ["nosuch://bucket/runs", "file:///proc/alcm-missing/runs",
+                                 "s3://no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"])  # fmt: skip
+def test_a_storage_uri_that_does_not_exist_is_refused_before_any_work_naming_the_key(curated, tmp_path, uri):
+    r = faults.missing_storage([], curated.output, tmp_path, uri)
+    assert r.recovered, r.detail
+    assert uri in r.detail and r.seconds < 30, r.detail
