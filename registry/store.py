@@ -181,6 +181,8 @@ class Registry:
         self.tracking_uri = tracking_uri
         embedded = tracking_uri.startswith("sqlite:///") and tracking_uri != "sqlite:///:memory:"
         self._lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock") if embedded else None
+        if embedded and artifact_location is None:  # beside the database, never MLflow's ./mlruns in the cwd
+            artifact_location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
         self._lock_file = None  # the open lock file while this object holds the lock
         self._thread_lock = threading.RLock()
         with self._exclusive():  # the first use creates the schema
