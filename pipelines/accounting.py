@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from filters.reasons import KEPT, QUARANTINED, REJECTED
-from registry.manifest import file_digest
+from registry.manifest import IntegrityError, file_digest
 
 
 def check_accounting(audit: pa.Table, kept_keys: list[str]) -> Counter:
@@ -53,3 +53,28 @@ def dataset_digest(table: pa.Table, columns: list[str]) -> str:
     for row in sorted(zip(*(table.column(c).to_pylist() for c in columns), strict=True)):
         h.update(("\0".join("" if v is None else str(v) for v in row) + "\n").encode())
     return "sha256:" + h.hexdigest()
+
+
+def files_map(root: Path, dirs: tuple[str, ...]) -> dict[str, str]:
+    """``files`` of a dataset manifest: every file under ``root/<dir>`` (relative path → sha256 hex), which the
+    stages that read the dataset check on load (:func:`registry.manifest.verify_files`), as they do checkpoints'."""
+    out = {}
+    for d in dirs:
+        for f in sorted((Path(root) / d).rglob("*")):
+            if f.is_file():
+                out[f.relative_to(root).as_posix()] = file_digest(f).removeprefix("sha256:")
+    return out
+
+
+def check_listed(input_dir: Path, manifest: dict, files: list[Path]) -> None:
+    """Refuse data files the dataset's manifest does not list (added after the job published it, so its digest and
+    audit do not cover them); a manifest without a per-file map (older datasets) lists nothing to check against."""
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        return
+    extra = [f for f in files if f.relative_to(input_dir).as_posix() not in listed]
+    if extra:
+        names = ", ".join(f.relative_to(input_dir).as_posix() for f in extra[:5])
+        raise IntegrityError(f"{input_dir}: {len(extra)} data file(s) not listed in its manifest.json ({names}): "
+                             "added after the job published the dataset, so its digest and audit do not cover them")
+

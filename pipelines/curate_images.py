@@ -44,6 +44,7 @@ from filters.reasons import KEPT, QUARANTINED, REJECTED
 from filters.rules import FilterConfig, apply_filters, filter_versions
 from models.scorer_config import ScorersConfig
 from pipelines import runtime
+from pipelines.accounting import files_map
 from pipelines.config import Config, to_dict
 from pipelines.sources import Source, discover, read_source
 from registry.manifest import code_version, file_digest, publish, staged_output, write_manifest
@@ -336,6 +337,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
     timings["write_s"] = time.monotonic() - t
 
     manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
+    manifest["files"] = files_map(staging, ("kept", "audit"))
     write_manifest(staging, manifest)
     publish(staging, output_dir)
     log.info("curated %d rows → %s: %s", manifest["counts"]["input"], output_dir, manifest["counts"]["by_decision"])

@@ -50,9 +50,10 @@ from ray.data.expressions import col
 from filters.decode import DecodeConfig, decode_image
 from models.digests import digest_file
 from pipelines import runtime
+from pipelines.accounting import check_listed
 from pipelines.config import Config, to_dict
 from pipelines.storage import check_storage
-from registry.manifest import code_version, publish, read_manifest, staged_output, write_manifest
+from registry.manifest import code_version, publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def read_input_dataset(input_dir: Path) -> tuple[dict, list[Path]]:
     manifest = read_manifest(input_dir)
     if "digest" not in manifest:
         raise ValueError(f"--input {input_dir}: manifest.json has no dataset digest; re-run curation")
+    verify_files(input_dir, manifest)
     files = sorted((input_dir / "kept").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"--input {input_dir}: no kept/*.parquet (the dataset kept no rows?)")
+    check_listed(input_dir, manifest, files)
     schema = pq.read_schema(files[0])
     missing = [c for c in ("key", "caption", "image") if c not in schema.names]
     if missing:

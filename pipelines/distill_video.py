@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from filters.decode import DecodeConfig
 from models.digests import digest_file
 from pipelines import runtime
+from pipelines.accounting import check_listed
 from pipelines.config import Config, to_dict
 from pipelines.distill_image import RESUMABLE_FIELDS, _pixels, cached_dataset, decode_square, encode_cached
 from pipelines.storage import check_storage
@@ -74,9 +75,11 @@ def read_video_dataset(input_dir: Path, *, what: str = "a curated video dataset 
     manifest = read_manifest(input_dir)
     if "digest" not in manifest:
         raise ValueError(f"{input_dir}: manifest.json has no dataset digest; re-run the job that wrote it")
+    verify_files(input_dir, manifest)
     files = sorted((input_dir / "kept").glob("*.parquet")) or sorted((input_dir / "captioned").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{input_dir}: no kept/*.parquet or captioned/*.parquet (no rows?)")
+    check_listed(input_dir, manifest, files)
     names = pq.read_schema(files[0]).names
     missing = [c for c in columns if c not in names]
     if missing:

@@ -35,7 +35,7 @@ from models.captioner_config import CaptionerConfig
 from models.scorer_config import ScorersConfig
 from models.video_io import decode_png
 from pipelines import runtime
-from pipelines.accounting import check_accounting, dataset_digest, inputs_with_digests
+from pipelines.accounting import check_accounting, dataset_digest, files_map, inputs_with_digests
 from pipelines.config import Config, to_dict
 from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, meta_json
 from registry.manifest import code_version, publish, staged_output, write_manifest
@@ -231,6 +231,7 @@ def _run(cfg: Config, input_dir, root, output_dir, staging, sources, ignored, t0
     audit.write_parquet(str(staging / "audit"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
+    manifest["files"] = files_map(staging, ("captioned", "audit"))
     write_manifest(staging, manifest)
     publish(staging, output_dir)
     counts = manifest["counts"]

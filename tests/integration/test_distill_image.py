@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.digests import digest_file
+from pipelines.accounting import files_map
 from pipelines.config import load_config
 
 STEPS = 4
@@ -57,6 +58,9 @@ def curated_with_a_broken_row(curated, tmp_path_factory) -> tuple[Path, int]:
     row.update(key="broken-0001", image=b"\x89PNG\r\n\x1a\n-truncated")
     schema = pq.read_schema(first)
     pq.write_table(pa.Table.from_pylist([row], schema=schema), out / "kept" / "zz-broken.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = files_map(out, ("kept", "audit"))  # a dataset published with the broken row
+    (out / "manifest.json").write_text(json.dumps(manifest))
     kept = sum(pq.read_metadata(f).num_rows for f in (out / "kept").glob("*.parquet"))
     return out, kept
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipelines.accounting import files_map
 from pipelines.config import load_config
 
 STEPS = 3
@@ -75,6 +76,9 @@ def videos_with_a_broken_clip(curated_videos, tmp_path_factory) -> tuple[Path, i
     frames[2] = b"\x89PNG\r\n\x1a\n-truncated"
     row.update(key="broken-clip", frames=frames)
     pq.write_table(pa.Table.from_pylist([row], schema=pq.read_schema(first)), out / "kept" / "zz-broken.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = files_map(out, ("kept", "audit"))  # a dataset published with the broken row
+    (out / "manifest.json").write_text(json.dumps(manifest))
     kept = sum(pq.read_metadata(f).num_rows for f in (out / "kept").glob("*.parquet"))
     return out, kept
 

@@ -1,5 +1,6 @@
-"""Checkpoint integrity on load: every file a checkpoint's manifest lists is checked against its recorded digest by
-the stages and the eval that read it; one flipped byte or a missing file fails naming the file and both digests."""
+"""Integrity on load: every file a checkpoint's or dataset's manifest lists is checked against its recorded digest
+by the stages and the eval that read it; one flipped byte or a missing file fails naming the file and both
+digests."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from pipelines.accounting import files_map
 from pipelines.adapt import read_stage2
-from pipelines.distill_video import read_stage1
+from pipelines.distill_image import read_input_dataset
+from pipelines.distill_video import read_stage1, read_video_dataset
 from pipelines.evaluate import read_checkpoint
 from registry.manifest import IntegrityError, verify_files
 
@@ -42,8 +47,8 @@ def _flip(path: Path, offset: int = 100) -> None:
 def test_an_intact_checkpoint_verifies_every_listed_file(tmp_path):
     out = _checkpoint(tmp_path, "stage1")
     assert verify_files(out) == 2
-    (out / "manifest.json").write_text(json.dumps({"kind": "dataset", "digest": "sha256:00", "files": ["a"]}))
-    assert verify_files(out) == 0  # a dataset's digest covers its table; no per-file map to check
+    (out / "manifest.json").write_text(json.dumps({"kind": "eval-report", "files": ["a"]}))
+    assert verify_files(out) == 0  # a list of files (an eval report's) is not a digest map: nothing to check
 
 
 def test_one_flipped_byte_names_the_file_and_both_digests(tmp_path):
@@ -80,3 +85,41 @@ def test_the_readers_of_a_checkpoint_refuse_a_corrupted_one(tmp_path, which, rea
     _flip(out / victim, offset=5)
     with pytest.raises(IntegrityError, match=victim.split("/")[-1].replace(".", r"\.")):
         read(out)
+
+
+def _dataset(root: Path, table_dir: str, columns: dict) -> Path:
+    out = root / table_dir
+    (out / table_dir).mkdir(parents=True)
+    (out / "audit").mkdir()
+    for i in range(2):
+        pq.write_table(pa.table(columns), out / table_dir / f"part-{i}.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "decision": ["kept", "rejected"]}), out / "audit" / "part-0.parquet")
+    manifest = {"kind": "dataset", "digest": "sha256:" + "0" * 64, "files": files_map(out, (table_dir, "audit"))}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("read", "table_dir", "columns"),
+    [
+        (read_input_dataset, "kept", {"key": ["a"], "caption": ["c"], "image": [b"x"]}),
+        (read_video_dataset, "kept", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
+        (read_video_dataset, "captioned", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
+    ],
+)
+def test_the_readers_of_a_dataset_refuse_a_corrupted_shard_naming_it(tmp_path, read, table_dir, columns):
+    out = _dataset(tmp_path, table_dir, columns)
+    assert sorted(json.loads((out / "manifest.json").read_text())["files"]) == [
+        "audit/part-0.parquet", f"{table_dir}/part-0.parquet", f"{table_dir}/part-1.parquet"]
+    _, files = read(out)  # intact: accepted
+    assert len(files) == 2
+    _flip(out / table_dir / "part-1.parquet", offset=8)
+    with pytest.raises(IntegrityError, match=rf"{table_dir}/part-1\.parquet: content digest sha256:\w+ does not"):
+        read(out)
+
+
+def test_a_shard_added_after_publishing_is_refused_naming_it(tmp_path):
+    out = _dataset(tmp_path, "kept", {"key": ["a"], "caption": ["c"], "image": [b"x"]})
+    pq.write_table(pa.table({"key": ["z"], "caption": ["c"], "image": [b"y"]}), out / "kept" / "zz-extra.parquet")
+    with pytest.raises(IntegrityError, match=r"1 data file\(s\) not listed .*kept/zz-extra\.parquet"):
+        read_input_dataset(out)
