@@ -4,9 +4,10 @@ A captioner turns RGB frames into one caption each with the generation settings 
 ``model_id`` (model name + weights digest), which every caption row records. ``build_captioner`` picks the backend;
 both must agree on greedy captions for the same weights (tested).
 
-Loading is safe: transformers weights come from ``model.safetensors`` only; the tokenizer comes from the local
-``vocab.txt`` and its size is checked against the model (an offline tokenizer can silently come back with a handful
-of tokens and turn every word into ``[UNK]``).
+Loading is safe: transformers weights come from ``model.safetensors`` only (a file there that is not safetensors, such
+as a pickle given that name, is refused with a ``ValueError`` naming it, never unpickled); the tokenizer comes from the
+local ``vocab.txt`` and its size is checked against the model (an offline tokenizer can silently come back with a
+handful of tokens and turn every word into ``[UNK]``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from models.captioner_config import CaptionerConfig, GenerationConfig
 from models.digests import file_digest16
+from models.safe_load import not_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,10 @@ class TransformersCaptioner:
             raise FileNotFoundError(f"captioner.weights={path}: no model.safetensors (only safetensors are loaded)")
         torch.set_num_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
-        self.model = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        try:
+            self.model = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        except SafetensorError as exc:  # transformers lets safetensors' error through, without the file's name
+            raise not_safetensors(weights, exc) from exc
         self.model.eval().to(self.device)
         self.tokenizer = load_blip_tokenizer(path / "vocab.txt", vocab_size=self.model.config.text_config.vocab_size)
         # The PIL processor reproduces LAVIS's eval transform (bicubic resize, CLIP mean/std); the torchvision one

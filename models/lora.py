@@ -30,6 +30,7 @@ from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
+from models.safe_load import load_safetensors
 from models.teacher_config import LoraConfig
 
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -150,11 +151,12 @@ def save_lora(state: dict[str, torch.Tensor], path: str | Path, *, dtype: torch.
 
 def read_diffusers_lora(path: str | Path) -> dict[str, torch.Tensor]:
     """A diffusers-format UNet LoRA file (as :func:`to_diffusers_lora` writes, alpha folded into B) back in PEFT
-    layout (``<module>.lora_A.weight``); raises naming the file when it holds no UNet LoRA."""
+    layout (``<module>.lora_A.weight``); raises naming the file when it holds no UNet LoRA or is not safetensors
+    (``ValueError``: a pickle given this name is refused, never unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no LoRA file")
-    state = safetensors.torch.load_file(str(path))
+    state = load_safetensors(path)
     out = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
     if not out or not any(k.endswith(".lora_A.weight") for k in out):
         raise ValueError(f"{path}: not a diffusers UNet LoRA (no 'unet.<module>.lora_A.weight' keys)")

@@ -24,6 +24,11 @@ Building any of them from a pickle, even with arguments a hostile file chooses, 
 and the dataclass) or looks up an enum member, so allowing them keeps the guarantee. fp16's ``DynamicLossScaler``
 is not allowed: no profile trains in fp16. Checked on CPU only: a type a GPU run added would be refused, by name,
 never loaded unchecked.
+
+Weights files are read through the same module so that a refusal always names the file: :func:`load_weights_only`
+for the ``.pt``/``.pth``/``.bin`` files the scorers accept, :func:`load_safetensors` for safetensors. A pickle given a
+``.safetensors`` name (or any file that is not safetensors) never reaches an unpickler; safetensors rejects its header,
+and :func:`not_safetensors` turns that into a ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,24 @@ def load_weights_only(path: str | Path, *, allowed: tuple[str, ...] = (), map_lo
             f"unpickling it could run arbitrary code (loading uses torch.load(weights_only=True); allowed: "
             f"{', '.join(allowed) or 'tensors and plain containers only'})"
         ) from None
+
+
+def not_safetensors(path: str | Path, exc: Exception) -> ValueError:
+    """The error for a weights file that safetensors cannot read (``exc``, its own error): it names the file and
+    says it was refused rather than unpickled. Raise it ``from exc``."""
+    return ValueError(
+        f"{path}: not a readable safetensors file ({exc}); refused: weights named .safetensors are only ever read as "
+        "safetensors, never unpickled"
+    )
+
+
+def load_safetensors(path: str | Path, *, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file(path)``; a file that is not safetensors (a pickle given that name, a truncated
+    file) raises :func:`not_safetensors`'s ``ValueError`` naming it."""
+    try:
+        return safetensors.torch.load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise not_safetensors(path, exc) from exc
 
 
 class WeightsOnlyCheckpointEngine:

@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from models.safe_load import load_safetensors, load_weights_only
 from models.scorer_config import (  # noqa: F401 - re-exported: the configs belong with their models
     BUNDLED_OPEN_CLIP_CONFIG_DIR,
     WATERMARK_ARCHS,
@@ -75,15 +76,17 @@ _LAION_WATERMARK_FEATURES = 1536  # efficientnet_b3's pooled feature width, the 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict safely from a local file: safetensors, or torch.load(weights_only=True).
 
-    A ``{"state_dict": ...}`` wrapper and a DataParallel ``module.`` prefix on every key are removed.
+    A ``{"state_dict": ...}`` wrapper and a DataParallel ``module.`` prefix on every key are removed. A file that
+    cannot be read that way (a pickle needing anything but tensors and plain containers, or a ``.safetensors`` file
+    that is not safetensors) is refused, never unpickled, with an error naming it (see :mod:`models.safe_load`).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"weights file {p} does not exist")
     if p.suffix == ".safetensors":
-        state = safetensors.torch.load_file(str(p), device="cpu")
+        state = load_safetensors(p)
     elif p.suffix in WEIGHT_SUFFIXES:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = load_weights_only(p)
         if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
             state = state["state_dict"]
         if not isinstance(state, Mapping):
