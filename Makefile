@@ -126,6 +126,7 @@ bench: install lavis-env video-ablations
 	$(PY) bench/fewstep_video.py --ablation both=$(ABLATION_DIR)/init-both --ablation none=$(ABLATION_DIR)/init-none \
 		--ablation coupled=$(ABLATION_DIR)/coupled   # stage 2 of `make demo` against the ablations (make video-ablations)
 	$(PY) bench/adapter_fidelity.py   # stage 3 of `make demo`
+	$(PY) bench/fault_matrix.py
 
 # Stage 2's ablations on the demo data, the rows of bench/fewstep_video.py (run `make demo` first).
 ABLATION_DIR ?= data/bench/stage2

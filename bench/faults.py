@@ -37,6 +37,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: Ray Data names a map_batches actor pool's actors ``MapWorker(MapBatches(<class>))``: the job's actor classes.
 DATA_ACTORS = {"curate_images": "_ScoreActor", "curate_videos": "_VideoScoreActor", "recaption": "_CaptionActor"}
 TRAIN_WORKER = "RayTrainWorker"
+OUTPUT_TABLES = {"curate_images": ("kept", "audit"), "curate_videos": ("kept", "audit"),
+                 "recaption": ("captioned", "audit")}  # fmt: skip
 
 
 @dataclass
@@ -204,12 +206,34 @@ def kill_data_actor(cfg, input_dir: Path, work: Path, *, job: str = "curate_imag
     if killer.at is None:
         return FaultResult(f"kill a Ray Data actor ({job})", False, None, faulted_s, "the actor was never killed")
     restarts = int(actor_info(killer.victim).get("NumRestarts", 0))
-    same, why = compare_outputs(clean, work / "faulted")
+    same, why = compare_outputs(clean, work / "faulted", OUTPUT_TABLES[job])
     return FaultResult(
         f"kill a Ray Data actor ({job})", restarts >= 1, same, faulted_s - clean_s if clean_s else faulted_s,
         f"actor pid {killer.pid} killed {killer.at - t:.1f} s in, restarted {restarts}x; {why}",
         {"restarts": restarts, "killed_after_s": killer.at - t, "clean_s": clean_s, "faulted_s": faulted_s},
     )  # fmt: skip
+
+
+#: Stage 1 for the worker-kill scenario: 12 steps, a checkpoint every 3, one restart allowed, a one-step preview.
+STAGE1_OVERRIDES = (
+    "distill_image.train.steps=12",
+    "distill_image.train.checkpoint_every=3",
+    "distill_image.train.log_every=3",
+    "distill_image.train.max_failures=1",
+    "distill_image.preview_prompts=[a large red circle in the center on a white background]",
+    "distill_image.preview_steps=1",
+)
+#: Storage URIs that name nothing: an unknown scheme, a local path that cannot be created, an unreachable S3.
+MISSING_STORAGE = ("nosuch://bucket/runs", "file:///proc/alcm-missing/runs",
+                   "s3://no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http")  # fmt: skip
+
+
+def stage1_config(storage: Path, cache: Path):
+    """The toy profile with :data:`STAGE1_OVERRIDES`, checkpoints under ``storage`` and latents cached in ``cache``."""
+    from pipelines.config import load_config
+
+    return load_config("toy", [*STAGE1_OVERRIDES, f"distill_image.train.storage_path={storage}",
+                               f"distill_image.cache_dir={cache}"])  # fmt: skip
 
 
 def _checkpoints(storage: Path) -> set[Path]:

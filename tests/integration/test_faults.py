@@ -11,15 +11,6 @@ import pytest
 from bench import faults
 from pipelines.config import load_config
 
-STAGE1 = [
-    "distill_image.train.steps=12",
-    "distill_image.train.checkpoint_every=3",
-    "distill_image.train.log_every=3",
-    "distill_image.train.max_failures=1",
-    "distill_image.preview_prompts=[a large red circle in the center on a white background]",
-    "distill_image.preview_steps=1",
-]
-
 
 def test_a_killed_scorer_actor_is_restarted_and_the_curation_equals_a_clean_run(curated, toy_images, tmp_path):
     src, _ = toy_images
@@ -31,11 +22,8 @@ def test_a_killed_scorer_actor_is_restarted_and_the_curation_equals_a_clean_run(
 
 
 def test_a_killed_training_worker_resumes_from_its_checkpoint_to_the_same_weights(curated, ray_local, tmp_path):
-    def cfg_for(storage):
-        return load_config("toy", [*STAGE1, f"distill_image.train.storage_path={storage}",
-                                   f"distill_image.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
-
-    r = faults.kill_train_worker(cfg_for, curated.output, tmp_path)
+    r = faults.kill_train_worker(lambda storage: faults.stage1_config(storage, tmp_path / "cache"), curated.output,
+                                 tmp_path)  # fmt: skip
     assert r.data["killed"], r.detail
     # Killed while the second checkpoint (step 6) was written: resumed from step 3 or 6, not from scratch, and
     # stopped at the configured steps.
@@ -78,8 +66,7 @@ def test_an_unwritable_output_is_refused_before_any_work(toy_images, tmp_path):
     assert r.recovered and r.seconds < 5, r.detail
 
 
-@pytest.mark.parametrize("uri", ["nosuch://bucket/runs", "file:///proc/alcm-missing/runs",
-                                 "s3://no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http"])  # fmt: skip
+@pytest.mark.parametrize("uri", faults.MISSING_STORAGE)
 def test_a_storage_uri_that_does_not_exist_is_refused_before_any_work_naming_the_key(curated, tmp_path, uri):
     r = faults.missing_storage([], curated.output, tmp_path, uri)
     assert r.recovered, r.detail
