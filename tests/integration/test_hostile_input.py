@@ -1,6 +1,6 @@
-"""The curation jobs on a hostile-input corpus (:mod:`toyworld.hostile`), on real Ray: every row ends kept, rejected
-or quarantined with the reason its case determines, the accounting invariant holds, the job never fails on data,
-and nothing is written outside the output directory."""
+"""The curation and recaptioning jobs on a hostile-input corpus (:mod:`toyworld.hostile`), on real Ray: every row
+ends kept, rejected or quarantined with the reason its case determines, the accounting invariant holds, the job
+never fails on data, and nothing is written outside the output directory."""
 
 from __future__ import annotations
 
@@ -86,11 +86,13 @@ def test_hostile_images_are_each_accounted_for_with_their_reason_and_nothing_lea
     assert (strip["width"], strip["height"]) == (1, 100_000)
 
 
+@pytest.mark.parametrize("job", ["curate_videos", "recaption"])
 def test_hostile_videos_are_each_accounted_for_with_their_reason_and_nothing_leaves_the_output(
-    ray_local, tmp_path, outside
+    ray_local, tmp_path, outside, job
 ):
-    from pipelines.curate_videos import run
+    import importlib
 
+    run = importlib.import_module(f"pipelines.{job}").run
     src, out = tmp_path / "raw", tmp_path / "out"
     expects = write_hostile_videos(src, tag=outside)
     before = tree(tmp_path, out)
