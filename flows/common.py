@@ -26,9 +26,14 @@ ENV_DEFAULTS = {
 
 
 def apply_env_defaults() -> None:
-    """Apply :data:`ENV_DEFAULTS` without overriding values the user set."""
+    """Apply :data:`ENV_DEFAULTS` without overriding values the user set, and redact credentials from every log
+    record of this process (``registry.redact.install_log_redaction``): every flow and CLI invocation runs this
+    first, so no run log, console line or log file shows a storage credential or auth string."""
+    from registry.redact import install_log_redaction
+
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    install_log_redaction()
 
 
 class JobParams(BaseModel):
@@ -57,9 +62,11 @@ class IOJobParams(JobParams):
 
 def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
     """Run ``job`` (a ``pipelines`` module with ``JOB`` and ``run``) here, or submit its entry point to the Ray
-    cluster with ``params.submit``; return the manifest it wrote."""
+    cluster with ``params.submit``; return the manifest it wrote, redacted as written (what the flows publish and
+    return never holds a credential, see ``registry.redact``)."""
     from pipelines import runtime
     from registry.manifest import read_manifest
+    from registry.redact import redact
 
     extra = params.extra_inputs()
     if params.submit:
@@ -69,7 +76,8 @@ def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
         runtime.submit(job.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
         return read_manifest(Path(params.output_dir))
     kwargs = {name: Path(path) for name, path in extra.items()}
-    return job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite, **kwargs).manifest
+    result = job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite, **kwargs)
+    return redact(result.manifest)
 
 
 def open_registry():

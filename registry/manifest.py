@@ -3,7 +3,8 @@
 Every job writes ``manifest.json`` at the root of its output, *last*, after its data files are complete. A
 manifest holds: ``name``, ``version``, ``digest`` (content digest of the dataset), ``kind``, ``counts``,
 ``inputs`` (each with its path and digest), ``config`` (the resolved config), ``code_version``, ``timings``
-and job-specific fields. Flows read it and record it in the registry; jobs never write the registry.
+and job-specific fields. Flows read it and record it in the registry; jobs never write the registry. A manifest
+never holds a credential: :func:`write_manifest` redacts it (``registry.redact``).
 
 Outputs are published atomically: a job writes into a staging directory next to the destination and renames it
 into place, so a reader sees either no dataset or a complete one. This module is torch- and Ray-free.
@@ -23,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from registry.redact import redact
 
 MANIFEST = "manifest.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +68,15 @@ def code_version() -> str:
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` (sorted keys, atomic replace) and return its path."""
+    """Write ``manifest.json`` (sorted keys, atomic replace) and return its path.
+
+    What is written is :func:`registry.redact.redact` of ``manifest`` (``manifest`` itself is not changed): no
+    credential in a config value, input path or URI reaches the file, nor the registry and the flow artifacts that
+    copy it. The digests in it are written as given: jobs compute them from their data, files and inputs, never
+    from the written text, so redaction changes none."""
     path = Path(out_dir) / MANIFEST
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps(redact(manifest), indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
     return path
 
