@@ -163,8 +163,16 @@ def job_main(
     for name, help_text in (extra_inputs or {}).items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=None, help=help_text)
     args = parser.parse_args(argv)
+    from registry.redact import install_log_redaction
+
+    install_log_redaction()  # a submitted job's driver log holds no credential from a URI or the environment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     extra = {name: getattr(args, name) for name in (extra_inputs or {})}
-    result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite, **extra)
+    try:
+        result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite,
+                     **extra)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - reported through logging (redacted), not the raw traceback hook
+        log.error("%s failed: %s", module, exc, exc_info=True)
+        return 1
     log.info("manifest: %s", result.output / "manifest.json")
     return 0

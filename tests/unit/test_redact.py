@@ -195,3 +195,18 @@ def test_installed_log_redaction_masks_every_logger_and_is_idempotent(caplog):
     with caplog.at_level(logging.INFO):
         logging.getLogger("some.library").info("connecting to %s", "postgresql://u:PW8@db/x")
     assert "PW8" not in caplog.text and "postgresql://u:***@db/x" in caplog.text
+
+
+def test_a_job_entry_point_that_fails_on_a_credential_bearing_override_does_not_print_it(tmp_path):
+    import subprocess
+    import sys
+
+    secret = "pw-" + "7f3a9c1e5b2d"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.curate_images", "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+         "--set", f"distill_image.train.steps=s3://alcm:{secret}@bucket/runs"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "distill_image.train.steps" in proc.stderr and "***" in proc.stderr, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
