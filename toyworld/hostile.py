@@ -161,22 +161,9 @@ def write_hostile_images(root: Path, *, seed: int = 77, tag: str = "hostile") ->
 
     # A webdataset tar with members that try to leave the root, a symlink, and members without their pair.
     good = next(clean)
-    with tarfile.open(root / "f-unsafe.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-        _add(tar, f"../{tag}-escape.jpg", good["image"])
-        _add(tar, f"/tmp/{tag}-absolute.jpg", good["image"])
-        _add(tar, f"{tag}-link.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _add(tar, f"{tag}-orphan.txt", b"a caption without its image")
-        _add(tar, f"{tag}-nocaption.jpg", next(clean)["image"])
-        _add(tar, f"{tag}-good.jpg", good["image"])
-        _add(tar, f"{tag}-good.txt", good["caption"].encode())
-    expects += [
-        Expect(f"../{tag}-escape.jpg", "quarantined", "unsafe_path", "tar_parent_member"),
-        Expect(f"/tmp/{tag}-absolute.jpg", "quarantined", "unsafe_path", "tar_absolute_member"),
-        Expect(f"{tag}-link.jpg", "quarantined", "unsafe_path", "tar_symlink_member"),
-        Expect(f"{tag}-orphan", "quarantined", "bad_schema", "tar_member_without_image"),
-        Expect(f"{tag}-nocaption", "rejected", "caption_empty", "tar_member_without_caption"),
-        Expect(f"{tag}-good", DECODED, None, "tar_good"),
-    ]
+    expects += _unsafe_tar(root / "f-unsafe.tar", tag, "jpg", good["image"], good["caption"], "image",
+                           extra=[(f"{tag}-nocaption.jpg", next(clean)["image"])])  # fmt: skip
+    expects.append(Expect(f"{tag}-nocaption", "rejected", "caption_empty", "tar_member_without_caption"))
     return expects
 
 
@@ -219,23 +206,32 @@ def write_hostile_videos(root: Path, *, seed: int = 78, tag: str = "hostile") ->
     expects.append(Expect(names[1], DECODED, None, "sequence_intact"))
 
     good = next(clean)
-    good_mp4 = encode_mp4(good["frames"])
-    with tarfile.open(root / "unsafe.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-        _add(tar, f"../{tag}-escape.mp4", good_mp4)
-        _add(tar, f"/tmp/{tag}-absolute.mp4", good_mp4)
-        _add(tar, f"{tag}-link.mp4", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _add(tar, f"{tag}-orphan.txt", b"a caption without its video")
-        _add(tar, f"{tag}-good.mp4", good_mp4)
-        _add(tar, f"{tag}-good.txt", good["caption"].encode())
-    expects += [
-        Expect(f"../{tag}-escape.mp4", "quarantined", "unsafe_path", "tar_parent_member"),
-        Expect(f"/tmp/{tag}-absolute.mp4", "quarantined", "unsafe_path", "tar_absolute_member"),
-        Expect(f"{tag}-link.mp4", "quarantined", "unsafe_path", "tar_symlink_member"),
-        Expect(f"{tag}-orphan", "quarantined", "bad_schema", "tar_member_without_video"),
-        Expect(f"{tag}-good", DECODED, None, "tar_good"),
-    ]
+    expects += _unsafe_tar(root / "unsafe.tar", tag, "mp4", encode_mp4(good["frames"]), good["caption"], "video")
     (root / "loose" / "notes.md").write_text("not an input: listed as ignored, never read")
     return expects
+
+
+def _unsafe_tar(path: Path, tag: str, ext: str, media: bytes, caption: str, what: str, *,
+                extra: list[tuple[str, bytes]] = ()) -> list[Expect]:  # fmt: skip
+    """A webdataset tar whose members try to leave the root (``../``, absolute), a symlink member, a caption without
+    its ``what`` member, ``extra`` members, and one good pair; returns the expectations of its samples but
+    ``extra``'s."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        _add(tar, f"../{tag}-escape.{ext}", media)
+        _add(tar, f"/tmp/{tag}-absolute.{ext}", media)
+        _add(tar, f"{tag}-link.{ext}", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        _add(tar, f"{tag}-orphan.txt", f"a caption without its {what}".encode())
+        for name, data in extra:
+            _add(tar, name, data)
+        _add(tar, f"{tag}-good.{ext}", media)
+        _add(tar, f"{tag}-good.txt", caption.encode())
+    return [
+        Expect(f"../{tag}-escape.{ext}", "quarantined", "unsafe_path", "tar_parent_member"),
+        Expect(f"/tmp/{tag}-absolute.{ext}", "quarantined", "unsafe_path", "tar_absolute_member"),
+        Expect(f"{tag}-link.{ext}", "quarantined", "unsafe_path", "tar_symlink_member"),
+        Expect(f"{tag}-orphan", "quarantined", "bad_schema", f"tar_member_without_{what}"),
+        Expect(f"{tag}-good", DECODED, None, "tar_good"),
+    ]
 
 
 def _zero_fps(mp4: bytes) -> bytes:
