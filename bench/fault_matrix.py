@@ -63,10 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         step("kill a captioner actor", faults.kill_data_actor, cfg, dancers, tmp / "actor-captions", job="recaption")
         curated = curate(cfg, images, tmp / "curated").output
 
-        def stage1(storage):
-            return faults.stage1_config(storage, tmp / "cache")
-
-        step("kill a training worker", faults.kill_train_worker, stage1, curated, tmp / "train")
+        step("kill a training worker", faults.kill_train_worker, faults.stage1_config, curated, tmp / "train")
         step("kill the flow process", faults.kill_flow, raw, tmp / "flow")
         step("disk full", faults.disk_full, cfg, images, tmp / "disk")
         step("read-only output", faults.unwritable_output, cfg, images, tmp / "ro")

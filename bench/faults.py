@@ -228,12 +228,13 @@ MISSING_STORAGE = ("nosuch://bucket/runs", "file:///proc/alcm-missing/runs",
                    "s3://no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http")  # fmt: skip
 
 
-def stage1_config(storage: Path, cache: Path):
-    """The toy profile with :data:`STAGE1_OVERRIDES`, checkpoints under ``storage`` and latents cached in ``cache``."""
+def stage1_config(root: Path):
+    """The toy profile with :data:`STAGE1_OVERRIDES`, checkpoints under ``root/runs`` and latents cached in
+    ``root/cache`` (one root per run, so both runs of a scenario encode their latents and their times compare)."""
     from pipelines.config import load_config
 
-    return load_config("toy", [*STAGE1_OVERRIDES, f"distill_image.train.storage_path={storage}",
-                               f"distill_image.cache_dir={cache}"])  # fmt: skip
+    return load_config("toy", [*STAGE1_OVERRIDES, f"distill_image.train.storage_path={root / 'runs'}",
+                               f"distill_image.cache_dir={root / 'cache'}"])  # fmt: skip
 
 
 def _checkpoints(storage: Path) -> set[Path]:
@@ -242,13 +243,14 @@ def _checkpoints(storage: Path) -> set[Path]:
 
 def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Path) -> FaultResult:
     """Stage 1 twice on the same data and settings: uninterrupted, then with one Ray Train worker SIGKILLed as soon
-    as the run's second checkpoint is being written. ``cfg_for(storage)`` gives the config (small ``steps`` and
-    ``checkpoint_every``, ``max_failures`` ≥ 1). Ray Train restarts the worker group from that checkpoint."""
+    as the run's second checkpoint is being written. ``cfg_for(root)`` gives a run's config (small ``steps`` and
+    ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``): :func:`stage1_config`. Ray Train
+    restarts the worker group from that checkpoint."""
     from pipelines import distill_image
 
-    clean_cfg, faulted_cfg = cfg_for(work / "runs-clean"), cfg_for(work / "runs-faulted")
+    clean_cfg, faulted_cfg = cfg_for(work / "run-clean"), cfg_for(work / "run-faulted")
     clean, clean_s = _timed(distill_image.run, clean_cfg, dataset, work / "clean")
-    storage = work / "runs-faulted"
+    storage = work / "run-faulted" / "runs"
 
     def find():
         # The second checkpoint's directory appearing means the first is committed (Ray Train commits a checkpoint

@@ -246,11 +246,11 @@ CACHED_TENSORS = ("latents", "encoder_hidden_states", "input_ids", "control")
 
 def encode_cached(settings, files: list[Path], key: str, *, encoder, encoder_args: tuple, columns: list[str]):
     """Encode the rows of ``files`` (``columns``) with the Ray Data actor class ``encoder`` into
-    ``settings.cache_dir/<key>/`` (``data/*.parquet`` + ``cache.json``) unless it is there, staged in a temporary
-    directory renamed into place (a concurrent run publishing the same key first wins). ``encoder`` returns an
-    ``error`` column ("" when the row encoded, else ``reason: detail``); the counts are by reason. ``settings``:
-    any config section with ``cache_dir`` and ``encode_batch_size/actors/cpus/gpus``. Returns the data directory
-    and the cache description."""
+    ``settings.cache_dir/<key>/`` (``data/*.parquet`` + ``cache.json``, rows in the order of ``files``) unless it is
+    there, staged in a temporary directory renamed into place (a concurrent run publishing the same key first wins).
+    ``encoder`` returns an ``error`` column ("" when the row encoded, else ``reason: detail``); the counts are by
+    reason. ``settings``: any config section with ``cache_dir`` and ``encode_batch_size/actors/cpus/gpus``. Returns
+    the data directory and the cache description."""
     root = Path(settings.cache_dir) / key
     data_dir = root / "data"
     meta_file = root / "cache.json"
@@ -263,6 +263,9 @@ def encode_cached(settings, files: list[Path], key: str, *, encoder, encoder_arg
     try:
         t = time.monotonic()
         ds = ray.data.read_parquet([str(f) for f in files], columns=columns)
+        # The cache keeps the dataset's row order (this dataset's own context: reads copy the global one), so the
+        # training data order, and with it the trained weights, do not depend on which encode actor finished first.
+        ds.context.execution_options.preserve_order = True
         encoded = ds.map_batches(
             encoder,
             fn_constructor_args=encoder_args,

@@ -22,8 +22,7 @@ def test_a_killed_scorer_actor_is_restarted_and_the_curation_equals_a_clean_run(
 
 
 def test_a_killed_training_worker_resumes_from_its_checkpoint_to_the_same_weights(curated, ray_local, tmp_path):
-    r = faults.kill_train_worker(lambda storage: faults.stage1_config(storage, tmp_path / "cache"), curated.output,
-                                 tmp_path)  # fmt: skip
+    r = faults.kill_train_worker(faults.stage1_config, curated.output, tmp_path)
     assert r.data["killed"], r.detail
     # Killed while the second checkpoint (step 6) was written: resumed from step 3 or 6, not from scratch, and
     # stopped at the configured steps.
