@@ -3,8 +3,14 @@
 How a run goes:
 
 1. The driver builds a ``TorchTrainer`` with ``ScalingConfig(num_workers, use_gpu)``, ``RunConfig(name,
-   storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep))`` and the training dataset (Ray Data),
-   which Ray Train shards across workers (``get_dataset_shard``).
+   storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep))`` and the training dataset (Ray Data).
+   Every worker reads the dataset in its order (``preserve_order``) in global batches of ``micro_batch_size ×
+   num_workers`` rows and trains on its rank's slice of each (:func:`_rank_batches`): global batch *k* is rows
+   ``[k·G, (k+1)·G)`` whatever the dataset's block layout, so a run's data order is fixed by the data alone. (Ray
+   Train's own split, ``streaming_split``, hands blocks to workers as its buffer fills: which rows a rank gets can
+   change between runs and between a run and its restart, and a resumed run would not train what an uninterrupted
+   one did.) Every worker reads the whole dataset; the caches the stages train on are latents, small next to the
+   pixels, and a shard that fits ``replay_mb`` is read once (5.).
 2. Each worker builds its Task (``make_task()``: a top-level, importable callable), then ``deepspeed.initialize``
    with the JSON that :func:`deepspeed_config` generates from :class:`TrainConfig` (ZeRO stage 2 by default, 3 and
    CPU optimizer offload available; AdamW with ``torch_adam`` so no fused kernel is JIT-built; linear warmup; gradient
@@ -19,8 +25,8 @@ How a run goes:
 5. Resume: re-running with the same ``name`` and ``storage_path`` (Ray 2.60's Train V2 has no ``Trainer.restore``),
    or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state (read
    with ``torch.load(weights_only=True)``: :func:`models.safe_load.load_deepspeed_checkpoint`), step counter and
-   the Task's extra state. The data shard (in the same order every run: ``preserve_order``) is read
-   from its start again, skipping, pass after pass, as many micro-batches as the checkpointed steps consumed, so the
+   the Task's extra state. The data (the same rows per rank every run: 1.) is read from its start again,
+   skipping, pass after pass, as many micro-batches as the checkpointed steps consumed, so the
    step count is never inflated and training continues on the batches an uninterrupted run would see next.
    A shard whose first pass fits in ``replay_mb`` on every worker is kept in memory and replayed on later passes
    (:class:`_Replay`): the same micro-batches in the same order, without a Ray Data pass per epoch.
@@ -173,13 +179,13 @@ def _worker(config: dict) -> None:
         model=task.student, model_parameters=task.trainable_parameters(), config=deepspeed_config(cfg)
     )
     step = start = _restore(engine, task)
-    shard = ray.train.get_dataset_shard("train")
+    data = ray.train.get_dataset_shard("train")  # the whole dataset (not split: see train()), sliced per rank
     replay = _Replay(cfg.replay_mb)
     skip = step * cfg.grad_accum  # micro-batches the checkpointed steps consumed, skipped pass after pass below
     t0, seen, last = time.monotonic(), 0, {}
     while step < cfg.steps:
         consumed = 0
-        for batch in replay.batches(lambda: shard.iter_torch_batches(batch_size=cfg.micro_batch_size, drop_last=True)):
+        for batch in replay.batches(lambda: _rank_batches(data, cfg.micro_batch_size, rank, world)):
             if skip > 0:
                 skip -= 1
                 consumed += 1
@@ -205,17 +211,29 @@ def _worker(config: dict) -> None:
             if step >= cfg.steps:
                 break
         if consumed == 0:
-            raise RuntimeError(f"training data shard of rank {rank} yields no batch of {cfg.micro_batch_size}")
+            raise RuntimeError(
+                f"the training data has no full global batch of {cfg.micro_batch_size * world} rows "
+                f"(micro_batch_size {cfg.micro_batch_size} × {world} workers)"
+            )
         if step < cfg.steps:
             replay.end_of_pass()
     if start >= cfg.steps and rank == 0:
         log.info("the run already reached step %d; nothing to train", start)
 
 
+def _rank_batches(data, micro_batch_size: int, rank: int, world: int):
+    """Rank ``rank``'s micro-batches of ``data`` (a Ray Data iterator over the whole dataset, in its order): rows
+    ``[k·G + rank·m, k·G + (rank+1)·m)`` of global batch ``k`` (``G = m × world``); a last, partial global batch is
+    dropped, so every rank yields the same number of micro-batches."""
+    lo, hi = rank * micro_batch_size, (rank + 1) * micro_batch_size
+    for batch in data.iter_torch_batches(batch_size=micro_batch_size * world, drop_last=True):
+        yield {k: v[lo:hi] for k, v in batch.items()}
+
+
 class _Replay:
     """Micro-batches of a worker's first full pass over its shard, replayed on later passes when every worker's
-    pass fit in ``limit_mb`` (decided together: a worker that stops reading its split while another still reads
-    would stall Ray Data's split coordinator). Batches are copied in and out, so a Task may modify its batch."""
+    pass fit in ``limit_mb`` (decided together: every worker replays, or every worker reads again, so the ranks
+    stay in step). Batches are copied in and out, so a Task may modify its batch."""
 
     def __init__(self, limit_mb: float) -> None:
         self.limit = limit_mb * 2**20
@@ -282,13 +300,14 @@ def train(
 ) -> TrainResult:
     """Run ``make_task``'s Task on ``dataset`` under the shared loop (see the module docstring)."""
     storage = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
-    # The same data order every run (Ray Train otherwise takes the driver's global Ray Data options): what makes the
-    # skip-on-resume above land on the micro-batches an uninterrupted run would train next.
+    # The same rows per rank in the same order every run, restarts included (Ray Train otherwise takes the driver's
+    # global Ray Data options, and its split assigns blocks as they arrive): not split, each rank slices (1. above).
+    # That is what makes the skip-on-resume land on the micro-batches an uninterrupted run would train next.
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
         train_loop_config={"train": cfg, "make_task": make_task},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
