@@ -167,6 +167,7 @@ def test_a_landed_shard_starts_a_retrain_that_curates_it(served):
 
 
 def test_a_run_started_from_the_ui_completes_and_shows_its_reasons_table(served):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     url = served["url"]
@@ -187,12 +188,20 @@ def test_a_run_started_from_the_ui_completes_and_shows_its_reasons_table(served)
         expect(page.get_by_text("Run Deployment")).to_be_visible()
         values = page.get_by_role("textbox").evaluate_all("els => els.map(e => e.value)")
         assert str(served["raw"] / "images" / "parquet") in values, values
+        before = {r["id"] for r in _flow_runs(url, dep["id"])}
         page.get_by_role("button", name="Run", exact=True).last.click()
-        toast = page.get_by_text("scheduled to start now").first
-        expect(toast).to_be_visible(timeout=30_000)
-        name = toast.inner_text().split(" scheduled to start now")[0].strip()
-        # The new run's page, by its own name (the list refreshes; the URL alone could match an older run).
-        page.get_by_role("link", name=name).first.click(timeout=60_000)
+        # The run the click created, from the API (the UI's "… scheduled to start now" toast is transient: on a busy
+        # machine it came and went unseen); then its page, by its own name, as a user would open it.
+        new = _wait("the run the UI started", lambda: [r for r in _flow_runs(url, dep["id"]) if r["id"] not in before],
+                    60, 0.5)  # fmt: skip
+        assert len(new) == 1, [r["name"] for r in new]
+        name = new[0]["name"]
+        link = page.get_by_role("link", name=name).first
+        try:
+            link.click(timeout=30_000)
+        except PlaywrightTimeout:  # the deployment page's run list had not refreshed: reload it once
+            page.reload()
+            page.get_by_role("link", name=name).first.click(timeout=60_000)
         page.wait_for_url("**/runs/flow-run/**")
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
         expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=300_000)
