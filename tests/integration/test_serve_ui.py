@@ -189,11 +189,24 @@ def test_a_run_started_from_the_ui_completes_and_shows_its_reasons_table(served)
         values = page.get_by_role("textbox").evaluate_all("els => els.map(e => e.value)")
         assert str(served["raw"] / "images" / "parquet") in values, values
         before = {r["id"] for r in _flow_runs(url, dep["id"])}
-        page.get_by_role("button", name="Run", exact=True).last.click()
-        # The run the click created, from the API (the UI's "… scheduled to start now" toast is transient: on a busy
-        # machine it came and went unseen); then its page, by its own name, as a user would open it.
-        new = _wait("the run the UI started", lambda: [r for r in _flow_runs(url, dep["id"]) if r["id"] not in before],
-                    60, 0.5)  # fmt: skip
+        run_button = page.get_by_role("button", name="Run", exact=True).last
+        expect(run_button).to_be_enabled()
+
+        # The run the click created, from the API (the "scheduled to start now" toast is transient). On 2 busy cores
+        # the UI's request can be slow: a full suite once found no run 60 s after the click, and a screenshot 20 s
+        # after another showed the dialog's Run button still spinning; so it gets 4 minutes (one click, and a
+        # screenshot of the dialog if it times out).
+        def started() -> list[dict]:
+            return [r for r in _flow_runs(url, dep["id"]) if r["id"] not in before]
+
+        run_button.click()
+        try:
+            _wait("the run the UI started", started, 240, 0.5)
+        except AssertionError:
+            page.screenshot(path=str(ARTIFACTS / "prefect-ui-run-not-started.png"), full_page=True)
+            raise
+        time.sleep(2)  # a second run from one click would have appeared by now
+        new = started()
         assert len(new) == 1, [r["name"] for r in new]
         name = new[0]["name"]
         link = page.get_by_role("link", name=name).first
