@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 for _key, _value in {
@@ -16,4 +17,9 @@ for _key, _value in {
 os.environ.pop("RAY_ADDRESS", None)
 # Flows record their outputs in the registry: the test session gets its own embedded store, never the project's.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-os.environ["ALCM_REGISTRY_DIR"] = tempfile.mkdtemp(prefix="alcm-test-registry-")
+_REGISTRY_DIR = os.environ["ALCM_REGISTRY_DIR"] = tempfile.mkdtemp(prefix="alcm-test-registry-")
+
+
+def pytest_unconfigure(config) -> None:
+    """The session's registry goes with the session."""
+    shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
