@@ -6,8 +6,9 @@ a tmpfs too small for the output fills up, a read-only mount refuses the output,
 scenario returns a :class:`FaultResult`:
 
 - ``recovered``: the work completed (killed actor or worker: with the restart Ray did; killed flow: by re-running
-  it), or, for a fault that cannot be recovered from (full disk, unwritable output, missing storage), it failed
-  cleanly: a clear error, nothing published, nothing registered;
+  it, with no Prefect server of the killed process left running 5 s later), or, for a fault that cannot be
+  recovered from (full disk, unwritable output, missing storage), it failed cleanly: a clear error, nothing
+  published, nothing registered;
 - ``identical``: the outputs equal the clean run's (None where there is no output to compare);
 - ``seconds``: the time the fault cost: the faulted run's wall time minus the clean run's (killed actor or worker),
   the re-run's wall time (killed flow), or the time until the clean error.
@@ -382,14 +383,15 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
     litter = sorted(str(p.relative_to(w)) for p in (w / "runs").rglob(".*staging*"))
     same = all(_digest(w / LINK[s]) == _digest(runs["clean"][0] / LINK[s]) for s in stages)
     expected = {s: ("ran" if stages.index(s) >= stages.index(kill_in) else "cached") for s in stages}
-    recovered = rc == 0 and status == expected and before[0] and after[0] and not litter
+    server_left = [n for n in names if "uvicorn" in n]  # the flow's temporary Prefect server (flows.lifeline)
+    recovered = rc == 0 and status == expected and before[0] and after[0] and not litter and not server_left
     return FaultResult(
         "kill the flow process, re-run", recovered, same, rerun_s,
         f"re-run {status} (expected {expected}); registry after the kill: {before[1]} {before[2]}; after the re-run: "
         f"{after[1]} {after[2]}; staging left: {litter or 'none'}; processes of the killed flow still alive after 5 s: "
         f"{len(leftovers)} {names}",
         {"status": status, "expected": expected, "rc": rc, "before": before, "after": after, "litter": litter,
-         "leftovers": len(leftovers), "clean_s": clean_s, "rerun_s": rerun_s},
+         "leftovers": names, "server_left": server_left, "clean_s": clean_s, "rerun_s": rerun_s},
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -712,6 +713,10 @@ def audit_sample(key: str = typer.Argument(..., help="A raw sample key, e.g. img
 def main() -> None:
     """Console-script entry point."""
     apply_env_defaults()
+    if not os.environ.get("PREFECT_API_URL"):  # flows run on a temporary Prefect server: it must not outlive us
+        from flows.lifeline import watch
+
+        watch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "alembic", "mlflow"):  # one line per Prefect API call otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -49,6 +49,7 @@ def test_a_killed_flow_reruns_only_the_interrupted_stage_and_registers_only_whol
     assert "toy-curated-videos" not in versions_before, "the killed stage registered a version"
     assert versions_after == {"toy-curated-images": 1, "toy-curated-videos": 1}, r.detail
     assert r.data["litter"] == [] and r.identical and r.recovered, r.detail
+    assert r.data["server_left"] == [], f"the killed flow's Prefect server outlived it: {r.data['leftovers']}"
 
 
 def test_a_full_disk_fails_naming_it_and_leaves_nothing(toy_images, ray_local, tmp_path):
