@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
 
     print(f"\nfault matrix (toy profile, this machine; {time.monotonic() - t_all:.0f} s in all)\n")
-    print(f"| {'fault':<52} | recovered? | outputs identical? | time to recover |")
-    print(f"|{'-' * 54}|------------|--------------------|-----------------|")
+    print(f"| {'fault':<52} | recovered?    | outputs identical? | time to recover |")
+    print(f"|{'-' * 54}|---------------|--------------------|-----------------|")
     for r in results:
         same = "n/a (refused)" if r.identical is None else ("yes" if r.identical else "NO")
         rec = ("yes" if r.identical is not None else "clean failure") if r.recovered else "NO"
-        print(f"| {r.fault:<52} | {rec:<10} | {same:<18} | {r.seconds:>13.1f} s |")
+        print(f"| {r.fault:<52} | {rec:<13} | {same:<18} | {r.seconds:>13.1f} s |")
     print("\nDetails:")
     for r in results:
         print(f"- {r.fault}: {r.detail}")
