@@ -35,7 +35,8 @@ def watch() -> subprocess.Popen | None:
     """Start the watcher for this process (once); None where there is no ``/proc``."""
     global _watcher
     if _watcher is None and Path("/proc/self/stat").is_file():
-        _watcher = subprocess.Popen([sys.executable, "-m", "flows.lifeline", str(os.getpid())], stdin=subprocess.PIPE)
+        _watcher = subprocess.Popen([sys.executable, "-m", "flows.lifeline", str(os.getpid())],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # fmt: skip
     return _watcher
 
 

@@ -52,13 +52,13 @@ def _api(url: str, path: str, body: dict | None = None, auth: str | None = None)
         return 0, None
 
 
-def _wait(what: str, check, timeout: float, every: float = 1.0):
+def _wait(what: str, check, timeout: float, every: float = 1.0, sleep=time.sleep):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(every)
+        sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -205,12 +205,11 @@ def test_a_run_started_from_the_ui_completes_and_shows_its_reasons_table(served)
         page.on("requestfinished", lambda r: open_requests.pop(r.url, None))
         page.on("requestfailed", lambda r: open_requests.pop(r.url, None))
         run_button.click()
-        deadline = time.monotonic() + 120
-        while not started() and time.monotonic() < deadline:
-            page.wait_for_timeout(500)  # the page's events are handled during Playwright calls
-        if not started():
+        try:  # waiting in Playwright calls: the page's events are handled only then
+            _wait("the run the UI started", started, 120, 0.5, sleep=lambda s: page.wait_for_timeout(s * 1000))
+        except AssertionError as exc:
             page.screenshot(path=str(ARTIFACTS / "prefect-ui-run-not-started.png"), full_page=True)
-            raise AssertionError(f"no run 120 s after clicking Run; the page's open requests: {open_requests}")
+            raise AssertionError(f"{exc}; the page's open requests: {open_requests}") from exc
         page.wait_for_timeout(2000)  # a second run from one click would have appeared by now
         new = started()
         assert len(new) == 1, [r["name"] for r in new]
