@@ -84,7 +84,7 @@ def ingest(cfg, src: Path) -> tuple[list, float]:
 
 def steady_state(cfg, batches: list) -> dict:
     """One caption actor in this process: load seconds, first-batch seconds, then seconds for every batch."""
-    from filters.reasons import KEPT
+    from contracts.reasons import KEPT
     from pipelines.recaption import _CaptionActor
 
     rc = cfg.recaption

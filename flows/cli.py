@@ -540,7 +540,7 @@ def registry_show(
 ) -> None:
     """One version: where it is, what it was made from, its aliases, headline and last gate decision, and the
     tables of its eval report."""
-    from registry.report import tables
+    from contracts.report import tables
 
     registry = _registry()
     e = _registry_call(registry.get, ref)

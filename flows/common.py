@@ -20,7 +20,7 @@ ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "pipelines,filters,models,toyworld,registry",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "contracts,pipelines,filters,models,toyworld,registry",
     "RAY_DEDUP_LOGS": "0",
 }
 
@@ -29,7 +29,7 @@ def apply_env_defaults() -> None:
     """Apply :data:`ENV_DEFAULTS` without overriding values the user set, and redact credentials from every log
     record of this process (``registry.redact.install_log_redaction``): every flow and CLI invocation runs this
     first, so no run log, console line or log file shows a storage credential or auth string."""
-    from registry.redact import install_log_redaction
+    from contracts.redact import install_log_redaction
 
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -64,9 +64,9 @@ def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
     """Run ``job`` (a ``pipelines`` module with ``JOB`` and ``run``) here, or submit its entry point to the Ray
     cluster with ``params.submit``; return the manifest it wrote, redacted as written (what the flows publish and
     return never holds a credential, see ``registry.redact``)."""
+    from contracts.manifest import read_manifest
+    from contracts.redact import redact
     from pipelines import runtime
-    from registry.manifest import read_manifest
-    from registry.redact import redact
 
     extra = params.extra_inputs()
     if params.submit:

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import Field
 
-from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
+from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.record import record_output, with_run_name
 from pipelines import curate_images

@@ -37,6 +37,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
+from contracts.manifest import code_version, read_manifest
 from flows.common import apply_env_defaults, run_io_job
 from flows.curate import CurateImagesParams
 from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
@@ -45,7 +46,6 @@ from flows.record import record_output
 from flows.videos import RecaptionParams, VideoJobParams
 from pipelines import adapt, curate_images, curate_videos, distill_image, distill_video, evaluate, recaption
 from pipelines.config import Config, ConfigError, load_config, to_dict
-from registry.manifest import code_version, read_manifest
 
 Stage = Literal["curate_images", "curate_videos", "recaption", "distill_image", "distill_video", "adapt", "evaluate"]
 STAGES: tuple[str, ...] = Stage.__args__

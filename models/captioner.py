@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from contracts.digests import sha256_file
 from models.captioner_config import CaptionerConfig, GenerationConfig
-from models.digests import file_digest16
 from models.safe_load import not_safetensors
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class TransformersCaptioner:
         # The PIL processor reproduces LAVIS's eval transform (bicubic resize, CLIP mean/std); the torchvision one
         # does not, which would make the two backends disagree.
         self.processor = BlipImageProcessorPil.from_pretrained(path, local_files_only=True)
-        self.model_id = f"{cfg.name}@sha256:{file_digest16(weights)}"
+        self.model_id = f"{cfg.name}@sha256:{sha256_file(weights)[:16]}"
         self._kwargs = generate_kwargs(cfg.generation)
         log.info("captioner %s loaded from %s (%s)", self.model_id, path, cfg.device)
 

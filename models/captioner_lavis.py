@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from contracts.digests import sha256_file
 from models.captioner_config import CaptionerConfig
-from models.digests import file_digest16
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class LavisCaptioner:
         arch = architecture_spec(config_json)
         self._expected_ids = arch.pop("token_ids")
 
-        self.model_id = f"{cfg.name}@sha256:{file_digest16(checkpoint)}"
+        self.model_id = f"{cfg.name}@sha256:{sha256_file(checkpoint)[:16]}"
         spec = {
             "op": "load",
             **arch,

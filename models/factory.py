@@ -35,7 +35,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from models.teacher_config import PREDICTION_TYPES, TeacherConfig
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def teacher_digests(cfg: TeacherConfig) -> dict[str, str]:
     ``pretrained_dir`` (the run's teacher lineage), without loading anything."""
     root = teacher_dir(cfg)
     return {
-        path.relative_to(root).as_posix(): digest_file(path)
+        path.relative_to(root).as_posix(): sha256_file(path)
         for part in ("vae", "text_encoder", "unet")
         for path in weight_files(root, part)
     }

@@ -53,7 +53,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from models.video_unet import MOTION_KEY
 
 logger = logging.getLogger(__name__)
@@ -238,13 +238,13 @@ def personalize(pipeline_dir: str | Path, unet_dir: str | Path, out_dir: str | P
                 replaced[name], written[name] = old, value.contiguous()
                 tensors[name] = written[name]
             save_file(tensors, str(tmp / rel), metadata=metadata)
-            files[rel] = {"before": digest_file(path), "after": digest_file(tmp / rel)}
+            files[rel] = {"before": sha256_file(path), "after": sha256_file(tmp / rel)}
         lora = pipeline_dir / LORA_FILE
         record = {
             "pipeline_dir": str(pipeline_dir.resolve()),
             "unet_dir": str(source.resolve()),
             "unet_config_class": image_config.get("_class_name", "UNet2DConditionModel"),
-            "unet_files": {p.name: digest_file(p) for p in image_files},
+            "unet_files": {p.name: sha256_file(p) for p in image_files},
             "unet_tensor_digest": source_digest,
             "replaced_spatial_digest": tensor_digest(replaced),
             "new_spatial_digest": tensor_digest(written),
@@ -253,7 +253,7 @@ def personalize(pipeline_dir: str | Path, unet_dir: str | Path, out_dir: str | P
             "motion_tensors": len(motion),
             "dtype_casts": [{"from": a, "to": b} for a, b in sorted(casts)],
             "files": files,
-            "lcm_lora": {"file": LORA_FILE, "sha256": digest_file(lora)} if lora.is_file() else None,
+            "lcm_lora": {"file": LORA_FILE, "sha256": sha256_file(lora)} if lora.is_file() else None,
         }
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         tmp.chmod(0o755)

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.manifest import read_manifest, verify_files
+from contracts.publish import staged_output
 from pipelines import runtime
 from pipelines.config import Config, to_dict
 from pipelines.distill_video import (
@@ -43,7 +45,6 @@ from pipelines.distill_video import (
     video_cache_key,
 )
 from pipelines.storage import check_storage
-from registry.manifest import publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def run(
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
     results: dict[str, dict] = {}
     check_storage(a.train.storage_path, "adapt.train.storage_path")
-    with staged_output(output_dir, overwrite=overwrite) as staging:
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        staging = out.dir
         runtime.connect(cfg.ray)
         for adapter in a.adapters:
             manifest_in, files = data[adapter]
@@ -198,8 +200,7 @@ def run(
             config={"teacher": to_dict(cfg.teacher), "consistency": to_dict(cfg.consistency), "adapt": to_dict(a)},
             timings={k: round(x, 1) for k, x in timings.items()},
         )  # fmt: skip
-        write_manifest(staging, manifest)
-        publish(staging, output_dir)
+        out.commit(manifest)
     log.info("stage 3 done in %.0f s: %s in %s", timings["total_s"], ", ".join(a.adapters), output_dir)
     return AdaptResult(output=output_dir, manifest=manifest)
 

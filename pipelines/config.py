@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from contracts.gate import DIRECTIONS, GateRule
 from filters.decode import DecodeConfig
 from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
@@ -45,7 +46,6 @@ from models.pose import PoseConfig
 from models.scorer_config import ScorersConfig
 from models.teacher_config import TeacherConfig
 from pipelines.train_config import TrainConfig
-from registry.gate import DIRECTIONS, GateRule
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"

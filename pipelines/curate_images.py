@@ -38,16 +38,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from contracts.digests import file_digest, rows_digest
+from contracts.manifest import code_version, files_map
+from contracts.publish import staged_output
+from contracts.reasons import KEPT, QUARANTINED, REJECTED
 from filters.decode import DecodeConfig, decode_image, thumbnail_array
 from filters.dedup import find_duplicates
-from filters.reasons import KEPT, QUARANTINED, REJECTED
 from filters.rules import FilterConfig, apply_filters, filter_versions
 from models.scorer_config import ScorersConfig
 from pipelines import runtime
-from pipelines.accounting import files_map
 from pipelines.config import Config, to_dict
 from pipelines.sources import Source, discover, read_source
-from registry.manifest import code_version, file_digest, publish, staged_output, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +274,12 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     sources, ignored = discover(input_dir, folder_chunk=cur.folder_chunk)
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no .parquet, .tar or image files found")
-    with staged_output(output_dir, overwrite=overwrite) as staging:
-        return _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0)
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        return _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0)
 
 
-def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> CurationResult:
+def _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> CurationResult:
+    staging = out.dir
     cur = cfg.curation
     root = input_dir if input_dir.is_dir() else input_dir.parent
     log.info("curating %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
@@ -338,8 +340,7 @@ def _run(cfg, input_dir, output_dir, staging, sources, ignored, timings, t0) -> 
 
     manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
     manifest["files"] = files_map(staging, ("kept", "audit"))
-    write_manifest(staging, manifest)
-    publish(staging, output_dir)
+    out.commit(manifest)
     log.info("curated %d rows → %s: %s", manifest["counts"]["input"], output_dir, manifest["counts"]["by_decision"])
     for reason, count in sorted(manifest["counts"]["by_reason"].items()):
         log.info("  %-22s %d", reason, count)
@@ -365,12 +366,8 @@ def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, 
         or len(set(kept_keys)) != len(kept_keys)
     ):
         raise RuntimeError(f"row accounting broken: {dict(decisions)} vs {rows_read} read, {len(kept_keys)} kept rows")
-    h = hashlib.sha256()
-    for key, sha, caption in sorted(
-        zip(kept_keys, kept.column("sha256").to_pylist(), kept.column("caption").to_pylist(), strict=True)
-    ):
-        h.update(f"{key}\0{sha}\0{caption}\n".encode())
-    digest = "sha256:" + h.hexdigest()
+    digest = rows_digest(zip(kept_keys, kept.column("sha256").to_pylist(), kept.column("caption").to_pylist(),
+                             strict=True))  # fmt: skip
     root = input_dir if input_dir.is_dir() else input_dir.parent
     inputs = []
     for s in sources:

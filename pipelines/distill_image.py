@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
+from contracts.digests import sha256_file
+from contracts.manifest import check_listed, code_version, read_manifest, verify_files
+from contracts.publish import staged_output
 from filters.decode import DecodeConfig, decode_image
-from models.digests import digest_file
 from pipelines import runtime
-from pipelines.accounting import check_listed
 from pipelines.config import Config, to_dict
 from pipelines.storage import check_storage
-from registry.manifest import code_version, publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     digests = teacher_digests(cfg.teacher)
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
     check_storage(cfg.distill_image.train.storage_path, "distill_image.train.storage_path")
-    with staged_output(output_dir, overwrite=overwrite) as staging:
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        staging = out.dir
         runtime.connect(cfg.ray)
         t = time.monotonic()
         key = cache_key(cfg, dataset_manifest["digest"], digests)
@@ -506,7 +507,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
             timings["preview_s"] = time.monotonic() - t
         export = json.loads((staging / "lora" / "export.json").read_text())
         files_out = {
-            p.relative_to(staging).as_posix(): digest_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
+            p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
         }
         timings["total_s"] = time.monotonic() - t0
         manifest = {
@@ -550,8 +551,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
                 json.dumps({"files": files_out, "inputs": manifest["inputs"]}, sort_keys=True).encode()
             ).hexdigest()
         )
-        write_manifest(staging, manifest)
-        publish(staging, output_dir)
+        out.commit(manifest)
     log.info("stage 1 done in %.0f s: LoRA in %s (loss %.4f at step %s)", timings["total_s"], output_dir / "lora",
              manifest["metrics"].get("loss", float("nan")), manifest["metrics"].get("step"))  # fmt: skip
     return DistillImageResult(output=output_dir, manifest=manifest)

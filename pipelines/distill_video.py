@@ -37,14 +37,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contracts.digests import sha256_file
+from contracts.manifest import check_listed, code_version, read_manifest, verify_files
+from contracts.publish import staged_output
 from filters.decode import DecodeConfig
-from models.digests import digest_file
 from pipelines import runtime
-from pipelines.accounting import check_listed
 from pipelines.config import Config, to_dict
 from pipelines.distill_image import RESUMABLE_FIELDS, _pixels, cached_dataset, decode_square, encode_cached
 from pipelines.storage import check_storage
-from registry.manifest import code_version, publish, read_manifest, staged_output, verify_files, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def adapter_digests(path: str | Path) -> dict[str, str]:
     files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".json"))
     if not any(p.suffix == ".safetensors" for p in files):
         raise FileNotFoundError(f"{root}: no .safetensors weights")
-    return {p.name: digest_file(p) for p in files}
+    return {p.name: sha256_file(p) for p in files}
 
 
 # ------------------------------------------------------------------------------------------------------- encode
@@ -286,7 +286,7 @@ def write_video_preview(cfg: Config, pipeline_dir: Path, prompts: list[str], ste
 def checkpoint_manifest(staging: Path, *, inputs: dict, **fields) -> dict:
     """A checkpoint manifest: ``fields`` plus the digests of every file under ``staging`` and a content digest over
     the files and the inputs."""
-    files_out = {p.relative_to(staging).as_posix(): digest_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+    files_out = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     manifest = {"kind": "checkpoint", **fields, "inputs": inputs, "files": files_out, "code_version": code_version()}
     body = json.dumps({"files": files_out, "inputs": inputs}, sort_keys=True).encode()
     manifest["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -313,7 +313,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, stage1: Path | None =
     motion_digests = adapter_digests(v.motion_adapter_dir)
     timings: dict[str, float] = {"checks_s": time.monotonic() - t0}
     check_storage(v.train.storage_path, "distill_video.train.storage_path")
-    with staged_output(output_dir, overwrite=overwrite) as staging:
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        staging = out.dir
         runtime.connect(cfg.ray)
         t = time.monotonic()
         key = video_cache_key(cfg, "distill_video", dataset_manifest["digest"], digests, text=v.precompute_text)
@@ -385,8 +386,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, stage1: Path | None =
                     "distill_video": to_dict(v)},
             timings={k: round(x, 1) for k, x in timings.items()},
         )  # fmt: skip
-        write_manifest(staging, manifest)
-        publish(staging, output_dir)
+        out.commit(manifest)
     log.info("stage 2 done in %.0f s: pipeline in %s (loss %.4f at step %s)", timings["total_s"],
              output_dir / "pipeline", manifest["metrics"].get("loss", float("nan")),
              manifest["metrics"].get("step"))  # fmt: skip

@@ -47,18 +47,12 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from contracts.digests import tree_digest
+from contracts.manifest import code_version, read_manifest, verify_files
+from contracts.publish import staged_output
+from contracts.report import tables
 from pipelines import runtime
 from pipelines.config import PROJECT_ROOT, Config, config_from_dict, to_dict
-from registry.manifest import (
-    code_version,
-    publish,
-    read_manifest,
-    staged_output,
-    tree_digest,
-    verify_files,
-    write_manifest,
-)
-from registry.report import tables
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +395,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     items = plan(cfg, prompts)
     grid = [it["index"] for it in items if it["index"] % e.videos_per_prompt == 0][: e.grid_prompts]
     timings = {"checks_s": time.monotonic() - t0}
-    with staged_output(output_dir, overwrite=overwrite) as staging:
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        staging = out.dir
         runtime.connect(cfg.ray)
         t = time.monotonic()
         workers = min(e.workers, len(items))
@@ -484,8 +479,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
             "files": [p.relative_to(staging).as_posix() for p in files],
             "timings": timings,
         }
-        write_manifest(staging, manifest)
-        publish(staging, output_dir)
+        out.commit(manifest)
     log.info("eval report: %s (%s)", output_dir / "report.md", json.dumps(report["headline"]))
     return EvalResult(output=output_dir, manifest=manifest, report=report)
 

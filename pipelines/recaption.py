@@ -30,15 +30,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from filters.reasons import KEPT, QUARANTINED, REJECTED
+from contracts.digests import rows_digest
+from contracts.manifest import code_version, files_map
+from contracts.publish import staged_output
+from contracts.reasons import KEPT, QUARANTINED, REJECTED, check_accounting
 from models.captioner_config import CaptionerConfig
 from models.scorer_config import ScorersConfig
 from models.video_io import decode_png
 from pipelines import runtime
-from pipelines.accounting import check_accounting, dataset_digest, files_map, inputs_with_digests
 from pipelines.config import Config, to_dict
-from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, meta_json
-from registry.manifest import code_version, publish, staged_output, write_manifest
+from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, inputs_with_digests, meta_json
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +187,12 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
-    with staged_output(output_dir, overwrite=overwrite) as staging:
-        return _run(cfg, input_dir, root, output_dir, staging, sources, ignored, t0)
+    with staged_output(output_dir, overwrite=overwrite) as out:
+        return _run(cfg, input_dir, root, output_dir, out, sources, ignored, t0)
 
 
-def _run(cfg: Config, input_dir, root, output_dir, staging, sources, ignored, t0) -> RecaptionResult:
+def _run(cfg: Config, input_dir, root, output_dir, out, sources, ignored, t0) -> RecaptionResult:
+    staging = out.dir
     rc = cfg.recaption
     timings: dict[str, float] = {}
     log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
@@ -232,8 +234,7 @@ def _run(cfg: Config, input_dir, root, output_dir, staging, sources, ignored, t0
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
     manifest["files"] = files_map(staging, ("captioned", "audit"))
-    write_manifest(staging, manifest)
-    publish(staging, output_dir)
+    out.commit(manifest)
     counts = manifest["counts"]
     log.info("recaptioned %d inputs (%d clips) → %s: %s", counts["input"], counts["clips"], output_dir,
              counts["by_decision"])  # fmt: skip
@@ -248,11 +249,12 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
         if has_kept
         else pa.table({"key": [], "caption": [], "frame_indices": [], "parent_id": []})
     )
-    decisions = check_accounting(audit, kept.column("key").to_pylist())
+    decisions = check_accounting(audit.column("id").to_pylist(), audit.column("decision").to_pylist(),
+                                 kept.column("key").to_pylist())  # fmt: skip
     reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)
     parents = set(audit.column("parent_id").to_pylist())
     captions = Counter(kept.column("caption").to_pylist())
-    digest = dataset_digest(kept, ["key", "caption", "frame_indices"])
+    digest = rows_digest(zip(*(kept.column(c).to_pylist() for c in ["key", "caption", "frame_indices"]), strict=True))
     timings["total_s"] = time.monotonic() - t0
     return {
         "kind": "captioned-video-dataset",

@@ -163,7 +163,7 @@ def job_main(
     for name, help_text in (extra_inputs or {}).items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=None, help=help_text)
     args = parser.parse_args(argv)
-    from registry.redact import install_log_redaction
+    from contracts.redact import install_log_redaction
 
     install_log_redaction()  # a submitted job's driver log holds no credential from a URI or the environment
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,8 +12,8 @@ import logging
 import time
 from pathlib import Path
 
+from contracts.manifest import code_version
 from pipelines.config import Config
-from registry.manifest import code_version
 
 log = logging.getLogger(__name__)
 

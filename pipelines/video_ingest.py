@@ -20,6 +20,7 @@ Bad data never raises: a row that cannot be read becomes a quarantined clip with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from contracts.digests import file_digest
 from filters.video_rules import detect_cuts, motion_score, split_segments
 from models.pose import PoseConfig, build_pose_annotator, default_limb_width, parse_pose_json, render_pose
 from models.video_io import (
@@ -312,3 +314,25 @@ def ingest_dataset(
 def meta_json(value: dict) -> str:
     """Compact JSON for the ``meta``/``generation`` string columns."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def inputs_with_digests(root: Path, sources) -> list[dict]:
+    """Manifest ``inputs``: each source with a content digest of what it read."""
+    out = []
+    for s in sources:
+        if s.kind == "tar":
+            out.append({"path": s.path, "kind": s.kind, "digest": file_digest(root / s.path)})
+        elif s.kind in ("video", "tiktok"):
+            h = hashlib.sha256()
+            for rel in s.items:
+                p = root / rel
+                files = sorted(q for q in p.rglob("*") if q.is_file() and not q.is_symlink()) if p.is_dir() else [p]
+                for f in files:
+                    try:
+                        h.update(f"{f.relative_to(root).as_posix()}\0{file_digest(f)}\n".encode())
+                    except OSError:
+                        h.update(f"{f.relative_to(root).as_posix()}\0unreadable\n".encode())
+            out.append({"path": s.path, "kind": s.kind, "items": len(s.items), "digest": "sha256:" + h.hexdigest()})
+        else:
+            out.append({"path": s.path, "kind": s.kind, "digest": None})
+    return out

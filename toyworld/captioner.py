@@ -283,10 +283,10 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
     """Train the toy captioner and write it (both formats) to ``out``; return the manifest."""
     from transformers import BlipForConditionalGeneration, BlipImageProcessorPil
 
+    from contracts.digests import sha256_file
     from models.blip_convert import export_lavis_checkpoint
     from models.captioner import TransformersCaptioner, load_blip_tokenizer
     from models.captioner_config import CaptionerConfig, GenerationConfig
-    from models.digests import file_digest16
 
     cfg = cfg or CaptionerTrainingConfig(seed=seed)
     t0 = time.monotonic()
@@ -360,7 +360,7 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
             "validation_beam3_min5": validation_beam,
             "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": cfg.threads},
             "files": {
-                p.relative_to(tmp).as_posix(): file_digest16(p)
+                p.relative_to(tmp).as_posix(): sha256_file(p)[:16]
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file() and p.name != "manifest.json"
             },

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from toyworld.scenes import (
     BACKGROUND_LEVEL,
     COLOUR_RGB,
@@ -561,7 +561,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
         metrics = validate(tmp, cfg, val_images, prompts)
         wall["validation_s"] = time.monotonic() - t
         wall["total_s"] = time.monotonic() - t_start
-        files = {p.relative_to(tmp).as_posix(): digest_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {
             "name": "toyworld-image-teacher",
             "description": "tiny SD-like text-to-image teacher (AutoencoderKL, CLIPTextModel, UNet2DConditionModel) "
@@ -578,7 +578,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
             "validation_prompts": prompts,
             "metrics": metrics,
             "files": files,
-            "code": {rel: digest_file(REPO_ROOT / rel) for rel in ("toyworld/image_teacher.py", "toyworld/scenes.py")},
+            "code": {rel: sha256_file(REPO_ROOT / rel) for rel in ("toyworld/image_teacher.py", "toyworld/scenes.py")},
             "environment": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from toyworld.image_teacher import (
     DEFAULT_DIR as IMAGE_TEACHER_DIR,
 )
@@ -360,7 +360,7 @@ def train_motion_teacher(
         metrics = validate(tmp, image_teacher, cfg)
         wall["validation_s"] = time.monotonic() - t
         wall["total_s"] = time.monotonic() - t_start
-        files = {p.relative_to(tmp).as_posix(): digest_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {
             "name": "toyworld-motion-teacher",
             "description": "MotionAdapter trained on the toy moving-shape clips over the frozen toy image teacher "
@@ -373,7 +373,7 @@ def train_motion_teacher(
             "validation_prompts": validation_prompts(seed, cfg.val_prompts),
             "metrics": metrics,
             "files": files,
-            "code": {rel: digest_file(REPO_ROOT / rel) for rel in ("toyworld/motion_teacher.py", "toyworld/videos.py")},
+            "code": {rel: sha256_file(REPO_ROOT / rel) for rel in ("toyworld/motion_teacher.py", "toyworld/videos.py")},
             "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": cfg.threads},
         }
         publish_part(tmp, out_dir, manifest)

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from toyworld.image_teacher import (
     DEFAULT_DIR as IMAGE_TEACHER_DIR,
 )
@@ -390,7 +390,7 @@ def train_style_teacher(
         metrics = validate(tmp / "unet", image_teacher, cfg)
         wall["validation_s"] = time.monotonic() - t
         wall["total_s"] = time.monotonic() - t_start
-        files = {p.relative_to(tmp).as_posix(): digest_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*.safetensors"))}
         manifest = {
             "name": "toyworld-style-teacher",
             "description": "the toy image teacher's UNet fine-tuned on diagonal background stripes (the toy "
@@ -398,7 +398,7 @@ def train_style_teacher(
             "seed": seed,
             "image_teacher": {
                 "path": os.path.relpath(image_teacher.resolve(), REPO_ROOT),
-                "unet": digest_file(image_teacher / "unet" / "diffusion_pytorch_model.safetensors"),
+                "unet": sha256_file(image_teacher / "unet" / "diffusion_pytorch_model.safetensors"),
                 "latent_scaling_factor": vae.config.scaling_factor,
             },
             "style": {
@@ -413,7 +413,7 @@ def train_style_teacher(
             "validation_prompts": validation_prompts(seed, cfg.val_prompts),
             "metrics": metrics,
             "files": files,
-            "code": {rel: digest_file(REPO_ROOT / rel) for rel in ("toyworld/style_teacher.py", "toyworld/scenes.py")},
+            "code": {rel: sha256_file(REPO_ROOT / rel) for rel in ("toyworld/style_teacher.py", "toyworld/scenes.py")},
             "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": cfg.threads},
         }
         publish_part(tmp, out_dir, manifest)

@@ -94,7 +94,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from models.scorers import (
     BUNDLED_OPEN_CLIP_CONFIG_DIR,
     IMAGENET_MEAN,
@@ -878,7 +878,7 @@ def train_scorers(
         files = {}
         for name in ("clip", "aesthetic", "watermark"):
             path = tmp / f"{name}.safetensors"
-            files[name] = {"file": path.name, "sha256": digest_file(path), "bytes": path.stat().st_size}
+            files[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "name": "toyworld-scorers",
             "description": "toy CLIP (alcm-toy-clip), aesthetic MLP and toy_cnn watermark detector for toy curation",
@@ -893,7 +893,7 @@ def train_scorers(
             "video_thresholds": {"clip_min": video_clip_min},
             "metrics": metrics,
             "code": {
-                rel: digest_file(REPO_ROOT / rel)
+                rel: sha256_file(REPO_ROOT / rel)
                 for rel in (
                     "toyworld/zoo.py",
                     "models/scorers.py",

@@ -7,7 +7,7 @@ import json
 import pyarrow.dataset as pads
 import pytest
 
-from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
+from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS
 
 
 def audit_of(out):

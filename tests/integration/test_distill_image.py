@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.digests import digest_file
-from pipelines.accounting import files_map
+from contracts.digests import sha256_file
+from contracts.manifest import files_map
 from pipelines.config import load_config
 
 STEPS = 4
@@ -105,11 +105,11 @@ def test_stage1_trains_on_two_workers_and_accounts_for_every_kept_row(first_run,
     assert m["inputs"]["dataset"]["digest"] == json.loads((src / "manifest.json").read_text())["digest"]
     teacher = m["inputs"]["teacher"]
     assert teacher["pretrained_dir"] == str(teacher_dir)
-    assert teacher["digests"]["unet/diffusion_pytorch_model.safetensors"] == digest_file(
+    assert teacher["digests"]["unet/diffusion_pytorch_model.safetensors"] == sha256_file(
         teacher_dir / "unet" / "diffusion_pytorch_model.safetensors"
     )
     for rel, digest in m["files"].items():
-        assert digest_file(result.output / rel) == digest
+        assert sha256_file(result.output / rel) == digest
     assert json.loads((result.output / "manifest.json").read_text())["digest"] == m["digest"]
 
 

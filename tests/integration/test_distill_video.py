@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.accounting import files_map
+from contracts.manifest import files_map
 from pipelines.config import load_config
 
 STEPS = 3
@@ -45,10 +45,10 @@ def motion_dir(tmp_path_factory) -> Path:
 def stage1_dir(tmp_path_factory) -> tuple[Path, dict]:
     """A stage-1 output (manifest + diffusers LoRA with non-zero B) for the toy teacher, written with the stage's
     own export functions; returns the directory and the LoRA in PEFT layout."""
+    from contracts.manifest import write_manifest
     from models.factory import build_teacher
     from models.lora import add_lora, lora_state_dict, save_lora, to_diffusers_lora
     from pipelines.config import load_config as load
-    from registry.manifest import write_manifest
 
     cfg = load("toy")
     unet = add_lora(copy.deepcopy(build_teacher(cfg.teacher).unet), cfg.teacher.lora)
@@ -124,9 +124,9 @@ def test_stage2_accounts_for_every_clip_and_records_its_inputs(stage2, videos_wi
     assert m["metrics"]["step"] == STEPS and np.isfinite(m["metrics"]["loss"])
     assert m["export"]["init"] == "online_only" and m["export"]["updates"] == STEPS
     for rel, digest in m["files"].items():
-        from models.digests import digest_file
+        from contracts.digests import sha256_file
 
-        assert digest_file(result.output / rel) == digest, rel
+        assert sha256_file(result.output / rel) == digest, rel
     assert (result.output / "preview.png").is_file()
 
 

@@ -107,8 +107,8 @@ def test_the_flows_register_the_chain_with_its_lineage_and_the_report(chain):
 
 
 def test_the_gate_promoted_the_first_and_decided_the_second_on_its_numbers(chain):
+    from contracts.gate import check
     from flows.common import open_registry
-    from registry.gate import check
 
     first, second = chain["eval"][0]["decision"], chain["eval"][1]["decision"]
     registry = open_registry()
@@ -116,7 +116,7 @@ def test_the_gate_promoted_the_first_and_decided_the_second_on_its_numbers(chain
         assert first["promoted"] and first["reason"] == "no production version yet"
     assert second["production_before"] is not None and len(second["checks"]) == 2
     for c in second["checks"]:
-        from registry.gate import GateRule
+        from contracts.gate import GateRule
 
         assert c["passed"] == check(GateRule(c["metric"], c["direction"], c["margin"]), c["candidate"],
                                     c["production"])  # fmt: skip

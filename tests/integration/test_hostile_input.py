@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from filters.reasons import ALL_REASONS, QUARANTINE_REASONS
+from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS
 from pipelines.config import load_config
 from toyworld.hostile import DECODED, write_hostile_images, write_hostile_videos
 

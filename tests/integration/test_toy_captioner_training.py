@@ -6,9 +6,9 @@ import json
 
 import torch
 
+from contracts.digests import sha256_file
 from models.captioner import TransformersCaptioner
 from models.captioner_config import CaptionerConfig, GenerationConfig
-from models.digests import file_digest16
 from toyworld.captioner import LAVIS_CHECKPOINT, CaptionerTrainingConfig, train_captioner
 
 
@@ -18,7 +18,7 @@ def test_a_short_training_run_writes_a_loadable_captioner_in_both_layouts(tmp_pa
     manifest = train_captioner(out, cfg=cfg)
     for name in ("config.json", "model.safetensors", "vocab.txt", "preprocessor_config.json", LAVIS_CHECKPOINT):
         assert (out / name).is_file(), name
-        assert manifest["files"][name] == file_digest16(out / name)
+        assert manifest["files"][name] == sha256_file(out / name)[:16]
     assert json.loads((out / "manifest.json").read_text())["training"]["steps"] == 3
     assert 0.0 <= manifest["validation_greedy"]["attribute_accuracy"] <= 1.0
     captioner = TransformersCaptioner(CaptionerConfig(weights=str(out), generation=GenerationConfig(num_beams=1)))

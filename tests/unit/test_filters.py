@@ -1,6 +1,6 @@
 import numpy as np
 
-from filters.reasons import ALL_REASONS, QUARANTINE_REASONS, REJECT_REASONS
+from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS, REJECT_REASONS
 from filters.rules import FILTERS, FilterConfig, apply_filters
 
 CFG = FilterConfig(

@@ -45,10 +45,10 @@ def committed() -> dict:
 
 
 def test_the_committed_teacher_files_match_its_manifest(committed):
-    from models.digests import digest_file
+    from contracts.digests import sha256_file
 
     for rel, digest in committed["files"].items():
-        assert digest_file(Path(DEFAULT_DIR) / rel) == digest, rel
+        assert sha256_file(Path(DEFAULT_DIR) / rel) == digest, rel
 
 
 def test_the_committed_teacher_draws_the_prompted_colour_and_shape(committed):

@@ -12,12 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.accounting import files_map
+from contracts.manifest import IntegrityError, files_map, verify_files
 from pipelines.adapt import read_stage2
 from pipelines.distill_image import read_input_dataset
 from pipelines.distill_video import read_stage1, read_video_dataset
 from pipelines.evaluate import read_checkpoint
-from registry.manifest import IntegrityError, verify_files
 
 STAGES = {
     "stage1": ("image_consistency_distillation", ["lora/pytorch_lora_weights.safetensors", "lora/adapter_config.json"]),

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from models.personalize import LORA_FILE, RECORD_FILE, personalize, tensor_digest
 from models.video_unet import MOTION_KEY, new_motion_adapter
 from toyworld.image_teacher import DEFAULT_DIR as TEACHER_DIR
@@ -87,13 +87,13 @@ def test_everything_but_the_unet_weights_is_copied_byte_for_byte_and_the_record_
     assert dst == sorted([*src, RECORD_FILE])
     for rel in src:
         if rel != UNET_FILE:
-            assert digest_file(dirs["pipe"] / rel) == digest_file(out / rel), rel
+            assert sha256_file(dirs["pipe"] / rel) == sha256_file(out / rel), rel
     assert json.loads((out / RECORD_FILE).read_text()) == record
     assert record["unet_dir"] == str(dirs["style"].resolve())
-    assert record["lcm_lora"] == {"file": LORA_FILE, "sha256": digest_file(dirs["pipe"] / LORA_FILE)}
+    assert record["lcm_lora"] == {"file": LORA_FILE, "sha256": sha256_file(dirs["pipe"] / LORA_FILE)}
     assert record["files"][UNET_FILE] == {
-        "before": digest_file(dirs["pipe"] / UNET_FILE),
-        "after": digest_file(out / UNET_FILE),
+        "before": sha256_file(dirs["pipe"] / UNET_FILE),
+        "after": sha256_file(out / UNET_FILE),
     }
     assert record["dtype_casts"] == []
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]  # no temp dir left

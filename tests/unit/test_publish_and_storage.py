@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
+from contracts.publish import prepare_output, publish, remove_stale_staging, staged_output
 from pipelines.storage import StorageError, check_storage
-from registry.manifest import prepare_output, publish, remove_stale_staging, staged_output
 
 
 def dead_pid() -> int:
@@ -62,14 +62,36 @@ def test_a_destination_that_cannot_be_written_fails_before_any_work_naming_it(tm
 
 def test_a_full_disk_while_writing_is_named_and_leaves_nothing(tmp_path):
     with pytest.raises(OSError, match=r"no space left on the device while writing") as err:
-        with staged_output(tmp_path / "out") as staging:
-            (staging / "part").write_bytes(b"x")
+        with staged_output(tmp_path / "out") as out:
+            (out.dir / "part").write_bytes(b"x")
             raise RuntimeError("worker died") from OSError(errno.ENOSPC, "No space left on device")
     assert err.value.errno == errno.ENOSPC and "out" in str(err.value)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError, match="other"), staged_output(tmp_path / "out"):
         raise RuntimeError("other")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_committed_output_appears_whole_with_its_manifest_written_last(tmp_path):
+    with staged_output(tmp_path / "out") as out:
+        (out.dir / "kept").mkdir()
+        (out.dir / "kept" / "part-0.parquet").write_bytes(b"rows")
+        assert not (tmp_path / "out").exists()
+        where = out.commit({"name": "n", "digest": "sha256:0"})
+    assert where == (tmp_path / "out").resolve()
+    assert sorted(p.name for p in where.iterdir()) == ["kept", "manifest.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directory or owner file left
+
+
+def test_a_block_that_never_commits_publishes_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="without committing"), staged_output(tmp_path / "out") as out:
+        (out.dir / "part").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_object_store_destination_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="s3://bucket/out"), staged_output("s3://bucket/out"):
+        pass
 
 
 def test_storage_preflight_accepts_a_writable_root_and_leaves_no_probe(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.redact import (
+from contracts.redact import (
     MASK,
     install_log_redaction,
     is_secret_env_name,
@@ -146,7 +146,7 @@ def test_every_shipped_profile_is_unchanged_by_redaction():
 
 
 def test_write_manifest_writes_no_credential_and_keeps_the_digest(tmp_path, monkeypatch):
-    from registry.manifest import read_manifest, write_manifest
+    from contracts.manifest import read_manifest, write_manifest
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-0123456789")
     manifest = {

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from contracts.gate import GateRule
+from contracts.manifest import write_manifest
 from registry.audit import dataset_audit, sample_trace
-from registry.gate import GateRule, promote
-from registry.manifest import write_manifest
+from registry.gate import promote
 from registry.store import Registry, RegistryError
 
 

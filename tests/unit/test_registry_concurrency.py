@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.manifest import write_manifest
+from contracts.manifest import write_manifest
 from registry.store import Registry
 
 K = 6

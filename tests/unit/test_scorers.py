@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.digests import digest_file
+from contracts.digests import sha256_file
 from models.scorers import (
     BUNDLED_OPEN_CLIP_CONFIG_DIR,
     AestheticConfig,
@@ -151,7 +151,7 @@ def test_toy_scorer_save_load_round_trip_gives_identical_scores(random_toy_score
     before, after = random_toy_scorer.score(images, CAPTIONS[:4]), loaded.score(images, CAPTIONS[:4])
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
-    assert len(digest_file(paths["clip"])) == 64
+    assert len(sha256_file(paths["clip"])) == 64
 
 
 def test_torch_pt_weights_load_with_weights_only(random_toy_scorer, tmp_path: Path):
@@ -237,7 +237,7 @@ def test_committed_toy_scorer_files_match_their_manifest_digests(zoo_scorer_and_
 
     _, manifest = zoo_scorer_and_manifest
     for name, entry in manifest["files"].items():
-        assert digest_file(DEFAULT_SCORERS_DIR / entry["file"]) == entry["sha256"], name
+        assert sha256_file(DEFAULT_SCORERS_DIR / entry["file"]) == entry["sha256"], name
     assert set(manifest["thresholds"]) == {"clip_min", "aesthetic_min", "watermark_max"}
 
 

@@ -122,7 +122,7 @@ def test_the_fine_tune_is_deterministic_for_a_seed():
 def test_a_tiny_run_writes_the_unet_and_manifest(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from models.digests import digest_file
+    from contracts.digests import sha256_file
 
     out = tmp_path / "style_teacher"
     manifest = train_style_teacher(
@@ -135,7 +135,7 @@ def test_a_tiny_run_writes_the_unet_and_manifest(tmp_path):
     ]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["files"] == {
-        "unet/diffusion_pytorch_model.safetensors": digest_file(out / "unet/diffusion_pytorch_model.safetensors")
+        "unet/diffusion_pytorch_model.safetensors": sha256_file(out / "unet/diffusion_pytorch_model.safetensors")
     }
     assert set(manifest["metrics"]) == {
         "ground_truth_renders", "ground_truth_styled", "base_teacher_ddim1_cfg5", "style_teacher_ddim1_cfg5",
@@ -154,10 +154,10 @@ def committed() -> dict:
 
 
 def test_the_committed_style_teacher_files_match_its_manifest(committed):
-    from models.digests import digest_file
+    from contracts.digests import sha256_file
 
     for rel, digest in committed["files"].items():
-        assert digest_file(Path(DEFAULT_DIR) / rel) == digest, rel
+        assert sha256_file(Path(DEFAULT_DIR) / rel) == digest, rel
     assert committed["training"] == dataclasses.asdict(StyleTeacherTrainingConfig())
 
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters.reasons import ALL_REASONS
+from contracts.reasons import ALL_REASONS
 from toyworld import videos
 from toyworld.degrade import add_watermark
 from toyworld.scenes import BACKGROUND_LEVEL, BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES

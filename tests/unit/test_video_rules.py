@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from filters.reasons import REJECT_REASONS
+from contracts.reasons import REJECT_REASONS
 from filters.video_rules import (
     VIDEO_FILTERS,
     VideoFilterConfig,

@@ -1,4 +1,4 @@
-"""The stable vocabulary of curation decisions and reasons.
+"""The stable vocabulary of curation decisions and reasons, and the row-accounting rule every curation job keeps.
 
 Audits rely on these strings: a reason code is never renamed or reused for another meaning. New codes may be
 added; each is documented here and in the README's audit section.
@@ -9,9 +9,15 @@ Decisions:
 - ``rejected``: the row was read and decoded, and one or more filters said no. All failing filters are listed.
 - ``quarantined``: the row could not be judged at all (unreadable bytes, malformed record, unsafe path). It has
   exactly one reason and an ``error`` text.
+
+Accounting: every input row appears in the audit exactly once, with one decision, and kept rows are exactly the
+rows written (:func:`check_accounting`).
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -52,8 +58,14 @@ QUARANTINE_REASONS: dict[str, str] = {
 ALL_REASONS = {**REJECT_REASONS, **QUARANTINE_REASONS}
 
 
-def check_reason(reason: str) -> str:
-    """Return ``reason`` if it belongs to the vocabulary, else raise ValueError listing the valid codes."""
-    if reason not in ALL_REASONS:
-        raise ValueError(f"unknown reason code {reason!r}; valid codes: {', '.join(sorted(ALL_REASONS))}")
-    return reason
+def check_accounting(ids: Sequence[str], decisions: Sequence[str], kept_keys: Sequence[str]) -> Counter:
+    """Raise if an audit (its rows' ``ids`` and ``decisions``) does not account for every row exactly once, or its
+    kept rows are not exactly the ``kept_keys`` written; return the decision counts."""
+    counts = Counter(decisions)
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"row accounting broken: {len(ids)} audit rows but {len(set(ids))} distinct ids")
+    if set(counts) - set(DECISIONS) or sum(counts.values()) != len(ids):
+        raise RuntimeError(f"row accounting broken: decisions {dict(counts)} for {len(ids)} rows")
+    if counts[KEPT] != len(kept_keys) or len(set(kept_keys)) != len(kept_keys):
+        raise RuntimeError(f"row accounting broken: {counts[KEPT]} kept in audit, {len(kept_keys)} written")
+    return counts

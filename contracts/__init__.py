@@ -1,0 +1,13 @@
+"""What every layer of the platform shares, free of torch, Ray and Prefect (and of every other project package).
+
+- :mod:`contracts.manifest`: ``manifest.json``, the contract between a job's outputs and whatever records them, as a
+  typed :class:`~contracts.manifest.Manifest`; per-file digests and their verification; the code version.
+- :mod:`contracts.publish`: staging and publishing a job's output behind one small interface
+  (:class:`~contracts.publish.Publisher`): a reader sees no output or a whole one, with its manifest written last.
+- :mod:`contracts.digests`: content digests of files, trees, rows and JSON-able settings.
+- :mod:`contracts.reasons`: the stable vocabulary of curation decisions and reasons, and row accounting.
+- :mod:`contracts.redact`: removing credentials from everything the platform writes down.
+- :mod:`contracts.gate`: the promotion gate's rules.
+- :mod:`contracts.report`: the eval report's tables.
+- :mod:`contracts.stages`: the stage graph (which stage feeds which, under which names).
+"""
