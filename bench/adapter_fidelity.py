@@ -47,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
-from bench.common import write_json
+from bench.common import DEMO, write_json
 from models.evaluation import decode_latents
+from pipelines.stages import BY_NAME
 
 STEPS = 4
 COLOUR_TOLERANCE = 80.0
@@ -58,8 +59,8 @@ FIGURE_DISTANCE = 60.0
 MIN_PIXELS = 4
 """A colour mask with fewer pixels than this is 'not found'."""
 PARTS = ("shirt", "pants", "figure")
-DEFAULT_MODEL = Path("data/demo/distilled-video")
-DEFAULT_ADAPTERS = Path("data/demo/adapters")
+DEFAULT_MODEL = DEMO / BY_NAME["distill_video"].output
+DEFAULT_ADAPTERS = DEMO / BY_NAME["adapt"].output
 
 
 def lcm_sample(

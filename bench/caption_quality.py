@@ -79,7 +79,7 @@ def end_to_end(cfg, tmp: Path, *, seed: int, dancers: int) -> dict:
     import pyarrow.parquet as pq
     import ray
 
-    from pipelines.recaption import run
+    from pipelines.runtime import run_job
     from toyworld.captioner import attribute_hits, truth_for_dancer
 
     t = time.monotonic()
@@ -87,7 +87,7 @@ def end_to_end(cfg, tmp: Path, *, seed: int, dancers: int) -> dict:
     gen_s = time.monotonic() - t
     t = time.monotonic()
     try:
-        result = run(cfg, src, tmp / "e2e" / "recaptioned")
+        result = run_job("recaption", cfg, src, tmp / "e2e" / "recaptioned")
     finally:
         ray.shutdown()
     run_s = time.monotonic() - t

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEMO = Path("data/demo")
+"""Where ``make demo`` writes (the retrain flow's work directory: one link per stage output, named by the stage
+graph)."""
+
 for _k, _v in {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -118,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
 
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.monotonic()
         world = common.toy_image_world(Path(tmp) / "world", seed=args.seed, rows=args.rows)
         gen_s = time.monotonic() - t
         t = time.monotonic()
-        result = run(load_config(args.profile, args.overrides), world / "parquet", Path(tmp) / "curated")
+        result = run_job("curate_images", load_config(args.profile, args.overrides), world / "parquet",
+                         Path(tmp) / "curated")
         curate_s = time.monotonic() - t
         audit = pads.dataset(result.output / "audit").to_table().to_pandas()
         labels = pq.read_table(world / "labels.parquet").to_pandas().set_index("key")
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": args.profile,
             "generate_s": round(gen_s, 1),
             "curate_s": round(curate_s, 1),
-            "thresholds": result.manifest["config"]["curation"]["filters"],
+            "thresholds": result.manifest["config"]["curate_images"]["filters"],
         }
     )
     print(

@@ -33,18 +33,18 @@ def single_process(cfg, input_dir: Path, out: Path) -> int:
     from pipelines import curate_images as job
     from pipelines.sources import discover
 
-    cur = cfg.curation
+    cur = cfg.curate_images
     sources, _ = discover(input_dir, folder_chunk=cur.folder_chunk)
-    scorer = job._ScoreActor(cfg.scorers, cur.filters)
+    scorer = job.ScoreActor(cfg.scorers, cur.filters)
     items = pa.Table.from_pylist([{"kind": s.kind, "path": s.path, "files": list(s.files)} for s in sources])
     tables = [
         scorer(chunk)
         for i in range(items.num_rows)
-        for chunk in job._read_decode(items.slice(i, 1), root=str(input_dir), cfg=cur.decode, chunk=cur.batch_size)
+        for chunk in job.read_decode(items.slice(i, 1), root=str(input_dir), cfg=cfg.decode, chunk=cur.batch_size)
     ]
     table = pa.concat_tables(tables)
     meta = table.select(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
-    table = job._apply_global(table, updates=job._global_decisions(meta, cfg))
+    table = job.apply_global(table, updates=job.global_decisions(meta, cfg))
     table = table.drop_columns(["decodable", "quarantine"])
     out.mkdir(parents=True)
     kept = table.filter(pa.compute.equal(table.column("decision"), "kept"))
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines import runtime
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     cfg = load_config(args.profile, args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime.connect(cfg.ray)
         t = time.monotonic()
-        result = run(cfg, src, Path(tmp) / "ray")
+        result = run_job("curate_images", cfg, src, Path(tmp) / "ray")
         ray_s = time.monotonic() - t
         ray.shutdown()
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_rate = n_ray / ray_s
     print(f"curation throughput, {n_ray} toy rows, {os.cpu_count()} cores, profile {args.profile}")
     print(
-        f"  Ray Data job ({cfg.curation.scorer_actors} scorer actors, 1 torch thread each): "
+        f"  Ray Data job ({cfg.curate_images.scorer_actors} scorer actors, 1 torch thread each): "
         f"{ray_s:7.1f} s {ray_rate:8.1f} rows/s"
     )
     for threads, (n_base, base_s) in baselines.items():

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipelines.config import load_config
-    from pipelines.curate_images import run as curate
+    from pipelines.runtime import run_job
     from toyworld.generate import generate_world
 
     t_all = time.monotonic()
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         step("kill a scorer actor", faults.kill_data_actor, cfg, images, tmp / "actor-images")
         step("kill a captioner actor", faults.kill_data_actor, cfg, dancers, tmp / "actor-captions", job="recaption")
-        curated = curate(cfg, images, tmp / "curated").output
+        curated = run_job("curate_images", cfg, images, tmp / "curated").output
 
         step("kill a training worker", faults.kill_train_worker, faults.stage1_config, curated, tmp / "train")
         step("kill the flow process", faults.kill_flow, raw, tmp / "flow")

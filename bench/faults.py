@@ -189,18 +189,17 @@ def kill_data_actor(cfg, input_dir: Path, work: Path, *, job: str = "curate_imag
     """SIGKILL one of a Ray Data job's actors (the scorers; the captioner for ``recaption``) ``delay`` s after it
     came up (it is then scoring its first batches); Ray restarts it and retries its batches. Compares kept/ and
     audit/ with a clean run (``clean``: an existing clean output of the same config and input)."""
-    import importlib
+    from pipelines.runtime import run_job
 
-    module = importlib.import_module(f"pipelines.{job}")
     clean_s = 0.0
     if clean is None:
         clean = work / "clean"
-        _, clean_s = _timed(module.run, cfg, input_dir, clean)
+        _, clean_s = _timed(run_job, job, cfg, input_dir, clean)
     killer = Killer(kill_actor_after(DATA_ACTORS[job], delay))
     killer.start()
     t = time.monotonic()
     try:
-        module.run(cfg, input_dir, work / "faulted")
+        run_job(job, cfg, input_dir, work / "faulted")
     finally:
         killer.stop()
     faulted_s = time.monotonic() - t
@@ -247,10 +246,10 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     as the run's second checkpoint is being written. ``cfg_for(root)`` gives a run's config (small ``steps`` and
     ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``): :func:`stage1_config`. Ray Train
     restarts the worker group from that checkpoint."""
-    from pipelines import distill_image
+    from pipelines.runtime import run_job
 
     clean_cfg, faulted_cfg = cfg_for(work / "run-clean"), cfg_for(work / "run-faulted")
-    clean, clean_s = _timed(distill_image.run, clean_cfg, dataset, work / "clean")
+    clean, clean_s = _timed(run_job, "distill_image", clean_cfg, dataset, work / "clean")
     storage = work / "run-faulted" / "runs"
 
     def find():
@@ -266,7 +265,7 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     killer.start()
     t = time.monotonic()
     try:
-        faulted = distill_image.run(faulted_cfg, dataset, work / "faulted")
+        faulted = run_job("distill_image", faulted_cfg, dataset, work / "faulted")
     finally:
         killer.stop()
     faulted_s = time.monotonic() - t
@@ -340,6 +339,8 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
     """``alcm retrain`` three times on the same raw data: clean; killed (SIGKILL to the flow's process) once stage
     ``kill_in`` has started writing; re-run. The re-run must find the finished stages cached, run the interrupted
     one, publish what the clean run published, and leave a registry of whole versions only."""
+    from pipelines.stages import BY_NAME
+
     args = ["retrain", "--images", str(raw / "images" / "parquet"), "--videos", str(raw / "videos" / "wds"),
             "--dancers", str(raw / "dancers"), "--no-promote"]  # fmt: skip
     args += [a for s in stages for a in ("--stage", s)]
@@ -381,7 +382,7 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
     status = statuses(log)
     after = registry_check(w / "registry")
     litter = sorted(str(p.relative_to(w)) for p in (w / "runs").rglob(".*staging*"))
-    same = all(_digest(w / LINK[s]) == _digest(runs["clean"][0] / LINK[s]) for s in stages)
+    same = all(_digest(w / BY_NAME[s].output) == _digest(runs["clean"][0] / BY_NAME[s].output) for s in stages)
     expected = {s: ("ran" if stages.index(s) >= stages.index(kill_in) else "cached") for s in stages}
     server_left = [n for n in names if "uvicorn" in n]  # the flow's temporary Prefect server (flows.lifeline)
     recovered = rc == 0 and status == expected and before[0] and after[0] and not litter and not server_left
@@ -399,7 +400,6 @@ def _digest(out: Path) -> str:
     return json.loads((out / "manifest.json").read_text())["digest"]
 
 
-LINK = {"curate_images": "curated-images", "curate_videos": "curated-videos", "recaption": "recaptioned-dancers"}
 
 
 @contextlib.contextmanager
@@ -430,13 +430,13 @@ def _fails_cleanly(fn, where: Path, words: str) -> tuple[bool, float, str]:
 
 def disk_full(cfg, input_dir: Path, work: Path) -> FaultResult:
     """Curate into a 256 KiB tmpfs: the write fails; the error says the disk is full; nothing is left there."""
-    from pipelines import curate_images
+    from pipelines.runtime import run_job
 
     small = work / "small-disk"
     with tmpfs(small, size="256k") as mounted:
         if not mounted:
             return FaultResult("disk full while writing", False, None, 0.0, "not run: mounting a tmpfs needs root")
-        ok, seconds, why = _fails_cleanly(lambda: curate_images.run(cfg, input_dir, small / "out"), small,
+        ok, seconds, why = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, small / "out"), small,
                                           "no space left on the device")  # fmt: skip
     return FaultResult("disk full while writing", ok, None, seconds, why)
 
@@ -444,13 +444,13 @@ def disk_full(cfg, input_dir: Path, work: Path) -> FaultResult:
 def unwritable_output(cfg, input_dir: Path, work: Path) -> FaultResult:
     """Curate into a read-only mount (or, without root, a directory without write permission): refused before
     any work, naming the output."""
-    from pipelines import curate_images
+    from pipelines.runtime import run_job
 
     ro = work / "read-only"
     with tmpfs(ro, size="1m", read_only=True) as mounted:
         if not mounted:
             ro.chmod(0o555)
-        ok, seconds, why = _fails_cleanly(lambda: curate_images.run(cfg, input_dir, ro / "out"), ro,
+        ok, seconds, why = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, ro / "out"), ro,
                                           "nothing was started")  # fmt: skip
     return FaultResult("unwritable output directory", ok, None, seconds, why)
 
@@ -458,12 +458,12 @@ def unwritable_output(cfg, input_dir: Path, work: Path) -> FaultResult:
 def missing_storage(overrides: list[str], dataset: Path, work: Path, uri: str) -> FaultResult:
     """Stage 1 (toy profile with ``overrides``) with ``distill_image.train.storage_path`` set to ``uri``: refused
     before work, naming the key."""
-    from pipelines import distill_image
     from pipelines.config import load_config
+    from pipelines.runtime import run_job
 
     bad = load_config("toy", [*overrides, f"distill_image.train.storage_path={uri}"])
     out = work / "storage-out"
     out.mkdir(parents=True, exist_ok=True)
-    ok, seconds, why = _fails_cleanly(lambda: distill_image.run(bad, dataset, out / "stage1"), out,
+    ok, seconds, why = _fails_cleanly(lambda: run_job("distill_image", bad, dataset, out / "stage1"), out,
                                       "distill_image.train.storage_path")  # fmt: skip
     return FaultResult(f"storage URI that does not exist ({uri.split(':')[0]})", ok, None, seconds, why)

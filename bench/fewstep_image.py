@@ -35,13 +35,14 @@ from pathlib import Path
 import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
-from bench.common import write_json
+from bench.common import DEMO, write_json
 from models.evaluation import frechet_distance
+from pipelines.stages import BY_NAME
 
 STEPS = (1, 2, 4, 8)
 METHODS = ("lcm-lora", "ddim", "ddim-leading", "dpmsolver++", "lcm-base")
 BASELINES = ("ddim", "ddim-leading", "dpmsolver++")
-DEFAULT_LORA = Path("data/demo/distilled-image/lora")
+DEFAULT_LORA = DEMO / BY_NAME["distill_image"].output / "lora"
 
 
 def decode(pipe, latents: np.ndarray) -> np.ndarray:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = load_config(args.profile)
     teacher_dir = cfg.teacher.pretrained_dir
-    guidance = 1.0 + 0.5 * (cfg.consistency.w_min + cfg.consistency.w_max)
+    guidance = cfg.consistency.teacher_guidance_scale
     prompts = validation_prompts(args.seed, args.prompts)
     captions = [p["caption"] for p in prompts]
     seeds = [args.seed * 1_000_003 + i for i in range(len(prompts))]

@@ -51,8 +51,9 @@ from pathlib import Path
 import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
-from bench.common import write_json
+from bench.common import DEMO, write_json
 from models.evaluation import clip_video_features, decode_latents, frechet_distance, with_scheduler
+from pipelines.stages import BY_NAME
 
 STEPS = (1, 2, 4, 8)
 VERDICT_STEPS = (1, 2, 4)
@@ -60,7 +61,7 @@ TEACHER_METHODS = ("ddim", "dpmsolver++", "lcm-base")
 BASELINES = ("ddim", "dpmsolver++")
 REFERENCE_STEPS = 50
 SPEEDUP_TARGET = 20.0
-DEFAULT_MODEL = Path("data/demo/distilled-video")
+DEFAULT_MODEL = DEMO / BY_NAME["distill_video"].output
 
 
 def parse_ablation(text: str) -> tuple[str, Path]:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"motion teacher {motion_dir}: no config.json; train it (`alcm toy train-zoo --only "
                          "motion-teacher`) or pass --motion-teacher DIR")  # fmt: skip
     frames, size = cfg.distill_video.frames, cfg.distill_video.resolution
-    guidance = 1.0 + 0.5 * (cfg.consistency.w_min + cfg.consistency.w_max)
+    guidance = cfg.consistency.teacher_guidance_scale
     prompt_set = validation_prompts(args.seed, args.prompts)
     prompts = [p for p in prompt_set for _ in range(args.seeds)]
     captions = [p["caption"] for p in prompts]

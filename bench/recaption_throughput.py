@@ -15,7 +15,7 @@ process in ``.venv-lavis``), and that is included in every figure: with a few do
 the 2-actor/1-actor ratio stays far below 2 at this size. An unreported warm-up run comes first, so that the first
 measured run does not also pay for starting Ray's task workers.
 
-Steady state, separately: the caption stage's own class (``pipelines.recaption._CaptionActor``) run in this process
+Steady state, separately: the caption stage's own class (``pipelines.recaption.CaptionActor``) run in this process
 without Ray on the same clips, ingested beforehand; its construction (model load) and one warm-up batch are timed
 apart from the batches. That gives clips/s of one caption actor once loaded, the pool's ideal (× actors), and the
 bound the machine's cores set when ingest's CPU time (measured the same way, single process) is added per clip.
@@ -39,10 +39,10 @@ import bench.common as common
 
 def run_job(cfg, src: Path, out: Path) -> dict:
     """One recaption run: wall seconds around ``run``, the manifest's timings and counts (output removed after)."""
-    from pipelines.recaption import run
+    from pipelines.runtime import run_job
 
     t = time.monotonic()
-    result = run(cfg, src, out)
+    result = run_job("recaption", cfg, src, out)
     wall = time.monotonic() - t
     shutil.rmtree(out, ignore_errors=True)
     counts = result.manifest["counts"]
@@ -85,11 +85,11 @@ def ingest(cfg, src: Path) -> tuple[list, float]:
 def steady_state(cfg, batches: list) -> dict:
     """One caption actor in this process: load seconds, first-batch seconds, then seconds for every batch."""
     from contracts.reasons import KEPT
-    from pipelines.recaption import _CaptionActor
+    from pipelines.recaption import CaptionActor
 
     rc = cfg.recaption
     t = time.monotonic()
-    actor = _CaptionActor(cfg.captioner, cfg.scorers, rc.frames_at, rc.aggregation)
+    actor = CaptionActor(cfg.captioner, cfg.scorers, rc.frames_at, rc.aggregation)
     load_s = time.monotonic() - t
     try:
         t = time.monotonic()

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.factory import build_teacher
     from models.stage1 import ImageConsistencyTask
     from pipelines.config import load_config
-    from pipelines.distill_image import _pixels
+    from pipelines.latent_cache import pixels as to_pixels
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.profile)
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     ids = ids.input_ids
     uncond_ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-    pixels = torch.from_numpy(_pixels(list(images)))
+    pixels = torch.from_numpy(to_pixels(list(images)))
 
     def make_task():
-        task = ImageConsistencyTask(parts, cfg.teacher.lora, cfg.consistency, target="ema", seed=0)
+        task = ImageConsistencyTask(parts, cfg.teacher.lora, cfg.consistency, target="ema")
         opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-4)
         return task, opt
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     rows = [{"x": rng.normal(size=args.params).astype(np.float32), "y": np.float32(0.0)} for _ in range(16)]
     data = ray.data.from_items(rows)
-    make = partial(LinearProbeTask, dim=args.params, ema_decay=0.9, seed=0)
+    make = partial(LinearProbeTask, dim=args.params, ema_decay=0.9)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in (0, 2):

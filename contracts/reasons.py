@@ -26,28 +26,28 @@ DECISIONS = (KEPT, REJECTED, QUARANTINED)
 
 #: Reject reasons: the row is well-formed, a filter decided against it.
 REJECT_REASONS: dict[str, str] = {
-    "low_resolution": "shorter image side below curation.filters.min_side",
-    "bad_aspect": "long side / short side above curation.filters.max_aspect",
+    "low_resolution": "shorter image side below curate_images.filters.min_side",
+    "bad_aspect": "long side / short side above curate_images.filters.max_aspect",
     "caption_empty": "caption missing, empty or whitespace only",
-    "caption_too_short": "fewer words than curation.filters.caption_min_words",
-    "caption_too_long": "more characters than curation.filters.caption_max_chars",
+    "caption_too_short": "fewer words than curate_images.filters.caption_min_words",
+    "caption_too_long": "more characters than curate_images.filters.caption_max_chars",
     "caption_control_chars": "caption contains control characters (other than tab/newline)",
-    "watermark": "watermark probability above curation.filters.watermark_max",
-    "low_aesthetic": "aesthetic score below curation.filters.aesthetic_min",
-    "low_clip_score": "CLIP image-text score below curation.filters.clip_min (caption does not match the image)",
+    "watermark": "watermark probability above curate_images.filters.watermark_max",
+    "low_aesthetic": "aesthetic score below curate_images.filters.aesthetic_min",
+    "low_clip_score": "CLIP image-text score below curate_images.filters.clip_min (caption does not match the image)",
     "duplicate": "exact (sha256) or near (perceptual hash) duplicate of the kept row named in duplicate_of",
-    # Video curation (video_curation.filters.*).
-    "too_short": "fewer frames than the clip needs (video_curation.filters.min_frames, after scene-cut splitting)",
-    "too_long": "duration above video_curation.filters.max_duration_s, or more frames than video.max_decode_frames",
-    "too_static": "motion score below video_curation.filters.motion_min (nearly still video)",
-    "too_jumpy": "motion score above video_curation.filters.motion_max (shaky or flickering video)",
-    "scene_cut": "the clip spans a scene cut and video_curation.filters.scene_cut is 'reject'",
+    # Video curation (curate_videos.filters.*).
+    "too_short": "fewer frames than the clip needs (curate_videos.filters.min_frames, after scene-cut splitting)",
+    "too_long": "duration above curate_videos.filters.max_duration_s, or more frames than video.max_decode_frames",
+    "too_static": "motion score below curate_videos.filters.motion_min (nearly still video)",
+    "too_jumpy": "motion score above curate_videos.filters.motion_max (shaky or flickering video)",
+    "scene_cut": "the clip spans a scene cut and curate_videos.filters.scene_cut is 'reject'",
 }
 
 #: Quarantine reasons: the row could not be judged.
 QUARANTINE_REASONS: dict[str, str] = {
     "undecodable": "image or video bytes missing, truncated, zero-byte or not an image/video",
-    "too_large": "declared pixel count or byte size above curation.decode limits (decompression-bomb guard)",
+    "too_large": "declared pixel count or byte size above decode limits (decompression-bomb guard)",
     "bad_schema": "record malformed: missing or mistyped columns, unreadable shard, member without its pair",
     "unsafe_path": "a path in the input leaves the dataset root (absolute, '..', or a symlink)",
     "duplicate_key": "the same key was already read from an earlier row (sources in sorted order)",

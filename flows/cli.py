@@ -187,7 +187,7 @@ def recaption(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Recaption video clips with BLIP, storing pose control frames for TikTok-style data (flow
-    ``recaption-videos``)."""
+    ``recaption``)."""
     from flows.videos import BACKENDS, RecaptionParams, recaption_videos_flow
 
     if backend is not None and backend not in BACKENDS:
@@ -251,7 +251,7 @@ def distill_video(
     _config(profile, overrides)
     _check_io(input_dir, output_dir, overwrite)
     params = _io_params(DistillVideoParams, input_dir, output_dir, profile, overrides, submit, overwrite,
-                        stage1_dir=_existing("--stage1", stage1_dir))  # fmt: skip
+                        stage1=_existing("--stage1", stage1_dir))  # fmt: skip
     manifest = distill_video_flow(params)
     metrics = manifest["metrics"]
     typer.echo(f"stage 2: {manifest['counts']['encoded']} clips, step {metrics.get('step')}, "
@@ -275,7 +275,7 @@ def adapt_adapters(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Stage 3: teacher-free adaptation of the control and image-to-video adapters against stage 2's video
-    consistency model (flow ``adapt-adapters``; ``adapt.adapters`` picks which)."""
+    consistency model (flow ``adapt``; ``adapt.adapters`` picks which)."""
     from flows.distill import AdaptParams, adapt_flow
 
     _config(profile, overrides)
@@ -322,7 +322,7 @@ def export_pipeline(
 # ------------------------------------------------------------------------------------------------ eval and registry
 
 
-@app.command("eval")
+@app.command("evaluate")
 def evaluate_checkpoint(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A stage-1 or stage-2 output directory."),
     output_dir: Path = typer.Option(..., "--output", help="New directory for the report."),
@@ -335,7 +335,7 @@ def evaluate_checkpoint(
 ) -> None:
     """Evaluate a checkpoint: few-step tables against the teacher's DDIM and DPM-Solver++ (FVD/FID, CLIPSIM,
     distance to the teacher, latency, memory), report.md + plots + samples; registered with the checkpoint
-    (flow ``evaluate-checkpoint``)."""
+    (flow ``evaluate``; ``alcm eval`` is the same command)."""
     from flows.evaluate import EvaluateParams, evaluate_flow
 
     _config(profile, overrides)
@@ -348,6 +348,11 @@ def evaluate_checkpoint(
     if out["checkpoint"]:
         typer.echo(f"registered: {out['checkpoint']} (alias candidate)")
     _echo_gate(out["decision"], "gate:       ")
+
+
+app.command("eval", hidden=True, help="The same as `alcm evaluate` (its name before every stage had one name).")(
+    evaluate_checkpoint
+)
 
 
 def _echo_gate(decision: dict | None, label: str) -> None:
@@ -370,7 +375,8 @@ def retrain(
 ) -> None:
     """The end-to-end retraining flow (``retrain-animatelcm``): curate images and videos, recaption → stages 1, 2,
     3 → evaluate → register → promotion gate. Finished stages are cached on their inputs: re-running skips them."""
-    from flows.retrain import STAGES, RetrainParams, retrain_flow
+    from flows.retrain import RetrainParams, retrain_flow
+    from pipelines.stages import STAGES
 
     _config(profile, overrides)
     for option, path in (("--images", images), ("--videos", videos), ("--dancers", dancers)):
@@ -378,7 +384,7 @@ def retrain(
             _fail(f"{option} {path} does not exist")
     _check_stages(stages, "--stage")
     params = RetrainParams(images=str(images.resolve()), videos=str(videos.resolve()), dancers=str(dancers.resolve()),
-                           work_dir=str(work_dir.resolve()), stages=stages or list(STAGES), promote=promote,
+                           work_dir=str(work_dir.resolve()), stages=stages or [s.name for s in STAGES], promote=promote,
                            profile=profile, overrides=list(overrides), submit=submit)  # fmt: skip
     summary = retrain_flow(params)
     typer.echo(f"{'stage':<15}{'status':<15}{'wall s':>8}  output")
@@ -401,11 +407,11 @@ TRIGGER = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm i
 
 
 def _check_stages(stages: list[str], option: str) -> None:
-    from flows.retrain import STAGES
+    from pipelines.stages import BY_NAME
 
-    unknown = sorted(set(stages) - set(STAGES))
+    unknown = sorted(set(stages) - set(BY_NAME))
     if unknown:
-        _fail(f"{option} {unknown[0]}: choose from {', '.join(STAGES)}")
+        _fail(f"{option} {unknown[0]}: choose from {', '.join(BY_NAME)}")
 
 
 @app.command("serve")

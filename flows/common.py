@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import ModuleType
 
 from pydantic import BaseModel, Field
 
@@ -41,7 +40,7 @@ class JobParams(BaseModel):
 
     profile: str = Field("toy", description="Config profile: a name under configs/ (toy, sd15) or a YAML path.")
     overrides: list[str] = Field(
-        default_factory=list, description="Config overrides, each key=value, e.g. curation.filters.min_side=48."
+        default_factory=list, description="Config overrides, each key=value, e.g. curate_images.filters.min_side=48."
     )
     submit: bool = Field(
         False, description="Submit the job to the Ray cluster's Jobs API (RAY_ADDRESS=http://head:8265) and wait."
@@ -60,10 +59,10 @@ class IOJobParams(JobParams):
         return {}
 
 
-def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
-    """Run ``job`` (a ``pipelines`` module with ``JOB`` and ``run``) here, or submit its entry point to the Ray
-    cluster with ``params.submit``; return the manifest it wrote, redacted as written (what the flows publish and
-    return never holds a credential, see ``registry.redact``)."""
+def run_io_job(stage: str, cfg, params: IOJobParams) -> dict:
+    """Run stage ``stage``'s job (``pipelines.<stage>``) here, or submit its entry point to the Ray cluster with
+    ``params.submit``; return the manifest it wrote, redacted as written (what the flows publish and return never
+    holds a credential, see ``contracts.redact``)."""
     from contracts.manifest import read_manifest
     from contracts.redact import redact
     from pipelines import runtime
@@ -73,10 +72,11 @@ def run_io_job(job: ModuleType, cfg, params: IOJobParams) -> dict:
         args = ["--input", params.input_dir, "--output", params.output_dir]
         for name, path in extra.items():
             args += [f"--{name.replace('_', '-')}", path]
-        runtime.submit(job.JOB, [*args, "--overwrite"] if params.overwrite else args, cfg)
+        runtime.submit(stage, [*args, "--overwrite"] if params.overwrite else args, cfg)
         return read_manifest(Path(params.output_dir))
     kwargs = {name: Path(path) for name, path in extra.items()}
-    result = job.run(cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite, **kwargs)
+    result = runtime.run_job(stage, cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite,
+                             **kwargs)  # fmt: skip
     return redact(result.manifest)
 
 

@@ -1,4 +1,5 @@
-"""Flow ``curate-images``: curate image-text data for quality and watermarks, and publish the reject-reason table."""
+"""Flow ``curate-images`` (stage ``curate_images``): curate image-text data for quality and watermarks, and publish
+the reject-reason table."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pydantic import Field
 from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.record import record_output, with_run_name
-from pipelines import curate_images
 from pipelines.config import Config, load_config
+from pipelines.stages import stage
+
+STAGE = stage("curate_images")
 
 
 class CurateImagesParams(IOJobParams):
@@ -24,7 +27,7 @@ class CurateImagesParams(IOJobParams):
 @task(name="run-curation-job", cache_policy=NONE)
 def run_curation_job(cfg: Config, params: CurateImagesParams) -> dict:
     """Run the Ray Data job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(curate_images, cfg, params)
+    return run_io_job(STAGE.name, cfg, params)
 
 
 def reason_rows(manifest: dict) -> list[dict]:
@@ -36,7 +39,7 @@ def reason_rows(manifest: dict) -> list[dict]:
     return rows
 
 
-@flow(name="curate-images")
+@flow(name=STAGE.flow)
 def curate_images_flow(params: CurateImagesParams) -> dict:
     """Curate image-text data: validate → run the job → read its manifest → publish counts per reason."""
     apply_env_defaults()

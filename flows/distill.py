@@ -1,4 +1,4 @@
-"""Flows ``distill-image``, ``distill-video`` and ``adapt-adapters``: the three distillation stages (a spatial
+"""Flows ``distill-image``, ``distill-video`` and ``adapt``: the three distillation stages (a spatial
 LCM-LoRA on curated images; motion layers on curated videos; control and image-to-video adapters).
 
 Validate the parameters and the config (naming a bad key before any work) → run the job (here against Ray, or
@@ -11,12 +11,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.record import record_output, with_run_name
-from pipelines import adapt, distill_image, distill_video
 from pipelines.config import Config, load_config
+from pipelines.stages import stage
+
+DISTILL_IMAGE, DISTILL_VIDEO, ADAPT = stage("distill_image"), stage("distill_video"), stage("adapt")
 
 
 class DistillImageParams(IOJobParams):
@@ -29,7 +31,7 @@ class DistillImageParams(IOJobParams):
 @task(name="run-distill-image-job", cache_policy=NONE)
 def run_distill_image_job(cfg: Config, params: DistillImageParams) -> dict:
     """Run the stage-1 job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(distill_image, cfg, params)
+    return run_io_job(DISTILL_IMAGE.name, cfg, params)
 
 
 def summary_markdown(manifest: dict, output_dir: str) -> str:
@@ -57,7 +59,7 @@ def summary_markdown(manifest: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
-@flow(name="distill-image")
+@flow(name=DISTILL_IMAGE.flow)
 def distill_image_flow(params: DistillImageParams) -> dict:
     """Stage 1: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
@@ -83,17 +85,19 @@ class DistillVideoParams(IOJobParams):
     """Parameters of the ``distill-video`` flow."""
 
     input_dir: str = Field(description="Curated video dataset (kept/ + manifest.json), as `alcm curate videos` writes.")
-    stage1_dir: str | None = Field(
-        None, description="Stage 1's output (its LoRA); required unless distill_video.init is none."
+    stage1: str | None = Field(
+        None,
+        description="Stage 1's output (its LoRA); required unless distill_video.init is none.",
+        validation_alias=AliasChoices("stage1", "stage1_dir"),  # stage1_dir: its name before stages had one name
     )
     output_dir: str = Field(description="New directory for motion_adapter/, lcm_lora/, pipeline/ and manifest.json.")
 
     def extra_inputs(self) -> dict[str, str]:
-        return {"stage1": self.stage1_dir} if self.stage1_dir else {}
+        return {"stage1": self.stage1} if self.stage1 else {}
 
 
 class AdaptParams(IOJobParams):
-    """Parameters of the ``adapt-adapters`` flow."""
+    """Parameters of the ``adapt`` flow."""
 
     input_dir: str = Field(description="Stage 2's output (manifest.json + pipeline/), as `alcm distill video` writes.")
     control_data: str | None = Field(
@@ -110,13 +114,13 @@ class AdaptParams(IOJobParams):
 @task(name="run-distill-video-job", cache_policy=NONE)
 def run_distill_video_job(cfg: Config, params: DistillVideoParams) -> dict:
     """Run the stage-2 job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(distill_video, cfg, params)
+    return run_io_job(DISTILL_VIDEO.name, cfg, params)
 
 
 @task(name="run-adapt-job", cache_policy=NONE)
 def run_adapt_job(cfg: Config, params: AdaptParams) -> dict:
     """Run the stage-3 job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(adapt, cfg, params)
+    return run_io_job(ADAPT.name, cfg, params)
 
 
 def _metrics_table(metrics: dict) -> list[str]:
@@ -169,7 +173,7 @@ def adapt_summary_markdown(manifest: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
-@flow(name="distill-video")
+@flow(name=DISTILL_VIDEO.flow)
 def distill_video_flow(params: DistillVideoParams) -> dict:
     """Stage 2: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
@@ -188,7 +192,7 @@ def distill_video_flow(params: DistillVideoParams) -> dict:
     return {**manifest, "registered": registered}
 
 
-@flow(name="adapt-adapters")
+@flow(name=ADAPT.flow)
 def adapt_flow(params: AdaptParams) -> dict:
     """Stage 3: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
@@ -198,7 +202,7 @@ def adapt_flow(params: AdaptParams) -> dict:
     manifest = run_adapt_job(cfg, params)
     registered = record_output(params.output_dir)
     create_markdown_artifact(
-        key="adapt-adapters-summary",
+        key="adapt-summary",
         markdown=adapt_summary_markdown(manifest, params.output_dir),
         description="Stage 3 summary",
     )

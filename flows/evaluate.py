@@ -1,7 +1,7 @@
-"""Flows ``evaluate-checkpoint`` and ``promote-checkpoint``: evaluate a checkpoint into a report, record both in the
+"""Flows ``evaluate`` and ``promote-checkpoint``: evaluate a checkpoint into a report, record both in the
 registry, and (on request) run the promotion gate.
 
-``evaluate-checkpoint``: validate → run the eval job (here against Ray, or submitted) → register the checkpoint
+``evaluate``: validate → run the eval job (here against Ray, or submitted) → register the checkpoint
 (and what it was made from) → attach the report → point the ``candidate`` alias at it → optionally run the gate →
 publish the report's tables and plot links as a Prefect artifact.
 
@@ -20,12 +20,15 @@ from pydantic import BaseModel, Field
 
 from flows.common import IOJobParams, apply_env_defaults, open_registry, run_io_job
 from flows.record import record_output, with_run_name
-from pipelines import evaluate
 from pipelines.config import Config, load_config
+from pipelines.stages import EVALUATED, canonical
+from pipelines.stages import stage as stage_named
+
+EVALUATE = stage_named("evaluate")
 
 
 class EvaluateParams(IOJobParams):
-    """Parameters of the ``evaluate-checkpoint`` flow."""
+    """Parameters of the ``evaluate`` flow."""
 
     input_dir: str = Field(description="The checkpoint: a stage-1 or stage-2 output directory (manifest.json).")
     output_dir: str = Field(description="New directory for report.json, report.md, plots/ and the sample grid.")
@@ -44,7 +47,7 @@ class PromoteParams(BaseModel):
 @task(name="run-eval-job", cache_policy=NONE)
 def run_eval_job(cfg: Config, params: EvaluateParams) -> dict:
     """Run the eval job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(evaluate, cfg, params)
+    return run_io_job(EVALUATE.name, cfg, params)
 
 
 @task(name="attach-eval-report", cache_policy=NONE)
@@ -57,12 +60,12 @@ def attach_report(checkpoint_ref: str, report_dir: str) -> str:
 
 def gate_rules(cfg: Config, stage: str):
     """The promotion rules for a checkpoint of ``stage``."""
-    kind = evaluate.KINDS.get(stage)
+    kind = EVALUATED.get(canonical(stage) or "")
     if kind == "video":
         return list(cfg.promotion.video)
     if kind == "image":
         return list(cfg.promotion.image)
-    raise ValueError(f"no promotion rules for stage {stage!r}; choose a checkpoint of {', '.join(evaluate.KINDS)}")
+    raise ValueError(f"no promotion rules for stage {stage!r}; choose a checkpoint of {', '.join(EVALUATED)}")
 
 
 @task(name="promotion-gate", cache_policy=NONE)
@@ -89,7 +92,7 @@ def decision_markdown(decision: dict) -> str:
     return "\n".join(lines)
 
 
-@flow(name="evaluate-checkpoint")
+@flow(name=EVALUATE.flow)
 def evaluate_flow(params: EvaluateParams) -> dict:
     """Evaluate a checkpoint: validate → run the job → register → attach the report → (gate) → publish."""
     apply_env_defaults()

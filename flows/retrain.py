@@ -1,7 +1,8 @@
 """Flow ``retrain-animatelcm``: raw data → curated datasets → the three distillation stages → evaluation → registry
 → promotion gate, as one flow run with a form in the Prefect UI.
 
-Stages (each the same job its own flow runs, recorded in the registry as it finishes):
+Stages (each the same job its own flow runs, recorded in the registry as it finishes), in the order of the stage
+graph (:data:`pipelines.stages.STAGES`, which declares them, their inputs and their output links):
 
     curate_images(images)            → curated-images
     curate_videos(videos)            → curated-videos
@@ -11,13 +12,14 @@ Stages (each the same job its own flow runs, recorded in the registry as it fini
     adapt(distilled-video, recaptioned-dancers, curated-videos) → adapters  (stage 3)
     evaluate(distilled-video)        → eval-video, attached to the stage-2 checkpoint; candidate; gate
 
-Caching: a stage's output directory is keyed by what it depends on: ``WORK/runs/<stage>/<key>/`` with ``key`` the
-sha256 of the stage name, its inputs' digests (the upstream outputs' manifest digests; for raw directories a digest
-of the file listing — relative path, size, modification time — so a retrain does not re-read terabytes to find out
-nothing changed), the config sections the stage reads (:data:`STAGE_SECTIONS`), the profile and the code version.
-A finished stage's output (its ``manifest.json``, written last and published atomically) is the persisted result:
-re-running with unchanged inputs finds it and skips the stage; changing one input changes the keys of that stage and
-of everything downstream of it, and only those re-run. ``WORK/<name>`` links point at the latest output of each stage.
+Caching: a stage's output directory is keyed by what it depends on: ``WORK/runs/<stage>/<key>/`` with ``key``
+(:meth:`pipelines.stages.Stage.key`) the sha256 of the stage name, its inputs' digests (the upstream outputs'
+manifest digests; for raw directories a digest of the file listing — relative path, size, modification time — so a
+retrain does not re-read terabytes to find out nothing changed), every setting the stage's job receives (its
+settings: the config sections it reads, profile included) and the code version. A finished stage's output (its
+``manifest.json``, written last and published atomically) is the persisted result: re-running with unchanged inputs
+finds it and skips the stage; changing one input or one setting a stage reads changes the keys of that stage and of
+everything downstream of it, and only those re-run. ``WORK/<output>`` links point at the latest output of each stage.
 
 Retries: a stage is retried (twice, with backoff) only on infrastructure errors — lost Ray workers or actors,
 connection and timeout errors, other OS errors — never on a bad config, a missing input or bad data
@@ -27,7 +29,6 @@ connection and timeout errors, other OS errors — never on a bad config, a miss
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -44,32 +45,14 @@ from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
 from flows.evaluate import EvaluateParams, attach_report, run_gate
 from flows.record import record_output
 from flows.videos import RecaptionParams, VideoJobParams
-from pipelines import adapt, curate_images, curate_videos, distill_image, distill_video, evaluate, recaption
-from pipelines.config import Config, ConfigError, load_config, to_dict
+from pipelines.config import Config, ConfigError, load_config
+from pipelines.stages import BY_NAME, STAGES, needed
 
-Stage = Literal["curate_images", "curate_videos", "recaption", "distill_image", "distill_video", "adapt", "evaluate"]
-STAGES: tuple[str, ...] = Stage.__args__
-#: Name of the ``WORK/<name>`` link to each stage's latest output (the layout ``make demo`` and the benches use).
-LINKS = {"curate_images": "curated-images", "curate_videos": "curated-videos", "recaption": "recaptioned-dancers",
-         "distill_image": "distilled-image", "distill_video": "distilled-video", "adapt": "adapters",
-         "evaluate": "eval-video"}  # fmt: skip
-#: Config sections each stage reads; a change in one re-runs that stage and what depends on it.
-STAGE_SECTIONS = {
-    "curate_images": ("curation", "scorers"),
-    "curate_videos": ("video_curation", "video", "scorers"),
-    "recaption": ("recaption", "captioner", "video", "scorers"),
-    "distill_image": ("distill_image", "teacher", "consistency"),
-    "distill_video": ("distill_video", "teacher", "consistency"),
-    "adapt": ("adapt", "teacher", "consistency"),
-    "evaluate": ("evaluate", "scorers", "teacher", "consistency", "distill_video"),
-}
-#: Upstream stages of each stage (raw inputs are named by the flow's parameters).
-DEPENDS = {"distill_image": ("curate_images",), "distill_video": ("curate_videos", "distill_image"),
-           "adapt": ("distill_video", "recaption", "curate_videos"), "evaluate": ("distill_video",)}  # fmt: skip
-JOBS = {
-    "curate_images": curate_images, "curate_videos": curate_videos, "recaption": recaption,
-    "distill_image": distill_image, "distill_video": distill_video, "adapt": adapt, "evaluate": evaluate,
-}  # fmt: skip
+Stage = Literal[tuple(s.name for s in STAGES)]
+FLOW_PARAMS = {"curate_images": CurateImagesParams, "curate_videos": VideoJobParams, "recaption": RecaptionParams,
+               "distill_image": DistillImageParams, "distill_video": DistillVideoParams, "adapt": AdaptParams,
+               "evaluate": EvaluateParams}  # fmt: skip
+"""The parameters of each stage's flow (the inputs are the stage graph's, :mod:`pipelines.stages`)."""
 
 
 class RetrainParams(BaseModel):
@@ -82,7 +65,7 @@ class RetrainParams(BaseModel):
     profile: str = Field("toy", description="Config profile: toy, sd15 or a YAML path.")
     overrides: list[str] = Field(default_factory=list, description="Config overrides, key=value.")
     stages: list[Stage] = Field(
-        default_factory=lambda: list(STAGES),
+        default_factory=lambda: [s.name for s in STAGES],
         description="Stages to run; a stage left out must already have an output for its inputs if a chosen stage "
         "needs it.",
     )
@@ -109,19 +92,6 @@ def listing_digest(root: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def stage_key(stage: str, cfg: Config, inputs: dict[str, str]) -> str:
-    """The cache key of a stage: its name, its inputs' digests, the config sections it reads, profile, code."""
-    full = to_dict(cfg)
-    identity = {
-        "stage": stage,
-        "inputs": dict(sorted(inputs.items())),
-        "config": {s: full[s] for s in STAGE_SECTIONS[stage]},
-        "profile": cfg.profile,
-        "code": code_version(),
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def is_infrastructure_error(exc: BaseException) -> bool:
     """Whether a failure is worth a retry: Ray system errors (a lost worker, actor or node), connection and
     timeout errors, other OS errors. Bad configs, missing inputs and data errors fail at once."""
@@ -144,36 +114,23 @@ def _retry_condition(task, task_run, state) -> bool:
 @task(name="run-stage", cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_condition)
 def run_stage(stage: str, cfg: Config, params) -> dict:
     """Run one stage's job (here, or submitted to the cluster); retried only on infrastructure errors."""
-    return run_io_job(JOBS[stage], cfg, params)
+    return run_io_job(stage, cfg, params)
 
 
-def _params(stage: str, p: RetrainParams, out: Path, outs: dict[str, Path]) -> object:
-    common = {"output_dir": str(out), "profile": p.profile, "overrides": list(p.overrides), "submit": p.submit,
-              "overwrite": True}  # fmt: skip
-    if stage == "curate_images":
-        return CurateImagesParams(input_dir=p.images, **common)
-    if stage == "curate_videos":
-        return VideoJobParams(input_dir=p.videos, **common)
-    if stage == "recaption":
-        return RecaptionParams(input_dir=p.dancers, **common)
-    if stage == "distill_image":
-        return DistillImageParams(input_dir=str(outs["curate_images"]), **common)
-    if stage == "distill_video":
-        return DistillVideoParams(input_dir=str(outs["curate_videos"]), stage1_dir=str(outs["distill_image"]), **common)
-    if stage == "adapt":
-        return AdaptParams(input_dir=str(outs["distill_video"]), control_data=str(outs["recaption"]),
-                           video_data=str(outs["curate_videos"]), **common)  # fmt: skip
-    if stage == "evaluate":
-        return EvaluateParams(input_dir=str(outs["distill_video"]), **common)
-    raise ValueError(f"stage {stage!r}: choose one of {', '.join(STAGES)}")
+def _params(stage, p: RetrainParams, out: Path, outs: dict[str, Path]):
+    """The stage's flow parameters: its inputs from the raw data or the upstream outputs, its output ``out``."""
+    raw = {"raw:images": p.images, "raw:videos": p.videos, "raw:dancers": p.dancers}
+    inputs = {i.option: raw[i.source] if i.source in raw else str(outs[i.source]) for i in stage.inputs}
+    return FLOW_PARAMS[stage.name](**inputs, output_dir=str(out), profile=p.profile, overrides=list(p.overrides),
+                                   submit=p.submit, overwrite=True)  # fmt: skip
 
 
-def _link(work: Path, stage: str, out: Path) -> None:
-    link = work / LINKS[stage]
+def _link(work: Path, stage, out: Path) -> None:
+    link = work / stage.output
     if link.is_symlink():
         link.unlink()
     elif link.exists():
-        raise FileExistsError(f"{link} exists and is not the link to the latest {stage} output; move it away")
+        raise FileExistsError(f"{link} exists and is not the link to the latest {stage.name} output; move it away")
     link.symlink_to(out.relative_to(work), target_is_directory=True)
 
 
@@ -191,44 +148,43 @@ def retrain_flow(params: RetrainParams) -> dict:
         logger.info("started by new data: %s", params.new_data)
     work = Path(params.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    raw = {"curate_images": params.images, "curate_videos": params.videos, "recaption": params.dancers}
-    needed = set(params.stages)
-    for stage in reversed(STAGES):  # a chosen stage needs its upstream outputs, run or cached
-        if stage in needed:
-            needed |= set(DEPENDS.get(stage, ()))
+    raw = {"raw:images": params.images, "raw:videos": params.videos, "raw:dancers": params.dancers}
+    chosen = needed(params.stages)  # a chosen stage needs its upstream outputs, run or cached
+    code = code_version()
     outs: dict[str, Path] = {}
     digests: dict[str, str] = {}
     rows: list[dict] = []
     registered: dict[str, str] = {}
     for stage in STAGES:
-        if stage not in needed:
-            rows.append({"stage": stage, "status": "not requested", "seconds": 0.0, "output": ""})
+        if stage.name not in chosen:
+            rows.append({"stage": stage.name, "status": "not requested", "seconds": 0.0, "output": ""})
             continue
-        inputs = {"raw": listing_digest(raw[stage])} if stage in raw else {d: digests[d] for d in DEPENDS[stage]}
-        key = stage_key(stage, cfg, inputs)
-        out = work / "runs" / stage / key[:16]
+        main = stage.inputs[0].source
+        inputs = {"raw": listing_digest(raw[main])} if main in raw else {u: digests[u] for u in stage.upstream}
+        key = stage.key(cfg, inputs, code)
+        out = work / "runs" / stage.name / key[:16]
         t = time.monotonic()
         if (out / "manifest.json").is_file():
             status = "cached"
-            logger.info("%s: cached (%s)", stage, out)
-        elif stage not in params.stages:
-            raise ValueError(f"stage {stage} was not requested and has no output for these inputs at {out}; add it "
-                             f"to stages")  # fmt: skip
+            logger.info("%s: cached (%s)", stage.name, out)
+        elif stage.name not in params.stages:
+            raise ValueError(f"stage {stage.name} was not requested and has no output for these inputs at {out}; "
+                             "add it to stages")  # fmt: skip
         else:
-            logger.info("%s: running → %s", stage, out)
-            run_stage.with_options(name=f"stage-{stage}")(stage, cfg, _params(stage, params, out, outs))
+            logger.info("%s: running → %s", stage.name, out)
+            run_stage.with_options(name=f"stage-{stage.name}")(stage.name, cfg, _params(stage, params, out, outs))
             status = "ran"
         seconds = time.monotonic() - t
         manifest = read_manifest(out)
-        outs[stage], digests[stage] = out, manifest["digest"]
+        outs[stage.name], digests[stage.name] = out, manifest["digest"]
         _link(work, stage, out)
-        if stage == "evaluate":
-            ref = record_output(str(outs["distill_video"]))
-            registered[stage] = attach_report(ref, str(out))
+        if stage.produces == "report":
+            ref = record_output(str(outs[stage.upstream[0]]))
+            registered[stage.name] = attach_report(ref, str(out))
         else:
-            registered[stage] = record_output(str(out))
-        rows.append({"stage": stage, "status": status, "seconds": seconds, "output": str(work / LINKS[stage]),
-                     "registered": registered[stage]})  # fmt: skip
+            registered[stage.name] = record_output(str(out))
+        rows.append({"stage": stage.name, "status": status, "seconds": seconds, "output": str(work / stage.output),
+                     "registered": registered[stage.name]})  # fmt: skip
     decision = None
     if params.promote and "evaluate" in outs:
         decision = run_gate(cfg, registered["evaluate"])
@@ -240,7 +196,7 @@ def retrain_flow(params: RetrainParams) -> dict:
         "jobs_s": in_jobs,
         "outside_jobs_s": total - in_jobs,
         "work_dir": str(work),
-        "report": str(work / LINKS["evaluate"] / "report.md") if "evaluate" in outs else None,
+        "report": str(work / BY_NAME["evaluate"].output / "report.md") if "evaluate" in outs else None,
         "checkpoint": registered.get("evaluate"),
         "registered": registered,
         "decision": decision,

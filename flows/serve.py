@@ -28,12 +28,15 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipelines.stages import BY_NAME, STAGES
+
 #: Where each raw input lives under a raw-data root (the layout ``alcm toy data --out ROOT`` writes).
 RAW_LAYOUT = {"images": "images/parquet", "videos": "videos/wds", "dancers": "dancers"}
 #: The event ``alcm ingest`` emits when a shard lands; the retrain deployment's trigger expects it.
 DATA_LANDED = "alcm.data.landed"
-#: Deployments with a concurrency limit of 1 (they hold the cluster's accelerators).
-TRAINING = ("distill-image", "distill-video", "adapt-adapters", "retrain-animatelcm")
+#: Deployments with a concurrency limit of 1 (they hold the cluster's accelerators): the training stages' flows and
+#: the retrain flow.
+TRAINING = (*(s.flow for s in STAGES if s.training), "retrain-animatelcm")
 DEPLOYMENT = "platform"
 
 
@@ -57,34 +60,26 @@ class ServeSettings:
 
 
 def default_parameters(s: ServeSettings) -> dict[str, dict]:
-    """Each flow's default parameters (flow name → parameters) in the served deployments."""
+    """Each flow's default parameters (flow name → parameters) in the served deployments: a stage's flow reads the
+    raw data or the retrain flow's link to its upstream output (the stage graph's inputs) and writes
+    ``WORK/ui/<flow>/{run}``."""
     work = Path(s.work_dir).resolve()
     common = {"profile": s.profile, "overrides": list(s.overrides)}
 
-    def io(flow: str, input_dir: str | Path, **extra) -> dict:
-        return {"params": {**common, "input_dir": str(input_dir), "output_dir": str(work / "ui" / flow / "{run}"),
-                           **extra}}  # fmt: skip
+    def where(source: str) -> str:
+        return s.raw(source.removeprefix("raw:")) if source.startswith("raw:") else str(work / BY_NAME[source].output)
 
+    defaults = {
+        stage.flow: {"params": {**common, **{i.option: where(i.source) for i in stage.inputs},
+                                "output_dir": str(work / "ui" / stage.flow / "{run}")}}
+        for stage in STAGES
+    }  # fmt: skip
     retrain = {**common, "images": s.raw("images"), "videos": s.raw("videos"), "dancers": s.raw("dancers"),
                "work_dir": str(work)}  # fmt: skip
     if s.retrain_stages:
         retrain["stages"] = list(s.retrain_stages)
-    return {
-        "curate-images": io("curate-images", s.raw("images")),
-        "curate-videos": io("curate-videos", s.raw("videos")),
-        "recaption-videos": io("recaption-videos", s.raw("dancers")),
-        "distill-image": io("distill-image", work / "curated-images"),
-        "distill-video": io("distill-video", work / "curated-videos", stage1_dir=str(work / "distilled-image")),
-        "adapt-adapters": io(
-            "adapt-adapters",
-            work / "distilled-video",
-            control_data=str(work / "recaptioned-dancers"),
-            video_data=str(work / "curated-videos"),
-        ),  # fmt: skip
-        "evaluate-checkpoint": io("evaluate-checkpoint", work / "distilled-video"),
-        "promote-checkpoint": {"params": {**common, "checkpoint": "toy-animatelcm-t2v@candidate"}},
-        "retrain-animatelcm": {"params": retrain},
-    }
+    return {**defaults, "promote-checkpoint": {"params": {**common, "checkpoint": "toy-animatelcm-t2v@candidate"}},
+            "retrain-animatelcm": {"params": retrain}}  # fmt: skip
 
 
 def trigger_parameters(s: ServeSettings) -> dict:

@@ -1,4 +1,4 @@
-"""Flows ``recaption-videos`` (BLIP captions for video clips) and ``curate-videos`` (text-video curation)."""
+"""Flows ``recaption`` (BLIP captions for video clips) and ``curate-videos`` (text-video curation)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pydantic import Field
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.curate import reason_rows
 from flows.record import record_output, with_run_name
-from pipelines import curate_videos, recaption
 from pipelines.config import Config, load_config
+from pipelines.stages import stage
+
+RECAPTION, CURATE_VIDEOS = stage("recaption"), stage("curate_videos")
 
 BACKENDS = ("transformers", "lavis")
 
@@ -27,7 +29,7 @@ class VideoJobParams(IOJobParams):
 
 
 class RecaptionParams(VideoJobParams):
-    """Parameters of the ``recaption-videos`` flow."""
+    """Parameters of the ``recaption`` flow."""
 
     backend: str | None = Field(
         None, description="Captioner backend: transformers or lavis (default: the profile's captioner.backend)."
@@ -45,13 +47,13 @@ class RecaptionParams(VideoJobParams):
 @task(name="run-recaption-job", cache_policy=NONE)
 def run_recaption_job(cfg: Config, params: RecaptionParams) -> dict:
     """Run the recaptioning job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(recaption, cfg, params)
+    return run_io_job(RECAPTION.name, cfg, params)
 
 
 @task(name="run-curate-videos-job", cache_policy=NONE)
 def run_curate_videos_job(cfg: Config, params: VideoJobParams) -> dict:
     """Run the video curation job (here, or submitted to the cluster) and return its manifest."""
-    return run_io_job(curate_videos, cfg, params)
+    return run_io_job(CURATE_VIDEOS.name, cfg, params)
 
 
 def _summary(title: str, manifest: dict, output_dir: str, dataset: str) -> str:
@@ -63,7 +65,7 @@ def _summary(title: str, manifest: dict, output_dir: str, dataset: str) -> str:
     )
 
 
-@flow(name="recaption-videos")
+@flow(name=RECAPTION.flow)
 def recaption_videos_flow(params: RecaptionParams) -> dict:
     """Recaption video clips with BLIP: validate → run the job → read its manifest → publish a summary."""
     apply_env_defaults()
@@ -73,12 +75,12 @@ def recaption_videos_flow(params: RecaptionParams) -> dict:
     manifest = run_recaption_job(cfg, params)
     registered = record_output(params.output_dir)
     create_table_artifact(
-        key="recaption-videos-reasons",
+        key="recaption-reasons",
         table=reason_rows(manifest),
         description=f"Clips per reject/quarantine reason for {params.input_dir}",
     )
     create_markdown_artifact(
-        key="recaption-videos-summary",
+        key="recaption-summary",
         markdown=_summary("Recaptioned", manifest, params.output_dir, "captioned/")
         + f"\n\nCaptioner: `{cfg.captioner.name}` ({cfg.captioner.backend}), aggregation "
         f"`{cfg.recaption.aggregation}` over frames at {list(cfg.recaption.frames_at)}",
@@ -90,7 +92,7 @@ def recaption_videos_flow(params: RecaptionParams) -> dict:
     return {**manifest, "registered": registered}
 
 
-@flow(name="curate-videos")
+@flow(name=CURATE_VIDEOS.flow)
 def curate_videos_flow(params: VideoJobParams) -> dict:
     """Curate text-video data: validate → run the job → read its manifest → publish counts per reason."""
     apply_env_defaults()

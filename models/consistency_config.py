@@ -56,3 +56,9 @@ class ConsistencyConfig:
             raise ValueError(f"huber_c={self.huber_c!r}: must be > 0")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+
+    @property
+    def teacher_guidance_scale(self) -> float:
+        """The CFG scale the teacher is sampled with when it is compared with the student (previews, evaluation):
+        diffusers' ``guidance_scale`` (1 + w) at the middle of the w range the student was distilled on."""
+        return 1.0 + 0.5 * (self.w_min + self.w_max)

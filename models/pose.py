@@ -321,7 +321,7 @@ class PoseAnnotator(Protocol):
         ...
 
 
-def build_pose_annotator(cfg: PoseConfig, *, key: str = "recaption.control") -> PoseAnnotator | None:
+def build_pose_annotator(cfg: PoseConfig, *, key: str = "pose") -> PoseAnnotator | None:
     """The pose model ``cfg`` asks for, or None when the keypoints come from the dataset or no control is wanted.
 
     ``key`` is the config section, used to name the offending setting in errors. For source 'annotator', raises

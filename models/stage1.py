@@ -18,12 +18,12 @@ Decisions: all three UNets are separate modules (simple and ZeRO-friendly; the t
 weights with the student through adapter switching — a memory optimisation left for later). Under ZeRO-3 the
 student's LoRA is partitioned across ranks; the EMA update gathers it first (every rank takes part). Noise, grid
 indices and w are drawn per (seed, rank, step, micro-batch), so a resumed run repeats an uninterrupted one's draws.
+The EMA target, the draws and the checkpoint state are the Task base's (:class:`models.task.Task`).
 Stage 1 runs ZeRO-2 by default.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -46,20 +46,6 @@ from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 
 
-def _lora_params(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in module.named_parameters() if "lora_" in name}
-
-
-def _gathered(params: list[torch.nn.Parameter]):
-    """Under ZeRO-3 the student's parameters are partitioned across ranks (``ds_id`` marks them): gather them for
-    reading (every rank calls this, as DeepSpeed requires); otherwise a no-op."""
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    return contextlib.nullcontext()
-
-
 class ImageConsistencyTask(ConsistencyTaskBase):
     """Stage 1 (see the module docstring)."""
 
@@ -71,24 +57,20 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         *,
         target: str = "ema",
         ema_decay: float = 0.95,
-        seed: int = 0,
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: choose one of {', '.join(TARGETS)}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay!r}: must be in [0, 1)")
         self.parts, self.lora_cfg, self.cfg = parts, lora, consistency
         self.teacher = parts.unet.eval().requires_grad_(False)
         if consistency.w_embedding and not parts.unet.config.get("time_cond_proj_dim"):
             raise ValueError("consistency.w_embedding=true needs a student UNet with time_cond_proj_dim set")
         self.student = add_lora(copy.deepcopy(parts.unet), lora)
         self.student.train()
-        self.target_mode, self.ema_decay = target, ema_decay
-        self.target = None
-        if target == "ema":
-            self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.target_mode = target
+        if target == "ema":  # the target follows the LoRA; its base weights are the teacher's, frozen
+            lora_names = [n for n, _ in self.student.named_parameters() if "lora_" in n]
+            self.follow(self.frozen_copy(self.student), lora_names, ema_decay)
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self._init_draws(seed)
         self.uncond = self._encode_text([""])
 
     # ------------------------------------------------------------------------------------------- inputs
@@ -109,15 +91,15 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         return unet(x.to(dtype), t, encoder_hidden_states=ehs.to(dtype), timestep_cond=cond).sample.float()
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        self._reseed(step)
+        gen = self.draws(step)
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
-        index = self.grid.sample_index(b, self.generator)
+        index = self.grid.sample_index(b, gen)
         t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
         x_t = add_noise(latents, noise, t_start, ac)
-        w = sample_guidance(b, self.cfg, self.generator, latents.device)
+        w = sample_guidance(b, self.cfg, gen, latents.device)
         student_out = self._unet(self.student, x_t, t_start, ehs, w)
         pred = consistency_function(student_out, t_start, x_t, ac, ptype, self.cfg)
         with torch.no_grad():
@@ -135,30 +117,6 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         weights = loss_weights(self.grid, index, self.cfg.weighting)
         loss = consistency_loss(pred.float(), target, self.cfg, weights)
         return loss, {"t_mean": float(t_start.float().mean()), "w_mean": float(w.mean())}
-
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        if self.target is None:
-            return
-        src = _lora_params(self.student)
-        with _gathered(list(src.values())):
-            for name, p in _lora_params(self.target).items():
-                p.mul_(self.ema_decay).add_(src[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
-
-    # ------------------------------------------------------------------------------------------- state
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        if self.target is None:
-            return {}
-        return {f"target.{k}": v.detach().cpu().clone() for k, v in _lora_params(self.target).items()}
-
-    @torch.no_grad()
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        if self.target is None:
-            return
-        params = _lora_params(self.target)
-        for key, value in state.items():
-            params[key.removeprefix("target.")].copy_(value)
 
     def distilled(self) -> torch.nn.Module:
         """The consistency model the stage delivers: the EMA target, or the student when there is none."""

@@ -56,7 +56,6 @@ from models.lora import (
     set_lora_scale,
     to_diffusers_lora,
 )
-from models.stage1 import _gathered
 from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 from models.video_unet import MOTION_KEY, inflate, save_motion_adapter, video_forward
@@ -69,10 +68,6 @@ MOTION_INITS = ("teacher", "zero")
 """How the online model's temporal layers start: the teacher's motion module, or zero-initialised new layers."""
 STAGE1_ADAPTER = "stage1"
 SPATIAL_ADAPTER = "spatial"
-
-
-def _trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
 class VideoConsistencyTask(ConsistencyTaskBase):
@@ -91,7 +86,6 @@ class VideoConsistencyTask(ConsistencyTaskBase):
         lora_ema: str = "scale",
         motion_init: str = "teacher",
         ema_decay: float = 0.95,
-        seed: int = 0,
     ) -> None:
         if init not in INITS:
             raise ValueError(f"init={init!r}: choose one of {', '.join(INITS)}")
@@ -99,8 +93,6 @@ class VideoConsistencyTask(ConsistencyTaskBase):
             raise ValueError(f"lora_ema={lora_ema!r}: choose one of {', '.join(LORA_EMAS)}")
         if motion_init not in MOTION_INITS:
             raise ValueError(f"motion_init={motion_init!r}: choose one of {', '.join(MOTION_INITS)}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay!r}: must be in [0, 1)")
         if decoupled and init != "none" and stage1_lora is None:
             raise ValueError(f"init={init!r} needs the stage-1 LoRA (or init=none)")
         if not decoupled and init != "none":
@@ -108,7 +100,7 @@ class VideoConsistencyTask(ConsistencyTaskBase):
         if not decoupled and lora is None:
             raise ValueError("decoupled=false needs the LoRA settings of the spatial LoRA it trains")
         self.parts, self.cfg, self.lora_cfg = parts, consistency, lora
-        self.init, self.decoupled, self.lora_ema, self.ema_decay = init, decoupled, lora_ema, ema_decay
+        self.init, self.decoupled, self.lora_ema = init, decoupled, lora_ema
         self.motion_init = motion_init
         self.teacher = inflate(parts.unet, motion_adapter).eval().requires_grad_(False)
         online = inflate(parts.unet, motion_adapter if motion_init == "teacher" else None)
@@ -135,15 +127,13 @@ class VideoConsistencyTask(ConsistencyTaskBase):
             if (MOTION_KEY in name and "lora_" not in name) or f".{SPATIAL_ADAPTER}." in name:
                 p.requires_grad_(True)
         self.student = online.train()
-        self.target = target.eval().requires_grad_(False)
-        self.updates = 0
-        """Optimiser steps taken (the n of the target's LoRA scale (1 − μⁿ)²)."""
-        self._ema_names = list(_trainable(self.student))
+        names = [n for n, p in self.student.named_parameters() if p.requires_grad]
         if init == "online_only" and lora_ema == "explicit":
-            self._ema_names += [n for n, _ in self.student.named_parameters() if f".{STAGE1_ADAPTER}." in n]
-        self._apply_target_scale()
+            names += [n for n, _ in self.student.named_parameters() if f".{STAGE1_ADAPTER}." in n]
+        self.follow(target, names, ema_decay)  # n of the target's LoRA scale (1 − μⁿ)² is the base's ``updates``
+        self.on_update()
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self._init_draws(seed, salt=(2,))
+        self.salt = (2,)
         self.uncond = self._encode_text([""])
 
     # ------------------------------------------------------------------------------------------- set-up
@@ -154,7 +144,8 @@ class VideoConsistencyTask(ConsistencyTaskBase):
             return 1.0
         return (1.0 - self.ema_decay**self.updates) ** 2
 
-    def _apply_target_scale(self) -> None:
+    def on_update(self) -> None:
+        """The target's stage-1 LoRA scale follows the update count (``lora_ema="scale"``)."""
         if self.stage1_lora is not None and self.init == "online_only" and self.lora_ema == "scale":
             set_lora_scale(self.target, STAGE1_ADAPTER, self.target_lora_scale())
 
@@ -177,15 +168,15 @@ class VideoConsistencyTask(ConsistencyTaskBase):
     # ------------------------------------------------------------------------------------------- step
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        self._reseed(step)
+        gen = self.draws(step)
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
-        index = self.grid.sample_index(b, self.generator)
+        index = self.grid.sample_index(b, gen)
         t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
         x_t = add_noise(latents, noise, t_start, ac)
-        w = sample_guidance(b, self.cfg, self.generator, latents.device)
+        w = sample_guidance(b, self.cfg, gen, latents.device)
         pred = consistency_function(self._model(self.student, x_t, t_start, ehs, w), t_start, x_t, ac, ptype, self.cfg)
         with torch.no_grad():
             uncond = self.uncond.to(ehs).expand(b, -1, -1)
@@ -197,34 +188,7 @@ class VideoConsistencyTask(ConsistencyTaskBase):
         loss = consistency_loss(pred, target, self.cfg, loss_weights(self.grid, index, self.cfg.weighting))
         return loss, {"t_mean": float(t_start.float().mean()), "target_lora_scale": self.target_lora_scale()}
 
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        online = dict(self.student.named_parameters())
-        src = [online[n] for n in self._ema_names]
-        with _gathered(src):
-            tgt = dict(self.target.named_parameters())
-            for name in self._ema_names:
-                p = tgt[name]
-                p.mul_(self.ema_decay).add_(online[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
-        self.updates += 1
-        self._apply_target_scale()
-
-    # ------------------------------------------------------------------------------------------- state
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        tgt = dict(self.target.named_parameters())
-        state = {f"target.{n}": tgt[n].detach().cpu().clone() for n in self._ema_names}
-        state["updates"] = torch.tensor(self.updates, dtype=torch.int64)
-        return state
-
-    @torch.no_grad()
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        tgt = dict(self.target.named_parameters())
-        for key, value in state.items():
-            if key.startswith("target."):
-                tgt[key.removeprefix("target.")].copy_(value)
-        self.updates = int(state.get("updates", torch.tensor(0)))
-        self._apply_target_scale()
+    # ------------------------------------------------------------------------------------------- deliverable
 
     def distilled(self) -> torch.nn.Module:
         """The video consistency model the stage delivers: the target."""

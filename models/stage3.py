@@ -19,7 +19,6 @@ base is optimised with the adapter.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -36,7 +35,6 @@ from models.consistency import (
 from models.consistency_config import ConsistencyConfig
 from models.factory import TeacherParts
 from models.lora import EXCLUDE_MOTION, add_lora, lora_state_dict, save_lora, to_diffusers_lora
-from models.stage1 import _gathered
 from models.task import ConsistencyTaskBase
 from models.teacher_config import LoraConfig
 from models.video_unet import video_forward
@@ -64,14 +62,11 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         motion_scale: float = 1.0,
         tune_lora: LoraConfig | None = None,
         ema_decay: float = 0.95,
-        seed: int = 0,
     ) -> None:
         if adapter not in ADAPTER_KINDS:
             raise ValueError(f"adapter={adapter!r}: choose one of {', '.join(ADAPTER_KINDS)}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay!r}: must be in [0, 1)")
         self.parts, self.cfg, self.kind = parts, consistency, adapter
-        self.control_scale, self.ema_decay, self.lora_cfg = control_scale, ema_decay, tune_lora
+        self.control_scale, self.lora_cfg = control_scale, tune_lora
         base = video_unet.eval().requires_grad_(False)
         if tune_lora is not None:
             add_lora(base, tune_lora, exclude=EXCLUDE_MOTION)
@@ -82,15 +77,14 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         module = module.to(base.device).train().requires_grad_(True)
         self.student = torch.nn.ModuleDict({"adapter": module, "unet": base})
         if tune_lora is None:  # the frozen base is shared (no second copy of a large UNet)
-            target_adapter = copy.deepcopy(module).eval().requires_grad_(False)
-            self.target = torch.nn.ModuleDict({"adapter": target_adapter, "unet": base})
+            target = torch.nn.ModuleDict({"adapter": self.frozen_copy(module), "unet": base})
         else:
-            self.target = copy.deepcopy(self.student).eval().requires_grad_(False)
-        self._ema_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+            target = self.frozen_copy(self.student)
+        self.follow(target, [n for n, p in self.student.named_parameters() if p.requires_grad], ema_decay)
         self.student.train()
         base.eval()
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
-        self._init_draws(seed, salt=(3,))
+        self.salt = (3,)
 
     @staticmethod
     def condition(kind: str, batch: dict[str, torch.Tensor], latents: torch.Tensor) -> torch.Tensor:
@@ -112,14 +106,14 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         return video_forward(model["unet"], x, t, ehs, timestep_cond=w_cond, down_residuals=down)
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        self._reseed(step)
+        gen = self.draws(step)
         latents, ehs = batch["latents"].float(), self._prompts(batch)
         cond = self.condition(self.kind, batch, latents)
         b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
-        index = self.grid.sample_index(b, self.generator)
+        index = self.grid.sample_index(b, gen)
         t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
         x_t, x_prev = add_noise(latents, noise, t_start, ac), add_noise(latents, noise, t_prev, ac)
         pred = consistency_function(self.forward(self.student, x_t, t_start, ehs, cond), t_start, x_t, ac, ptype,
                                     self.cfg)  # fmt: skip
@@ -128,25 +122,6 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
             target = consistency_function(out, t_prev, x_prev, ac, ptype, self.cfg)
         loss = consistency_loss(pred, target, self.cfg, loss_weights(self.grid, index, self.cfg.weighting))
         return loss, {"t_mean": float(t_start.float().mean())}
-
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        online = dict(self.student.named_parameters())
-        src = [online[n] for n in self._ema_names]
-        with _gathered(src):
-            tgt = dict(self.target.named_parameters())
-            for name in self._ema_names:
-                tgt[name].mul_(self.ema_decay).add_(online[name].detach().to(tgt[name].dtype), alpha=1 - self.ema_decay)
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        tgt = dict(self.target.named_parameters())
-        return {f"target.{n}": tgt[n].detach().cpu().clone() for n in self._ema_names}
-
-    @torch.no_grad()
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        tgt = dict(self.target.named_parameters())
-        for key, value in state.items():
-            tgt[key.removeprefix("target.")].copy_(value)
 
     def distilled(self) -> torch.nn.ModuleDict:
         """The adapted model the stage delivers: the EMA target (adapter + base)."""

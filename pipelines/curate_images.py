@@ -29,7 +29,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ import pyarrow.parquet as pq
 import ray
 
 from contracts.digests import file_digest, rows_digest
-from contracts.manifest import code_version, files_map
+from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
 from contracts.reasons import KEPT, QUARANTINED, REJECTED
 from filters.decode import DecodeConfig, decode_image, thumbnail_array
@@ -47,8 +46,11 @@ from filters.dedup import find_duplicates
 from filters.rules import FilterConfig, apply_filters, filter_versions
 from models.scorer_config import ScorersConfig
 from pipelines import runtime
-from pipelines.config import Config, to_dict
+from pipelines.config import to_dict
+from pipelines.data_config import RayConfig
+from pipelines.runtime import JobResult
 from pipelines.sources import Source, discover, read_source
+from pipelines.stages import CurateImagesSettings
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +93,10 @@ _WORK_FIELDS = [
 ]
 
 
-@dataclass(frozen=True)
-class CurationResult:
-    """Where the curated dataset went and its manifest."""
-
-    output: Path
-    manifest: dict
-
-
 # ------------------------------------------------------------------------------------------------ stages
 
 
-def _read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) -> Iterator[pa.Table]:
+def read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) -> Iterator[pa.Table]:
     """Read each source of ``items`` and decode its rows, yielding decoded tables of up to ``chunk`` rows.
 
     Reading and decoding share one task so raw bytes are not shipped between processes twice; yielding chunks
@@ -114,13 +108,13 @@ def _read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) -
         for row in read_source(Path(root), source, max_bytes=cfg.max_bytes):
             rows.append(row)
             if len(rows) == chunk:
-                yield _decode(pa.Table.from_pylist(rows), cfg=cfg)
+                yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)
                 rows = []
         if rows:
-            yield _decode(pa.Table.from_pylist(rows), cfg=cfg)
+            yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)
 
 
-def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
+def decode_rows(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
     rows = batch.to_pylist()
     n = len(rows)
     cols: dict[str, list] = {name: [None] * n for name in AUDIT_SCHEMA.names}
@@ -157,7 +151,7 @@ def _decode(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
     )
 
 
-class _ScoreActor:
+class ScoreActor:
     """Ray Data actor: loads the scorers once; scores the decodable rows of each batch, then applies the rules.
 
     The rule filters run here rather than in a task of their own: they cost microseconds a row, and a separate
@@ -186,10 +180,10 @@ class _ScoreActor:
             pos = table.schema.get_field_index(c)
             arr = pa.array(full[c], type=pa.float32(), mask=np.isnan(full[c]))
             table = table.set_column(pos, c, arr)
-        return _decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=self.filters)
+        return decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=self.filters)
 
 
-def _decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
+def decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
     batch = {
         name: table.column(name).to_numpy(zero_copy_only=False)
         for name in ("key", "caption", "width", "height", "decodable", *SCORE_COLUMNS)
@@ -213,7 +207,7 @@ def _decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
     )
 
 
-def _apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | None, str | None]]) -> pa.Table:
+def apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | None, str | None]]) -> pa.Table:
     """Apply the driver's global decisions: id → (decision, reason, duplicate_of, error)."""
     if not updates:
         return table
@@ -237,7 +231,8 @@ def _apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | N
     return table
 
 
-def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, str, str | None, str | None]]:
+def global_decisions(meta: pd.DataFrame,
+                      cfg: CurateImagesSettings) -> dict[str, tuple[str, str, str | None, str | None]]:  # fmt: skip
     """Duplicate keys, then exact/near duplicates among judged rows (see the module docstring)."""
     updates: dict[str, tuple[str, str, str | None, str | None]] = {}
     judged = meta[meta["decision"] != QUARANTINED].sort_values("id")
@@ -254,7 +249,7 @@ def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, s
         sha256=rows["sha256"].tolist(),
         phash=[int(h, 16) for h in rows["phash"]],
         pixels=(rows["width"].astype(np.int64) * rows["height"].astype(np.int64)).tolist(),
-        cfg=cfg.curation.dedup,
+        cfg=cfg.curate_images.dedup,
         preferred=(rows["decision"] == KEPT).tolist(),
     )
     for rid, kept_key in dups.items():
@@ -265,36 +260,38 @@ def _global_decisions(meta: pd.DataFrame, cfg: Config) -> dict[str, tuple[str, s
 # ------------------------------------------------------------------------------------------------ job
 
 
-def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> CurationResult:
-    """Curate the image-text rows under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+        overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Curate the image-text rows under ``input_dir`` into ``output_dir`` (see the module docstring); ``ray``: how
+    to reach Ray (default: a local Ray)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    cur = cfg.curation
+    cur = cfg.curate_images
     sources, ignored = discover(input_dir, folder_chunk=cur.folder_chunk)
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no .parquet, .tar or image files found")
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0)
+        return _run(cfg, ray or RayConfig(), input_dir, output_dir, out, sources, ignored, timings, t0)
 
 
-def _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> CurationResult:
+def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> JobResult:
     staging = out.dir
-    cur = cfg.curation
+    cur = cfg.curate_images
     root = input_dir if input_dir.is_dir() else input_dir.parent
     log.info("curating %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
-    runtime.connect(cfg.ray)
+    runtime.connect(ray_cfg)
     items = [{"kind": s.kind, "path": s.path, "files": list(s.files)} for s in sources]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        _read_decode,
-        fn_kwargs={"root": str(root), "cfg": cur.decode, "chunk": cur.batch_size},
+        read_decode,
+        fn_kwargs={"root": str(root), "cfg": cfg.decode, "chunk": cur.batch_size},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cur.decode_cpus,
     )
     ds = ds.map_batches(
-        _ScoreActor,
+        ScoreActor,
         fn_constructor_kwargs={"scorers": cfg.scorers, "filters": cur.filters},
         batch_size=cur.batch_size,
         batch_format="pyarrow",
@@ -310,9 +307,9 @@ def _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> Cura
     meta = meta.to_pandas()
     timings["collect_dedup_columns_s"] = time.monotonic() - t
     t = time.monotonic()
-    updates = _global_decisions(meta, cfg)
+    updates = global_decisions(meta, cfg)
     # Not materialised again: each of the two writes below applies the updates to the materialised blocks.
-    ds = ds.map_batches(_apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    ds = ds.map_batches(apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
     ds = ds.drop_columns(["decodable", "quarantine"], num_cpus=LIGHT_CPUS)
     timings["deduplicate_s"] = time.monotonic() - t
 
@@ -339,15 +336,14 @@ def _run(cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> Cura
     timings["write_s"] = time.monotonic() - t
 
     manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
-    manifest["files"] = files_map(staging, ("kept", "audit"))
     out.commit(manifest)
-    log.info("curated %d rows → %s: %s", manifest["counts"]["input"], output_dir, manifest["counts"]["by_decision"])
-    for reason, count in sorted(manifest["counts"]["by_reason"].items()):
+    log.info("curated %d rows → %s: %s", manifest.counts["input"], output_dir, manifest.counts["by_decision"])
+    for reason, count in sorted(manifest.counts["by_reason"].items()):
         log.info("  %-22s %d", reason, count)
-    return CurationResult(output=output_dir, manifest=manifest)
+    return JobResult(output=output_dir, manifest=manifest.to_dict())
 
 
-def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, t0) -> dict:
+def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, t0) -> Manifest:
     audit = pq.read_table(staging / "audit", columns=["id", "key", "decision", "reasons"])
     kept = (
         pq.read_table(staging / "kept", columns=["key", "sha256", "caption"])
@@ -380,26 +376,27 @@ def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, 
         else:
             inputs.append({"path": s.path, "kind": s.kind, "digest": None})
     timings["total_s"] = time.monotonic() - t0
-    return {
-        "kind": "image-text-dataset",
-        "job": JOB,
-        "name": cfg.curation.dataset_name,
-        "version": digest.split(":")[1][:12],
-        "digest": digest,
-        "counts": {
+    return Manifest(
+        name=cfg.curate_images.dataset_name,
+        kind="image-text-dataset",
+        job=JOB,
+        stage=JOB,
+        profile=cfg.profile,
+        version=digest.split(":")[1][:12],
+        digest=digest,
+        counts={
             "input": rows_read,
             "by_decision": {d: decisions.get(d, 0) for d in (KEPT, REJECTED, QUARANTINED)},
             "by_reason": dict(sorted(reasons.items())),
         },
-        "input_root": str(input_dir),
-        "inputs": inputs,
-        "ignored_files": ignored,
-        "outputs": {"kept": "kept/", "audit": "audit/"},
-        "filters": filter_versions(),
-        "config": to_dict(cfg),
-        "code_version": code_version(),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+        inputs=inputs,
+        config=to_dict(cfg),
+        code_version=code_version(),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        files=files_map(staging, ("kept", "audit")),
+        extra={"input_root": str(input_dir), "ignored_files": ignored, "outputs": {"kept": "kept/", "audit": "audit/"},
+               "filters": filter_versions()},
+    )  # fmt: skip
 
 
 def _files_digest(root: Path, files: tuple[str, ...]) -> str:
@@ -419,7 +416,6 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         module="pipelines.curate_images",
         doc=__doc__,
-        run=run,
         input_help="directory (or .parquet/.tar) to curate",
         output_help="new directory for kept/, audit/, manifest.json",
     )

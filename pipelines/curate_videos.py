@@ -3,12 +3,12 @@
 Stages and where they run:
 
 1. **read + ingest** (Ray tasks, one per source chunk; :mod:`pipelines.video_ingest`): every input becomes one
-   clip, or one per cut-free segment when ``video_curation.filters.scene_cut`` is ``split``; frames sampled per
+   clip, or one per cut-free segment when ``curate_videos.filters.scene_cut`` is ``split``; frames sampled per
    ``video.*``, motion score and scene cuts computed on the way. Unreadable inputs are quarantined with their reason;
    segments or inputs shorter than a clip are rejected as ``too_short``, inputs past ``video.max_decode_frames``
    as ``too_long``.
 2. **score + decide** (Ray Data actor pool, scorers loaded once per actor): watermark probability (max) and
-   aesthetic score (mean) over the sampled frames at ``video_curation.score_frames_at``, CLIP score of the middle
+   aesthetic score (mean) over the sampled frames at ``curate_videos.score_frames_at``, CLIP score of the middle
    sampled frame against the caption; then the video rule filters (:mod:`filters.video_rules`) list every failing
    reason: resolution, duration, caption, motion band, scene cut, watermark, aesthetic, CLIP.
 3. **global** (driver): a key read again later is quarantined as ``duplicate_key``.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,18 @@ import pyarrow.parquet as pq
 import ray
 
 from contracts.digests import rows_digest
-from contracts.manifest import code_version, files_map
+from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
 from contracts.reasons import KEPT, QUARANTINED, REJECTED, check_accounting
 from filters.video_rules import VideoFilterConfig, apply_video_filters, video_filter_versions
 from models.scorer_config import ScorersConfig
 from models.video_io import decode_png
 from pipelines import runtime
-from pipelines.config import Config, to_dict
+from pipelines.config import to_dict
+from pipelines.data_config import RayConfig
 from pipelines.recaption import candidate_positions
+from pipelines.runtime import JobResult
+from pipelines.stages import CurateVideosSettings
 from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, inputs_with_digests
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,6 @@ SCORE_FIELDS = [
     ("watermark_prob", pa.float32()),
     ("duplicate_of", pa.string()),
 ]
-
-
-@dataclass(frozen=True)
-class VideoCurationResult:
-    """Where the curated video dataset went and its manifest."""
-
-    output: Path
-    manifest: dict
 
 
 def cut_policy(filters: VideoFilterConfig) -> CutPolicy:
@@ -179,27 +173,30 @@ KEPT_COLUMNS = [
 """Columns of ``kept/*.parquet``."""
 
 
-def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> VideoCurationResult:
-    """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+def run(cfg: CurateVideosSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+        overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray``: how to
+    reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, input_dir, root, output_dir, out, sources, ignored, t0)
+        return _run(cfg, ray or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
 
 
-def _run(cfg: Config, input_dir, root, output_dir, out, sources, ignored, t0) -> VideoCurationResult:
+def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,
+         t0) -> JobResult:  # fmt: skip
     staging = out.dir
-    vc = cfg.video_curation
+    vc = cfg.curate_videos
     timings: dict[str, float] = {}
     log.info("curating videos: %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
-    runtime.connect(cfg.ray)
+    runtime.connect(ray_cfg)
     ds = ingest_dataset(
         root,
         sources,
         cfg.video,
         cuts=cut_policy(vc.filters),
-        pose=cfg.recaption.control,
+        pose=cfg.pose,
         chunk=vc.batch_size,
         num_cpus=vc.ingest_cpus,
     )
@@ -228,17 +225,17 @@ def _run(cfg: Config, input_dir, root, output_dir, out, sources, ignored, t0) ->
     audit.write_parquet(str(staging / "audit"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
-    manifest["files"] = files_map(staging, ("kept", "audit"))
+    manifest.files = files_map(staging, ("kept", "audit"))
     out.commit(manifest)
-    counts = manifest["counts"]
+    counts = manifest.counts
     log.info("curated %d inputs (%d clips) → %s: %s", counts["input"], counts["clips"], output_dir,
              counts["by_decision"])  # fmt: skip
     for reason, count in sorted(counts["by_reason"].items()):
         log.info("  %-22s %d", reason, count)
-    return VideoCurationResult(output=output_dir, manifest=manifest)
+    return JobResult(output=output_dir, manifest=manifest.to_dict())
 
 
-def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timings, t0) -> dict:
+def _manifest(cfg: CurateVideosSettings, input_dir, root, staging, sources, ignored, *, timings, t0) -> Manifest:
     audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
     kept = (
         pq.read_table(staging / "kept", columns=["key", "caption", "frame_indices"])
@@ -250,10 +247,12 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
     reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)
     digest = rows_digest(zip(*(kept.column(c).to_pylist() for c in ["key", "caption", "frame_indices"]), strict=True))
     timings["total_s"] = time.monotonic() - t0
-    return {
+    return Manifest.from_dict({
         "kind": "text-video-dataset",
         "job": JOB,
-        "name": cfg.video_curation.dataset_name,
+        "stage": JOB,
+        "profile": cfg.profile,
+        "name": cfg.curate_videos.dataset_name,
         "version": digest.split(":")[1][:12],
         "digest": digest,
         "counts": {
@@ -270,7 +269,7 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
         "config": to_dict(cfg),
         "code_version": code_version(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    })
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         module="pipelines.curate_videos",
         doc=__doc__,
-        run=run,
         input_help="directory of videos, tars or frame sequences",
         output_help="new directory for kept/, audit/, manifest.json",
     )

@@ -45,29 +45,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from contracts.digests import tree_digest
-from contracts.manifest import code_version, read_manifest, verify_files
+from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.publish import staged_output
 from contracts.report import tables
 from pipelines import runtime
-from pipelines.config import PROJECT_ROOT, Config, config_from_dict, to_dict
+from pipelines.config import PROJECT_ROOT, to_dict
+from pipelines.data_config import RayConfig
+from pipelines.runtime import JobResult
+from pipelines.stages import EVALUATED, EvaluateSettings, canonical
 
 log = logging.getLogger(__name__)
 
 JOB = "evaluate"
-KINDS = {"image_consistency_distillation": "image", "video_consistency_distillation": "video"}
 STUDENT = {"image": "lcm-lora", "video": "animatelcm"}
 FD = {"image": "fid", "video": "fvd"}
 
 
-@dataclass
-class EvalResult:
-    """What :func:`run` returns."""
+@dataclass(frozen=True)
+class EvalResult(JobResult):
+    """What :func:`run` returns: the job's result and the report."""
 
-    output: Path
-    manifest: dict
     report: dict
 
 
@@ -77,7 +76,7 @@ class EvalResult:
 def read_checkpoint(path: Path) -> tuple[dict, str]:
     """A checkpoint's manifest and its kind (``image`` or ``video``); raises naming what is wrong."""
     manifest = read_manifest(path)
-    kind = KINDS.get(manifest.get("stage", ""))
+    kind = EVALUATED.get(canonical(manifest.get("stage")) or "")
     if manifest.get("kind") != "checkpoint" or kind is None:
         raise ValueError(f"--input {path}: a {manifest.get('kind')} ({manifest.get('stage', 'no stage')}); evaluate "
                          "a stage-1 (alcm distill image) or stage-2 (alcm distill video) output")  # fmt: skip
@@ -88,7 +87,7 @@ def read_checkpoint(path: Path) -> tuple[dict, str]:
     return manifest, kind
 
 
-def load_prompts(cfg: Config, kind: str) -> list[dict]:
+def load_prompts(cfg: EvaluateSettings, kind: str) -> list[dict]:
     """The prompt set: toy held-out prompts (with what the ground truth needs) or a YAML list from a file."""
     e = cfg.evaluate
     if e.prompts == "toy":
@@ -118,7 +117,7 @@ def load_prompts(cfg: Config, kind: str) -> list[dict]:
     return prompts
 
 
-def plan(cfg: Config, prompts: list[dict]) -> list[dict]:
+def plan(cfg: EvaluateSettings, prompts: list[dict]) -> list[dict]:
     """One item per (prompt, seed): its index, prompt index, caption and noise seed."""
     e = cfg.evaluate
     return [
@@ -128,17 +127,17 @@ def plan(cfg: Config, prompts: list[dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def methods_of(cfg: Config, kind: str) -> dict[str, tuple[int, ...]]:
+def methods_of(cfg: EvaluateSettings, kind: str) -> dict[str, tuple[int, ...]]:
     """Method → step counts, the checkpoint first."""
     e = cfg.evaluate
     return {STUDENT[kind]: e.student_steps, **{m: e.teacher_steps for m in e.teacher_methods}}
 
 
-def guidance_of(cfg: Config) -> float:
+def guidance_of(cfg: EvaluateSettings) -> float:
     """The teacher's CFG scale (diffusers' convention, 1 + w)."""
     if cfg.evaluate.guidance_scale is not None:
         return cfg.evaluate.guidance_scale
-    return 1.0 + 0.5 * (cfg.consistency.w_min + cfg.consistency.w_max)
+    return cfg.consistency.teacher_guidance_scale
 
 
 # ------------------------------------------------------------------------------------------------ the actor
@@ -148,13 +147,13 @@ class Evaluator:
     """Loads the checkpoint's and the teacher's pipelines and the feature extractors once; generates and measures
     a shard of the items for every method and step count."""
 
-    def __init__(self, cfg_dict: dict, checkpoint: str, kind: str, motion_dir: str | None):
+    def __init__(self, cfg: EvaluateSettings, checkpoint: str, kind: str, motion_dir: str | None,
+                 frames: int | None, size: int | None):  # fmt: skip
         import torch
 
         from models.evaluation import I3DFeatures, with_scheduler
         from models.scorers import ClipScorer
 
-        cfg = config_from_dict(cfg_dict)
         e = cfg.evaluate
         torch.set_num_threads(e.torch_threads)
         self.cfg, self.kind = cfg, kind
@@ -181,8 +180,7 @@ class Evaluator:
                 str(teacher_root), motion_adapter=motion, local_files_only=True, dtype=dtype
             ).to(self.device)
             student = load_animatelcm_pipeline(ckpt / "pipeline", dtype=dtype, device=self.device)
-            self.size = e.resolution or cfg.distill_video.resolution
-            self.frames = e.frames or cfg.distill_video.frames
+            self.size, self.frames = size, frames
         self.pipes = {STUDENT[kind]: student, **{m: with_scheduler(teacher, m) for m in e.teacher_methods}}
         self.guidance = guidance_of(cfg)
         scorers = dataclasses.replace(cfg.scorers, device=self.device, torch_threads=e.torch_threads)
@@ -238,7 +236,7 @@ class Evaluator:
 # ------------------------------------------------------------------------------------------------ aggregation
 
 
-def ground_truth(cfg: Config, kind: str, prompts: list[dict], items: list[dict]) -> list[np.ndarray]:
+def ground_truth(kind: str, prompts: list[dict], items: list[dict], frames: int | None) -> list[np.ndarray]:
     """Ground-truth renders of the toy prompts, one per item (uint8 (F, H, W, 3))."""
     if kind == "image":
         from toyworld.image_teacher import render_prompt
@@ -246,12 +244,11 @@ def ground_truth(cfg: Config, kind: str, prompts: list[dict], items: list[dict])
         return [render_prompt(prompts[it["prompt"]], it["seed"])[None] for it in items]
     from toyworld.motion_teacher import VAL_STREAM, render_prompt_clip
 
-    frames = cfg.evaluate.frames or cfg.distill_video.frames
     return [render_prompt_clip(prompts[it["prompt"]], np.random.default_rng([it["seed"], VAL_STREAM, 1]),
                                frames=frames, stride=1) for it in items]  # fmt: skip
 
 
-def aggregate(cfg: Config, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None) -> dict:
+def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None) -> dict:
     """Per method × steps metrics from the actors' per-item results (see the module docstring)."""
     from models.evaluation import frechet_distance
 
@@ -370,7 +367,8 @@ def write_samples(kind: str, grid: dict, columns: list[tuple[str, int]], rows: l
 # ------------------------------------------------------------------------------------------------ the job
 
 
-def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> EvalResult:
+def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+        overwrite: bool = False) -> EvalResult:  # fmt: skip
     """Evaluate the checkpoint at ``input_dir`` into a new report directory ``output_dir`` (module docstring)."""
     from models.factory import teacher_digests
 
@@ -384,24 +382,25 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
         raise ValueError(f"teacher.pretrained_dir={cfg.teacher.pretrained_dir} is not the teacher {input_dir} was "
                          f"distilled from ({(ckpt_manifest['inputs']['teacher'].get('pretrained_dir'))}): weight "
                          "digests differ")  # fmt: skip
-    motion_dir = None
-    if kind == "video":
-        recorded_motion = (ckpt_manifest["inputs"].get("motion_adapter") or {}).get("path")
-        motion_dir = recorded_motion if recorded_motion and Path(recorded_motion).is_dir() else None
-        motion_dir = motion_dir or cfg.distill_video.motion_adapter_dir
-        if not (Path(motion_dir) / "config.json").is_file():
-            raise FileNotFoundError(f"motion module {motion_dir}: no config.json (distill_video.motion_adapter_dir)")
+    motion_dir = frames = size = None
+    if kind == "video":  # as the checkpoint was distilled: its motion module, frames and frame size
+        motion_dir = (ckpt_manifest["inputs"].get("motion_adapter") or {}).get("path")
+        if not motion_dir or not (Path(motion_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"--input {input_dir}: the motion module it was distilled from ({motion_dir}) "
+                                    "is not a MotionAdapter directory here (no config.json)")  # fmt: skip
+        distilled = ckpt_manifest["config"]["distill_video"]
+        frames, size = e.frames or distilled["frames"], e.resolution or distilled["resolution"]
     prompts = load_prompts(cfg, kind)
     items = plan(cfg, prompts)
     grid = [it["index"] for it in items if it["index"] % e.videos_per_prompt == 0][: e.grid_prompts]
     timings = {"checks_s": time.monotonic() - t0}
     with staged_output(output_dir, overwrite=overwrite) as out:
         staging = out.dir
-        runtime.connect(cfg.ray)
+        runtime.connect(ray)
         t = time.monotonic()
         workers = min(e.workers, len(items))
         actor_cls = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=e.gpus_per_worker)(Evaluator)
-        actors = [actor_cls.remote(to_dict(cfg), str(input_dir), kind, motion_dir) for _ in range(workers)]
+        actors = [actor_cls.remote(cfg, str(input_dir), kind, motion_dir, frames, size) for _ in range(workers)]
         shards = [items[w::workers] for w in range(workers)]
         log.info("evaluating %s (%s) on %d items × %s with %d actors", input_dir.name, kind, len(items),
                  {m: list(s) for m, s in methods_of(cfg, kind).items()}, workers)  # fmt: skip
@@ -413,15 +412,15 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
             results_by_worker[w] = ray.get(done[0])
             log.info("eval: worker %d finished its %d items (%d/%d workers, %.0f s)", w, len(shards[w]),
                      len(results_by_worker), workers, time.monotonic() - t)  # fmt: skip
-        out = [results_by_worker[w] for w in range(workers)]
+        per_worker = [results_by_worker[w] for w in range(workers)]
         real = None
         if e.fvd_reference == "real":
-            truth = ground_truth(cfg, kind, prompts, items)
+            truth = ground_truth(kind, prompts, items, frames)
             real = ray.get(actors[0].features.remote(truth))
         for a in actors:
             ray.kill(a)
         timings["generate_s"] = time.monotonic() - t
-        results = aggregate(cfg, kind, out, items, real)
+        results = aggregate(cfg, kind, per_worker, items, real)
         student = STUDENT[kind]
         ref_latency = results["ddim"][e.reference_steps]["latency_s"]
         report = {
@@ -429,7 +428,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
                            "stage": ckpt_manifest["stage"], "kind": kind},  # fmt: skip
             "setup": {
                 "prompts": e.prompts, "num_prompts": len(prompts), "videos_per_prompt": e.videos_per_prompt,
-                "seed": e.seed, "frames": e.frames or cfg.distill_video.frames if kind == "video" else None,
+                "seed": e.seed, "frames": frames,
                 "size": None, "guidance_scale": guidance_of(cfg), "reference_steps": e.reference_steps, "fd": FD[kind],
                 "extractor": "toy CLIP image tower (scorers.clip), frame embeddings pooled over time [mean, last − "
                              "first]" if e.fvd_extractor == "toy_clip" else f"I3D TorchScript {e.i3d_path}",
@@ -444,44 +443,35 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = Fal
             "headline": headline_of(kind, results),
             "speedup": {str(s): ref_latency / r["latency_s"] for s, r in results[student].items()},
         }  # fmt: skip
-        report["setup"]["size"] = int(next(iter(out[0]["grid"].values())).shape[1]) if grid else None
+        report["setup"]["size"] = int(next(iter(per_worker[0]["grid"].values())).shape[1]) if grid else None
         columns = [(student, s) for s in e.student_steps] + [("ddim", s) for s in e.teacher_steps]
         samples = "samples.png" if kind == "image" else "samples.gif"
         report["samples"] = samples
         captions = "; ".join(repr(prompts[items[i]["prompt"]]["caption"]) for i in grid)
         report["samples_layout"] = f"rows: prompts {captions}; columns: " + ", ".join(f"{m}@{s}" for m, s in columns)
         if grid:
-            merged_grid = {k: v for shard in out for k, v in shard["grid"].items()}
+            merged_grid = {k: v for shard in per_worker for k, v in shard["grid"].items()}
             write_samples(kind, merged_grid, columns, grid, staging / samples)
         write_plots(report, staging / "plots")
         (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (staging / "report.md").write_text(markdown(report))
         timings["total_s"] = time.monotonic() - t0
         files = sorted(p for p in staging.rglob("*") if p.is_file())
-        manifest = {
-            "name": f"{ckpt_manifest['name']}-eval",
-            "kind": "eval-report",
-            "job": JOB,
-            "digest": tree_digest(files, staging),
-            "profile": cfg.profile,
-            "inputs": {
-                "checkpoint": {
-                    "name": ckpt_manifest["name"],
-                    "digest": ckpt_manifest["digest"],
-                    "path": str(input_dir),
-                },
+        manifest = Manifest(
+            name=f"{ckpt_manifest['name']}-eval", kind="eval-report", job=JOB, stage=JOB, profile=cfg.profile,
+            digest=tree_digest(files, staging),
+            inputs={
+                "checkpoint": {"name": ckpt_manifest["name"], "digest": ckpt_manifest["digest"],
+                               "path": str(input_dir)},
                 "teacher": {"pretrained_dir": cfg.teacher.pretrained_dir, "digests": digests},
                 **({"motion_adapter": {"path": str(motion_dir)}} if motion_dir else {}),
-            },  # fmt: skip
-            "headline": report["headline"],
-            "config": {"evaluate": to_dict(e), "scorers": to_dict(cfg.scorers)},
-            "code_version": code_version(),
-            "files": [p.relative_to(staging).as_posix() for p in files],
-            "timings": timings,
-        }
+            },
+            config=to_dict(cfg), code_version=code_version(), files=[p.relative_to(staging).as_posix() for p in files],
+            timings=timings, extra={"headline": report["headline"]},
+        )  # fmt: skip
         out.commit(manifest)
     log.info("eval report: %s (%s)", output_dir / "report.md", json.dumps(report["headline"]))
-    return EvalResult(output=output_dir, manifest=manifest, report=report)
+    return EvalResult(output=output_dir, manifest=manifest.to_dict(), report=report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         module="pipelines.evaluate",
         doc=__doc__,
-        run=run,
         input_help="a stage-1 or stage-2 output (manifest.json + lora/ or pipeline/)",
         output_help="new directory for report.json, report.md, plots/, samples and manifest.json",
     )

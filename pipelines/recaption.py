@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,14 +30,17 @@ import pyarrow.parquet as pq
 import ray
 
 from contracts.digests import rows_digest
-from contracts.manifest import code_version, files_map
+from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
 from contracts.reasons import KEPT, QUARANTINED, REJECTED, check_accounting
 from models.captioner_config import CaptionerConfig
 from models.scorer_config import ScorersConfig
 from models.video_io import decode_png
 from pipelines import runtime
-from pipelines.config import Config, to_dict
+from pipelines.config import to_dict
+from pipelines.data_config import RayConfig
+from pipelines.runtime import JobResult
+from pipelines.stages import RecaptionSettings
 from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, inputs_with_digests, meta_json
 
 log = logging.getLogger(__name__)
@@ -55,14 +57,6 @@ CAPTION_FIELDS = [
     ("source_caption", pa.string()),
 ]
 """Columns the captioning stage adds; ``caption`` itself is replaced by the chosen candidate."""
-
-
-@dataclass(frozen=True)
-class RecaptionResult:
-    """Where the captioned dataset went and its manifest."""
-
-    output: Path
-    manifest: dict
 
 
 def candidate_positions(n: int, frames_at: tuple[float, ...]) -> list[int]:
@@ -96,7 +90,7 @@ def aggregate(candidates: list[str], positions: list[int], n: int, scores: list[
         raise ValueError(f"aggregation {method!r}: choose clip_best, first or most_common")
 
 
-class _CaptionActor:
+class CaptionActor:
     """Ray Data actor: loads the captioner (and CLIP for ``clip_best``) once, captions each batch of clips."""
 
     def __init__(self, captioner: CaptionerConfig, scorers: ScorersConfig, frames_at, aggregation: str) -> None:
@@ -182,33 +176,36 @@ CAPTIONED_COLUMNS = [
 """Columns of ``captioned/*.parquet``."""
 
 
-def run(cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False) -> RecaptionResult:
-    """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+def run(cfg: RecaptionSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+        overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray``: how to
+    reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, input_dir, root, output_dir, out, sources, ignored, t0)
+        return _run(cfg, ray or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
 
 
-def _run(cfg: Config, input_dir, root, output_dir, out, sources, ignored, t0) -> RecaptionResult:
+def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,
+         t0) -> JobResult:  # fmt: skip
     staging = out.dir
     rc = cfg.recaption
     timings: dict[str, float] = {}
     log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
              cfg.captioner.backend)  # fmt: skip
-    runtime.connect(cfg.ray)
+    runtime.connect(ray_cfg)
     ds = ingest_dataset(
         root,
         sources,
         cfg.video,
         cuts=CutPolicy(split=False, threshold=None),
-        pose=rc.control,
+        pose=cfg.pose,
         chunk=rc.batch_size,
         num_cpus=rc.ingest_cpus,
     )
     ds = ds.map_batches(
-        _CaptionActor,
+        CaptionActor,
         fn_constructor_kwargs={
             "captioner": cfg.captioner,
             "scorers": cfg.scorers,
@@ -233,15 +230,15 @@ def _run(cfg: Config, input_dir, root, output_dir, out, sources, ignored, t0) ->
     audit.write_parquet(str(staging / "audit"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
-    manifest["files"] = files_map(staging, ("captioned", "audit"))
+    manifest.files = files_map(staging, ("captioned", "audit"))
     out.commit(manifest)
-    counts = manifest["counts"]
+    counts = manifest.counts
     log.info("recaptioned %d inputs (%d clips) → %s: %s", counts["input"], counts["clips"], output_dir,
              counts["by_decision"])  # fmt: skip
-    return RecaptionResult(output=output_dir, manifest=manifest)
+    return JobResult(output=output_dir, manifest=manifest.to_dict())
 
 
-def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timings, t0) -> dict:
+def _manifest(cfg: RecaptionSettings, input_dir, root, staging, sources, ignored, *, timings, t0) -> Manifest:
     audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
     has_kept = any((staging / "captioned").glob("*.parquet"))
     kept = (
@@ -256,9 +253,11 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
     captions = Counter(kept.column("caption").to_pylist())
     digest = rows_digest(zip(*(kept.column(c).to_pylist() for c in ["key", "caption", "frame_indices"]), strict=True))
     timings["total_s"] = time.monotonic() - t0
-    return {
+    return Manifest.from_dict({
         "kind": "captioned-video-dataset",
         "job": JOB,
+        "stage": JOB,
+        "profile": cfg.profile,
         "name": cfg.recaption.dataset_name,
         "version": digest.split(":")[1][:12],
         "digest": digest,
@@ -283,7 +282,7 @@ def _manifest(cfg: Config, input_dir, root, staging, sources, ignored, *, timing
         "config": to_dict(cfg),
         "code_version": code_version(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    })
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         module="pipelines.recaption",
         doc=__doc__,
-        run=run,
         input_help="directory of videos/tars/TikTok sequences",
         output_help="new directory for captioned/, audit/, manifest",
     )

@@ -7,12 +7,15 @@
   config travels in the job's runtime environment (``ALCM_CONFIG``, JSON), so the cluster runs exactly the config
   the flow validated; the entry point's arguments carry only the job's inputs and outputs.
 
-Every job module exposes ``run(config, ...) -> result`` and ``main(argv)``; :func:`job_config` is how ``main`` gets
-its config (``--config`` JSON or YAML profile, or ``$ALCM_CONFIG``).
+Every job module exposes ``run(settings, input_dir, output_dir, *, ray, overwrite, **inputs) -> JobResult`` (its
+settings: the config sections it reads, :mod:`pipelines.stages`) and ``main(argv)``. :func:`run_job` runs a stage's
+job from a whole profile (what flows, tests and benches call); :func:`job_config` is how ``main`` gets its profile
+(``--config`` JSON or YAML profile, or ``$ALCM_CONFIG``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -20,10 +23,13 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
-from pipelines.config import Config, RayConfig, config_from_dict, load_config, to_dict
+from pipelines.config import Config, config_from_dict, load_config, to_dict
+from pipelines.data_config import RayConfig
+from pipelines.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +41,26 @@ CONFIG_ENV = "ALCM_CONFIG"
 LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "idle_worker_killing_time_threshold_ms": 600_000}
 
 
-def connect(cfg: RayConfig) -> dict:
+@dataclass(frozen=True)
+class JobResult:
+    """What a job returns: where its output is and the manifest it wrote (as written: redacted)."""
+
+    output: Path
+    manifest: dict
+
+
+def run_job(name: str, cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False,
+            **inputs: Path | None) -> JobResult:  # fmt: skip
+    """Run stage ``name``'s job here with its settings taken from the whole config ``cfg`` (and ``cfg.ray``);
+    ``inputs``: the job's further input directories (``stage1=``, ``control_data=``, ...)."""
+    s = stage(name)
+    job = importlib.import_module(s.job)
+    return job.run(s.settings_of(cfg), Path(input_dir), Path(output_dir), ray=cfg.ray, overwrite=overwrite, **inputs)
+
+
+def connect(cfg: RayConfig | None = None) -> dict:
     """Make sure this process is connected to Ray; return ``{"mode": "local"|"cluster", "address": ...}``."""
+    cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return {"mode": "existing", "address": ray.get_runtime_context().gcs_address}
@@ -142,15 +166,14 @@ def job_main(
     *,
     module: str,
     doc: str,
-    run,
     input_help: str,
     output_help: str,
     extra_inputs: dict[str, str] | None = None,
 ) -> int:
     """The ``python -m pipelines.<job> --input DIR --output DIR [--config P|JSON] [--set k=v ...] [--overwrite]``
-    entry point every data job shares: parse, configure logging, build the config, ``run`` it. ``extra_inputs``:
-    further input directories of the job, option name (``stage1`` → ``--stage1``, passed to ``run`` as the keyword
-    ``stage1``) → help."""
+    entry point every job shares: parse, configure logging, build the config, run the job (:func:`run_job`).
+    ``extra_inputs``: further input directories of the job, option name (``stage1`` → ``--stage1``, passed to the
+    job as the keyword ``stage1``) → help."""
     import argparse
     from pathlib import Path
 
@@ -169,8 +192,8 @@ def job_main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     extra = {name: getattr(args, name) for name in (extra_inputs or {})}
     try:
-        result = run(job_config(args.config, args.overrides), args.input, args.output, overwrite=args.overwrite,
-                     **extra)  # fmt: skip
+        result = run_job(module.removeprefix("pipelines."), job_config(args.config, args.overrides), args.input,
+                         args.output, overwrite=args.overwrite, **extra)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - reported through logging (redacted), not the raw traceback hook
         log.error("%s failed: %s", module, exc, exc_info=True)
         return 1

@@ -11,17 +11,19 @@ How a run goes:
    change between runs and between a run and its restart, and a resumed run would not train what an uninterrupted
    one did.) Every worker reads the whole dataset; the caches the stages train on are latents, small next to the
    pixels, and a shard that fits ``replay_mb`` is read once (5.).
-2. Each worker builds its Task (``make_task()``: a top-level, importable callable), then ``deepspeed.initialize``
+2. Each worker builds its Task (``make_task()``: a top-level, importable callable) with torch's global generator
+   seeded by the run's seed alone, so that every rank builds the same Task: the same random initialisations and
+   the same EMA targets (DeepSpeed broadcasts only the engine's parameters from rank 0; a target built from
+   another seed would differ per rank for good). Then ``deepspeed.initialize``
    with the JSON that :func:`deepspeed_config` generates from :class:`TrainConfig` (ZeRO stage 2 by default, 3 and
    CPU optimizer offload available; AdamW with ``torch_adam`` so no fused kernel is JIT-built; linear warmup; gradient
    clipping; bf16 on GPUs, fp32 on CPUs). Ray Train has set up ``torch.distributed`` (gloo on CPU, NCCL on GPU) and
    DeepSpeed reuses it.
 3. Per step: ``task.loss`` → ``engine.backward`` → ``engine.step`` → ``task.after_step`` (EMA). Rank 0 logs step,
    loss, lr and samples/s every ``log_every`` steps.
-4. Every ``checkpoint_every`` steps and at the end: every rank writes ``engine.save_checkpoint`` (with the step in
-   its client state) into a fresh temporary directory, rank 0 adds ``task.extra_state()``, and every rank calls
-   ``ray.train.report(metrics, checkpoint=...)``; Ray merges the ranks' files into one checkpoint under the run's
-   storage path.
+4. Every ``checkpoint_every`` steps and at the end, the :class:`~pipelines.checkpointer.Checkpointer` saves the
+   engine's and the Task's state from every rank and reports it; Ray merges the ranks' files into one checkpoint
+   under the run's storage path.
 5. Resume: re-running with the same ``name`` and ``storage_path`` (Ray 2.60's Train V2 has no ``Trainer.restore``),
    or a worker failure within ``max_failures``, starts the workers from the latest checkpoint: engine state (read
    with ``torch.load(weights_only=True)``: :func:`models.safe_load.load_deepspeed_checkpoint`), step counter and
@@ -34,20 +36,19 @@ How a run goes:
    the parameters are gathered first, by every rank), so the export reaches the run's storage (shared, or an object
    store, on a cluster) with the checkpoint; the driver copies it from the result's checkpoint to ``export_dir``.
    Re-running a finished run trains nothing and exports the same files again.
-7. Every worker's Task is told the run's seed and its rank (``task.configure``) before training, so that Tasks can
+7. Every worker's Task is told the run's seed and its rank (``task.configure``) before training, so that Tasks
    draw their noise per (seed, rank, step) and a resumed run draws what an uninterrupted one would.
+8. At the start of a run and after its first step, every rank's weight fingerprint (trainable and EMA target
+   weights) is compared across ranks (:func:`replica_spread`); the spread is reported in the metrics
+   (``replica_spread_start``, ``replica_spread_step``) and must be 0.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,23 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.checkpointer import EXPORT_DIR, Checkpointer
 from pipelines.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-TASK_STATE = "task_state.safetensors"
-CKPT_TAG = "ckpt"
-EXPORT_DIR = "export"
+
+
+def worker_device():
+    """The training device of this Ray Train worker: its GPU when it has one, else the CPU (what a stage's
+    ``make_task`` builds its Task on)."""
+    import torch
+
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
 
 
 def uses_bf16(cfg: TrainConfig) -> bool:
@@ -120,105 +131,125 @@ def optimizer_state_bytes(engine) -> int:
     )
 
 
-def _save(engine, task, step: int, metrics: dict, *, export: bool = False, zero3: bool = False) -> None:
-    """Checkpoint on every rank into a temporary directory, then report it (Ray merges the ranks' files). With
-    ``export``, rank 0 also writes the Task's deliverable into the checkpoint's ``export/`` (under ZeRO-3 every rank
-    takes part in gathering the parameters first), so it reaches the run's storage like the checkpoint does."""
-    import deepspeed
-    from safetensors.torch import save_file
-
-    rank = ray.train.get_context().get_world_rank()
-    with tempfile.TemporaryDirectory(prefix="alcm-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": step})
-        if rank == 0:
-            state = {k: v.detach().cpu().contiguous() for k, v in task.extra_state().items()}
-            save_file(state, os.path.join(tmp, TASK_STATE))
-            Path(tmp, "step.json").write_text(json.dumps({"step": step}))
-        if export:
-            params = list(task.student.parameters())
-            gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3 else nullcontext()
-            with gathered:
-                if rank == 0:
-                    description = task.export(Path(tmp, EXPORT_DIR))
-                    Path(tmp, EXPORT_DIR, "export.json").write_text(json.dumps(description or {}, indent=2))
-        ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _restore(engine, task) -> int:
-    """Load the latest checkpoint if there is one; return the step to continue from."""
-    from safetensors.torch import load_file
-
-    from models.safe_load import load_deepspeed_checkpoint
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return 0
-    with ckpt.as_directory() as d:
-        client = load_deepspeed_checkpoint(engine, d, tag=CKPT_TAG)  # weights_only: no arbitrary unpickling
-        state_file = os.path.join(d, TASK_STATE)
-        if os.path.exists(state_file):
-            task.load_extra_state(load_file(state_file))
-    step = int(client.get("step", 0))
-    log.info("resumed from checkpoint at step %d", step)
-    return step
-
-
 def _worker(config: dict) -> None:
-    import deepspeed
+    """One Ray Train worker: build the Task, wrap it in DeepSpeed, resume, train ``cfg.steps`` optimiser steps."""
     import torch
 
     cfg: TrainConfig = config["train"]
-    rank = ray.train.get_context().get_world_rank()
-    world = ray.train.get_context().get_world_size()
-    torch.manual_seed(cfg.seed + rank)
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(cfg.seed)  # every rank builds the same Task: the same random inits, the same EMA targets
     task = config["make_task"]()
     task.configure(seed=cfg.seed, rank=rank, world_size=world)
+    torch.manual_seed(cfg.seed + rank)  # what torch's global generator gives while training differs per rank
+    engine = _engine(task, cfg)
+    checkpointer = Checkpointer(engine, task, zero3=cfg.zero_stage == 3)
+    step = start = checkpointer.restore()
+    if step >= cfg.steps:
+        if rank == 0:
+            log.info("the run already reached step %d; nothing to train", start)
+        return
+    replicas = {"replica_spread_start": replica_spread(task)}
+    batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, skip=step * cfg.grad_accum)
+    progress = _Progress(cfg, rank)
+    for batch in batches:
+        loss, metrics = task.loss(batch, step)
+        engine.backward(loss)
+        engine.step()
+        progress.samples(cfg.micro_batch_size * world)
+        if not engine.is_gradient_accumulation_boundary():
+            continue
+        task.after_step(step)
+        step += 1
+        if step == start + 1:
+            replicas["replica_spread_step"] = replica_spread(task)
+        last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": batches.reads, **replicas,
+                **metrics}  # fmt: skip
+        progress.log(step, last["loss"], engine)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpointer.save(step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)},
+                              final=step == cfg.steps)  # fmt: skip
+        if step >= cfg.steps:
+            break
+
+
+def _engine(task, cfg: TrainConfig):
+    """``deepspeed.initialize`` on the Task's student and trainable parameters, with :func:`deepspeed_config`."""
+    import deepspeed
+    import torch
+
     if uses_bf16(cfg):
         task.student.to(torch.bfloat16)  # DeepSpeed's bf16 needs the model cast before initialize
     engine, _, _, _ = deepspeed.initialize(
         model=task.student, model_parameters=task.trainable_parameters(), config=deepspeed_config(cfg)
     )
-    step = start = _restore(engine, task)
-    data = ray.train.get_dataset_shard("train")  # the whole dataset (not split: see train()), sliced per rank
-    replay = _Replay(cfg.replay_mb)
-    skip = step * cfg.grad_accum  # micro-batches the checkpointed steps consumed, skipped pass after pass below
-    t0, seen, last = time.monotonic(), 0, {}
-    while step < cfg.steps:
-        consumed = 0
-        for batch in replay.batches(lambda: _rank_batches(data, cfg.micro_batch_size, rank, world)):
-            if skip > 0:
-                skip -= 1
+    return engine
+
+
+def replica_spread(task) -> float:
+    """The largest difference, across ranks, of the Task's weight fingerprint (:meth:`models.task.Task.fingerprint`):
+    0 when every rank holds the same trainable and target weights, as data-parallel training needs. Every rank must
+    call it (it gathers); a nonzero spread is logged as an error."""
+    import torch
+    import torch.distributed as dist
+
+    mine = task.fingerprint()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    everyone = [torch.zeros_like(mine, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine.to(device))
+    spread = float(torch.stack(everyone).std(dim=0, correction=0).max()) if len(everyone) > 1 else 0.0
+    if spread and dist.get_rank() == 0:
+        log.error("the ranks hold different weights (fingerprint spread %.3g): every rank must build the same Task",
+                  spread)  # fmt: skip
+    return spread
+
+
+class _Progress:
+    """Rank 0's line every ``log_every`` steps: step, loss, lr, samples/s."""
+
+    def __init__(self, cfg: TrainConfig, rank: int) -> None:
+        self.cfg, self.rank = cfg, rank
+        self.t0, self.seen = time.monotonic(), 0
+
+    def samples(self, n: int) -> None:
+        self.seen += n
+
+    def log(self, step: int, loss: float, engine) -> None:
+        if self.rank == 0 and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
+            rate = self.seen / max(1e-9, time.monotonic() - self.t0)
+            log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", step, self.cfg.steps, loss, engine.get_lr()[0],
+                     rate)  # fmt: skip
+
+
+class _micro_batches:
+    """This rank's micro-batches, pass after pass over the data (1. of the module docstring), the first ``skip``
+    of them skipped (the micro-batches the checkpointed steps consumed), a pass that fit in ``replay_mb`` replayed
+    from memory (:class:`_Replay`). Raises when a pass has no full global batch."""
+
+    def __init__(self, data, cfg: TrainConfig, rank: int, world: int, *, skip: int) -> None:
+        self.data, self.cfg, self.rank, self.world, self.skip = data, cfg, rank, world, skip
+        self.replay = _Replay(cfg.replay_mb)
+
+    @property
+    def reads(self) -> int:
+        """Passes read from the data (reported as the ``shard_reads`` metric)."""
+        return self.replay.reads
+
+    def __iter__(self):
+        m = self.cfg.micro_batch_size
+        while True:
+            consumed = 0
+            for batch in self.replay.batches(lambda: _rank_batches(self.data, m, self.rank, self.world)):
                 consumed += 1
-                continue
-            loss, metrics = task.loss(batch, step)
-            engine.backward(loss)
-            engine.step()
-            consumed += 1
-            seen += cfg.micro_batch_size * world
-            if not engine.is_gradient_accumulation_boundary():
-                continue
-            task.after_step(step)
-            step += 1
-            last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": replay.reads, **metrics}
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                rate = seen / max(1e-9, time.monotonic() - t0)
-                lr = engine.get_lr()[0]
-                log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", step, cfg.steps, last["loss"], lr, rate)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                metrics = {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)}
-                final = step == cfg.steps
-                _save(engine, task, step, metrics, export=final, zero3=cfg.zero_stage == 3)
-            if step >= cfg.steps:
-                break
-        if consumed == 0:
-            raise RuntimeError(
-                f"the training data has no full global batch of {cfg.micro_batch_size * world} rows "
-                f"(micro_batch_size {cfg.micro_batch_size} × {world} workers)"
-            )
-        if step < cfg.steps:
-            replay.end_of_pass()
-    if start >= cfg.steps and rank == 0:
-        log.info("the run already reached step %d; nothing to train", start)
+                if self.skip > 0:
+                    self.skip -= 1
+                    continue
+                yield batch
+            if consumed == 0:
+                raise RuntimeError(f"the training data has no full global batch of {m * self.world} rows "
+                                   f"(micro_batch_size {m} × {self.world} workers)")  # fmt: skip
+            self.replay.end_of_pass()
 
 
 def _rank_batches(data, micro_batch_size: int, rank: int, world: int):

@@ -756,7 +756,7 @@ def validate_video_clip(
     image_clip_min: float | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Score clean clip frames against their true video caption and a colour/shape-swapped one; return (metrics,
-    recommended ``video_curation.filters.clip_min``), chosen like the image ``clip_min``."""
+    recommended ``curate_videos.filters.clip_min``), chosen like the image ``clip_min``."""
     right = scorer.score(val["frames"], val["captions"])["clip_score"]
     wrong = scorer.score(val["frames"], val["mismatched"])["clip_score"]
     clip_min = math.floor(float(np.quantile(right, clip_keep_quantile)) * 100) / 100

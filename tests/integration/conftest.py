@@ -39,11 +39,11 @@ def toy_images(tmp_path_factory):
 def curated(toy_images, ray_local, tmp_path_factory):
     """The toy Parquet shards curated once with the toy profile."""
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, _ = toy_images
     out = tmp_path_factory.mktemp("curated") / "out"
-    return run(load_config("toy"), src / "parquet", out)
+    return run_job("curate_images", load_config("toy"), src / "parquet", out)
 
 
 @pytest.fixture(scope="session")
@@ -60,17 +60,17 @@ def toy_video_world(tmp_path_factory):
 def curated_videos(toy_video_world, ray_local, tmp_path_factory):
     """The toy world's clips curated once with the toy profile (stage 2 and 3 train on them)."""
     from pipelines.config import load_config
-    from pipelines.curate_videos import run
+    from pipelines.runtime import run_job
 
     out = tmp_path_factory.mktemp("curvid") / "out"
-    return run(load_config("toy"), toy_video_world / "videos" / "wds", out)
+    return run_job("curate_videos", load_config("toy"), toy_video_world / "videos" / "wds", out)
 
 
 @pytest.fixture(scope="session")
 def recaptioned(toy_video_world, ray_local, tmp_path_factory):
     """The toy dancers recaptioned once with the toy BLIP (with pose control frames; stage 3's control data)."""
     from pipelines.config import load_config
-    from pipelines.recaption import run
+    from pipelines.runtime import run_job
 
     out = tmp_path_factory.mktemp("recap") / "out"
-    return run(load_config("toy"), toy_video_world / "dancers", out)
+    return run_job("recaption", load_config("toy"), toy_video_world / "dancers", out)

@@ -1,12 +1,12 @@
 """A latent cache keeps its dataset's row order, whatever order the encode actors finish in: the order of a cache is
-the order the stages train in (``pipelines.distill_image.write_in_order``)."""
+the order the stages train in (``pipelines.latent_cache.write_in_order``)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.distill_image import cache_files, cached_dataset, write_in_order
+from pipelines.latent_cache import cache_files, cached_dataset, write_in_order
 
 
 def test_a_cache_written_from_jittery_actors_keeps_the_row_order_across_its_files(ray_local, tmp_path):

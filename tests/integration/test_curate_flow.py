@@ -33,9 +33,10 @@ def test_flow_rejects_a_bad_override_before_any_work(prefect_harness, tmp_path):
     from pipelines.config import ConfigError
 
     out = tmp_path / "never"
-    with pytest.raises(ConfigError, match="curation.filters.min_side"):
+    with pytest.raises(ConfigError, match="curate_images.filters.min_side"):
         curate_images_flow(
-            CurateImagesParams(input_dir=str(tmp_path), output_dir=str(out), overrides=["curation.filters.min_side=-1"])
+            CurateImagesParams(input_dir=str(tmp_path), output_dir=str(out),
+                               overrides=["curate_images.filters.min_side=-1"])
         )
     assert not out.exists()
 

@@ -108,10 +108,10 @@ def test_most_clean_rows_are_kept(curated, toy_images):
 
 def test_tar_and_parquet_inputs_give_the_same_decisions(curated, toy_images, ray_local, tmp_path):
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, _ = toy_images
-    result = run(load_config("toy"), src / "wds", tmp_path / "from_tar")
+    result = run_job("curate_images", load_config("toy"), src / "wds", tmp_path / "from_tar")
     a = audit_of(curated.output).set_index("key").sort_index()
     b = audit_of(result.output).set_index("key").sort_index()
     assert list(a.index) == list(b.index)
@@ -121,14 +121,14 @@ def test_tar_and_parquet_inputs_give_the_same_decisions(curated, toy_images, ray
 
 def test_non_empty_output_is_refused_before_any_work(toy_images, tmp_path):
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, _ = toy_images
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
-        run(load_config("toy"), src / "parquet", out)
+        run_job("curate_images", load_config("toy"), src / "parquet", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
 
 
@@ -146,7 +146,7 @@ def test_a_folder_of_captioned_images_is_curated_with_sidecars(toy_images, ray_l
     import pyarrow.parquet as pq
 
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, labels = toy_images
     table = pq.read_table(next((src / "parquet").glob("*.parquet"))).to_pylist()[:30]
@@ -156,7 +156,7 @@ def test_a_folder_of_captioned_images_is_curated_with_sidecars(toy_images, ray_l
         ext = "png" if rec["png"] is not None else "jpg"
         (folder / f"{rec['key']}.{ext}").write_bytes(rec["png"] or rec["jpg"])
         (folder / f"{rec['key']}.txt").write_text(rec["caption"] or "", encoding="utf-8")
-    result = run(load_config("toy"), folder, tmp_path / "out")
+    result = run_job("curate_images", load_config("toy"), folder, tmp_path / "out")
     audit = audit_of(result.output).set_index("key")
     assert sorted(audit.index) == sorted(r["key"] for r in table)
     for key in audit.index:

@@ -72,7 +72,7 @@ def test_kept_clips_hold_the_sampled_frames_and_the_audit_none(curated_videos):
 
 
 def test_reject_policy_refuses_clips_spanning_a_cut(toy_video_world, ray_local, tmp_path):
-    from pipelines.curate_videos import run
+    from pipelines.runtime import run_job
 
     labels = pq.read_table(toy_video_world / "videos" / "labels.parquet").to_pylist()
     src = tmp_path / "in"
@@ -83,15 +83,16 @@ def test_reject_policy_refuses_clips_spanning_a_cut(toy_video_world, ray_local, 
     for key in picked:
         for ext in (".mp4", ".txt"):
             shutil.copy(toy_video_world / "videos" / "mp4" / f"{key}{ext}", src / f"{key}{ext}")
-    cfg = load_config("toy", ["video_curation.filters.scene_cut=reject"])
-    rows = {r["key"]: r for r in pq.read_table(run(cfg, src, tmp_path / "out").output / "audit").to_pylist()}
+    cfg = load_config("toy", ["curate_videos.filters.scene_cut=reject"])
+    out = run_job("curate_videos", cfg, src, tmp_path / "out").output
+    rows = {r["key"]: r for r in pq.read_table(out / "audit").to_pylist()}
     assert set(rows) == set(picked)
     assert rows[picked[0]]["decision"] == "rejected" and "scene_cut" in rows[picked[0]]["reasons"]
     assert rows[picked[0]]["scene_cuts"] == 1 and "scene_cut" not in rows[picked[1]]["reasons"]
 
 
 def test_a_key_read_twice_is_quarantined_the_second_time(toy_video_world, ray_local, tmp_path):
-    from pipelines.curate_videos import run
+    from pipelines.runtime import run_job
 
     labels = pq.read_table(toy_video_world / "videos" / "labels.parquet").to_pylist()
     key = next(r["key"] for r in labels if r["kind"] == "clean")
@@ -99,7 +100,7 @@ def test_a_key_read_twice_is_quarantined_the_second_time(toy_video_world, ray_lo
         (tmp_path / "in" / sub).mkdir(parents=True)
         for ext in (".mp4", ".txt"):
             shutil.copy(toy_video_world / "videos" / "mp4" / f"{key}{ext}", tmp_path / "in" / sub / f"{key}{ext}")
-    result = run(load_config("toy"), tmp_path / "in", tmp_path / "out")
+    result = run_job("curate_videos", load_config("toy"), tmp_path / "in", tmp_path / "out")
     rows = sorted(pq.read_table(result.output / "audit").to_pylist(), key=lambda r: r["id"])
     assert [r["decision"] for r in rows] == ["kept", "quarantined"]
     assert rows[1]["reasons"] == ["duplicate_key"] and rows[0]["id"] in rows[1]["error"]

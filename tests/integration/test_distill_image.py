@@ -87,11 +87,11 @@ def _cfg(teacher_dir: Path, tmp: Path, steps: int = STEPS):
 
 @pytest.fixture(scope="module")
 def first_run(teacher_dir, curated_with_a_broken_row, ray_local, tmp_path_factory):
-    from pipelines.distill_image import run
+    from pipelines.runtime import run_job
 
     tmp = tmp_path_factory.mktemp("stage1")
     src, kept = curated_with_a_broken_row
-    result = run(_cfg(teacher_dir, tmp), src, tmp / "out")
+    result = run_job("distill_image", _cfg(teacher_dir, tmp), src, tmp / "out")
     return result, tmp, src, kept
 
 
@@ -117,7 +117,7 @@ def test_the_latent_cache_holds_vae_latents_of_the_kept_images(first_run, teache
     from diffusers import AutoencoderKL
 
     from filters.decode import DecodeConfig
-    from pipelines.distill_image import _pixels, decode_square
+    from pipelines.latent_cache import decode_square, pixels
 
     result, tmp, src, _ = first_run
     cache = Path(result.manifest["latent_cache"]["path"])
@@ -133,7 +133,7 @@ def test_the_latent_cache_holds_vae_latents_of_the_kept_images(first_run, teache
     vae = AutoencoderKL.from_pretrained(str(teacher_dir / "vae"))
     img, error = decode_square(source["image"], 64, DecodeConfig())
     with torch.no_grad():
-        expected = vae.encode(torch.from_numpy(_pixels([img]))).latent_dist.mean[0] * vae.config.scaling_factor
+        expected = vae.encode(torch.from_numpy(pixels([img]))).latent_dist.mean[0] * vae.config.scaling_factor
     np.testing.assert_allclose(np.asarray(row["latents"]), expected.numpy(), atol=1e-4)
 
 
@@ -193,21 +193,21 @@ def test_rerunning_through_the_flow_resumes_the_run_reuses_the_cache_and_publish
 
 
 def test_bad_inputs_fail_before_any_work_naming_what_is_wrong(teacher_dir, curated, tmp_path):
-    from pipelines.distill_image import run
+    from pipelines.runtime import run_job
 
     cfg = _cfg(teacher_dir, tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"--input .*no manifest\.json"):
-        run(cfg, tmp_path / "empty", tmp_path / "out")
+        run_job("distill_image", cfg, tmp_path / "empty", tmp_path / "out")
     missing = load_config("toy", [f"teacher.pretrained_dir={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match=r"teacher\.pretrained_dir"):
-        run(missing, curated.output, tmp_path / "out2")
+        run_job("distill_image", missing, curated.output, tmp_path / "out2")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
 
 
 def test_under_zero3_the_ema_target_follows_the_partitioned_student(teacher_dir, curated, ray_local, tmp_path):
     """ZeRO-3 partitions the student's LoRA across the 2 ranks; the EMA update and the export gather it."""
-    from pipelines.distill_image import run
+    from pipelines.runtime import run_job
 
     cfg = load_config(
         "toy",
@@ -218,7 +218,7 @@ def test_under_zero3_the_ema_target_follows_the_partitioned_student(teacher_dir,
             "distill_image.preview_prompts=[]",
         ],
     )
-    m = run(cfg, curated.output, tmp_path / "z3").manifest
+    m = run_job("distill_image", cfg, curated.output, tmp_path / "z3").manifest
     assert m["metrics"]["step"] == 3 and np.isfinite(m["metrics"]["loss"])
     lora = load_file(str(tmp_path / "z3" / "lora" / "pytorch_lora_weights.safetensors"))
     ups = [v for k, v in lora.items() if "lora_B" in k]
@@ -229,11 +229,12 @@ def test_under_zero3_the_ema_target_follows_the_partitioned_student(teacher_dir,
 def test_without_precomputed_latents_workers_encode_pixels_and_every_row_is_still_counted(
     teacher_dir, curated_with_a_broken_row, ray_local, tmp_path
 ):
-    from pipelines.distill_image import run
+    from pipelines.runtime import run_job
 
     src, kept = curated_with_a_broken_row
     overrides = [*_overrides(teacher_dir, tmp_path, 2), "distill_image.precompute_latents=false"]
-    m = run(load_config("toy", [*overrides, "distill_image.preview_prompts=[]"]), src, tmp_path / "px").manifest
+    cfg = load_config("toy", [*overrides, "distill_image.preview_prompts=[]"])
+    m = run_job("distill_image", cfg, src, tmp_path / "px").manifest
     assert m["counts"] == {"rows": kept, "encoded": kept - 1, "failed": {"undecodable": 1}}
     assert m["latent_cache"] is None and not (tmp_path / "cache").exists()
     assert m["metrics"]["step"] == 2 and np.isfinite(m["metrics"]["loss"])

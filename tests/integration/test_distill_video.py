@@ -60,7 +60,7 @@ def stage1_dir(tmp_path_factory) -> tuple[Path, dict]:
     state = {k: v.clone() for k, v in lora_state_dict(unet).items()}
     out = tmp_path_factory.mktemp("stage1") / "s1"
     save_lora(to_diffusers_lora(state), out / "lora" / "pytorch_lora_weights.safetensors")
-    write_manifest(out, {"kind": "checkpoint", "stage": "image_consistency_distillation", "name": "toy-lcm-lora",
+    write_manifest(out, {"kind": "checkpoint", "stage": "distill_image", "name": "toy-lcm-lora",
                          "digest": "sha256:" + "1" * 64})  # fmt: skip
     return out, state
 
@@ -102,20 +102,20 @@ def _overrides(tmp: Path, motion_dir: Path, section: str = "distill_video", step
 
 @pytest.fixture(scope="module")
 def stage2(videos_with_a_broken_clip, stage1_dir, motion_dir, ray_local, tmp_path_factory):
-    from pipelines.distill_video import run
+    from pipelines.runtime import run_job
 
     tmp = tmp_path_factory.mktemp("stage2")
     overrides = [*_overrides(tmp, motion_dir), "distill_video.preview_prompts=[a red circle moving right on a white "
                  "background]", "distill_video.preview_steps=2"]  # fmt: skip
     src, _ = videos_with_a_broken_clip
-    return run(load_config("toy", overrides), src, tmp / "out", stage1=stage1_dir[0]), tmp
+    return run_job("distill_video", load_config("toy", overrides), src, tmp / "out", stage1=stage1_dir[0]), tmp
 
 
 def test_stage2_accounts_for_every_clip_and_records_its_inputs(stage2, videos_with_a_broken_clip, stage1_dir):
     result, _ = stage2
     m = result.manifest
     _, kept = videos_with_a_broken_clip
-    assert m["kind"] == "checkpoint" and m["stage"] == "video_consistency_distillation"
+    assert m["kind"] == "checkpoint" and m["stage"] == "distill_video"
     assert m["counts"]["rows"] == kept
     assert m["counts"]["failed"] == {"undecodable": 1}
     assert m["counts"]["encoded"] == kept - 1
@@ -174,29 +174,30 @@ def test_the_exported_pipeline_generates_4_step_videos_through_diffusers(stage2)
 
 
 def test_stage2_refuses_a_missing_stage1_before_any_work(videos_with_a_broken_clip, motion_dir, tmp_path):
-    from pipelines.distill_video import run
+    from pipelines.runtime import run_job
 
     src, _ = videos_with_a_broken_clip
     with pytest.raises(ValueError, match="--stage1"):
-        run(load_config("toy", _overrides(tmp_path, motion_dir)), src, tmp_path / "out")
+        run_job("distill_video", load_config("toy", _overrides(tmp_path, motion_dir)), src, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="stage 1's output"):
-        run(load_config("toy", _overrides(tmp_path, motion_dir)), src, tmp_path / "out", stage1=tmp_path)
+        run_job("distill_video", load_config("toy", _overrides(tmp_path, motion_dir)), src, tmp_path / "out",
+                stage1=tmp_path)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.fixture(scope="module")
 def stage3(stage2, recaptioned, curated_videos, motion_dir, ray_local):
-    from pipelines.adapt import run
+    from pipelines.runtime import run_job
 
     result2, tmp = stage2
     overrides = _overrides(tmp, motion_dir, "adapt", steps=2)
-    return run(load_config("toy", overrides), result2.output, tmp / "adapters", control_data=recaptioned.output,
-               video_data=curated_videos.output)  # fmt: skip
+    return run_job("adapt", load_config("toy", overrides), result2.output, tmp / "adapters",
+                   control_data=recaptioned.output, video_data=curated_videos.output)  # fmt: skip
 
 
 def test_stage3_trains_both_adapters_and_records_them(stage3, stage2, recaptioned):
     m = stage3.manifest
-    assert m["stage"] == "teacher_free_adaptation"
+    assert m["stage"] == "adapt"
     assert m["inputs"]["stage2"]["digest"] == stage2[0].manifest["digest"]
     assert set(m["adapters"]) == {"control", "image_to_video"}
     dancers = sum(pq.read_metadata(f).num_rows for f in (recaptioned.output / "captioned").glob("*.parquet"))
@@ -247,7 +248,7 @@ def test_the_distill_video_flow_publishes_its_summary(stage2, videos_with_a_brok
     src, _ = videos_with_a_broken_clip
     overrides = [o for o in _overrides(tmp, motion_dir) if "storage_path" not in o]
     m = distill_video_flow(DistillVideoParams(
-        input_dir=str(src), stage1_dir=str(stage1_dir[0]), output_dir=str(tmp_path / "flow"),
+        input_dir=str(src), stage1=str(stage1_dir[0]), output_dir=str(tmp_path / "flow"),
         overrides=[*overrides, f"distill_video.train.storage_path={tmp_path / 'runs'}", "distill_video.train.steps=1",
                    "distill_video.preview_prompts=[]"],
     ))  # fmt: skip

@@ -61,12 +61,12 @@ def outside(tmp_path):
 def test_hostile_images_are_each_accounted_for_with_their_reason_and_nothing_leaves_the_output(
     ray_local, tmp_path, outside
 ):
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, out = tmp_path / "raw", tmp_path / "out"
     expects = write_hostile_images(src, tag=outside)
     before = tree(tmp_path, out)
-    result = run(load_config("toy"), src, out)
+    result = run_job("curate_images", load_config("toy"), src, out)
     assert tree(tmp_path, out) == before, "the job wrote or changed files outside its output directory"
     assert sorted(p.name for p in out.iterdir()) == ["audit", "kept", "manifest.json"]
 
@@ -90,13 +90,12 @@ def test_hostile_images_are_each_accounted_for_with_their_reason_and_nothing_lea
 def test_hostile_videos_are_each_accounted_for_with_their_reason_and_nothing_leaves_the_output(
     ray_local, tmp_path, outside, job
 ):
-    import importlib
+    from pipelines.runtime import run_job
 
-    run = importlib.import_module(f"pipelines.{job}").run
     src, out = tmp_path / "raw", tmp_path / "out"
     expects = write_hostile_videos(src, tag=outside)
     before = tree(tmp_path, out)
-    result = run(load_config("toy"), src, out)
+    result = run_job(job, load_config("toy"), src, out)
     assert tree(tmp_path, out) == before, "the job wrote or changed files outside its output directory"
 
     m = result.manifest

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from pipelines.config import load_config
-    from pipelines.curate_images import run
+    from pipelines.runtime import run_job
 
     src, out = sys.argv[1], sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"cpu_node": 1}})
@@ -38,8 +38,8 @@ SCRIPT = textwrap.dedent(
 
     placements.append(ray.get(where_a_gpu_task_runs.remote()))
     # the sd15 profile's scheduling: the scorers ask for a GPU (the toy scorers still compute on the CPU)
-    cfg = load_config("toy", ["curation.scorer_gpus=1", "curation.scorer_actors=1"])
-    result = run(cfg, src, out)
+    cfg = load_config("toy", ["curate_images.scorer_gpus=1", "curate_images.scorer_actors=1"])
+    result = run_job("curate_images", cfg, src, out)
     from ray.util.state import list_actors
 
     actors = [a for a in list_actors(detail=True, limit=10000) if "ScoreActor" in (a.class_name or "")]

@@ -72,7 +72,7 @@ def test_curation_entry_point_runs_as_a_submitted_ray_job(head_node, toy_images,
 
     src, labels = toy_images
     out = tmp_path / "submitted"
-    cfg = load_config("toy", ["curation.scorer_actors=1"])
+    cfg = load_config("toy", ["curate_images.scorer_actors=1"])
     job = runtime.submit(
         "curate_images", ["--input", str(src / "wds"), "--output", str(out)], cfg, address=head_node, timeout_s=600
     )
@@ -80,4 +80,4 @@ def test_curation_entry_point_runs_as_a_submitted_ray_job(head_node, toy_images,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["input"] == len(labels)
     # The job ran with the config the caller resolved (carried in ALCM_CONFIG), not the profile on disk.
-    assert manifest["config"]["curation"]["scorer_actors"] == 1
+    assert manifest["config"]["curate_images"]["scorer_actors"] == 1

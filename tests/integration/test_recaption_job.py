@@ -58,10 +58,10 @@ def test_audit_has_no_frame_bytes_and_the_manifest_names_the_captioner(recaption
 def test_the_lavis_backend_gives_the_same_captions_from_its_own_environment(
     recaptioned, toy_video_world, ray_local, tmp_path
 ):
-    from pipelines.recaption import run
+    from pipelines.runtime import run_job
 
     cfg = load_config("toy", ["captioner.backend=lavis"])
-    lavis = run(cfg, toy_video_world / "dancers", tmp_path / "lavis")
+    lavis = run_job("recaption", cfg, toy_video_world / "dancers", tmp_path / "lavis")
     assert lavis.manifest["captioner"]["backend"] == "lavis"
     ref = {r["key"]: r for r in pq.read_table(recaptioned.output / "captioned").to_pylist()}
     got = pq.read_table(lavis.output / "captioned").to_pylist()

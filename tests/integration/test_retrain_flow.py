@@ -48,14 +48,14 @@ def _status(summary: dict) -> dict[str, str]:
 
 def test_the_first_run_runs_every_stage_registers_each_output_and_evaluates_stage_two(runs):
     from flows.common import open_registry
-    from flows.retrain import LINKS, STAGES
+    from pipelines.stages import STAGES
 
     first = runs["first"]
-    assert _status(first) == dict.fromkeys(STAGES, "ran")
+    assert _status(first) == {s.name: "ran" for s in STAGES}
     work = Path(first["work_dir"])
     for stage in STAGES:
-        link = work / LINKS[stage]
-        assert link.is_symlink() and (link / "manifest.json").is_file(), stage
+        link = work / stage.output
+        assert link.is_symlink() and (link / "manifest.json").is_file(), stage.name
     registry = open_registry()
     regs = first["registered"]
     stage2 = registry.get(regs["distill_video"])
@@ -73,10 +73,10 @@ def test_the_first_run_runs_every_stage_registers_each_output_and_evaluates_stag
 
 
 def test_a_rerun_with_unchanged_inputs_skips_every_finished_stage(runs):
-    from flows.retrain import STAGES
+    from pipelines.stages import STAGES
 
     first, second = runs["first"], runs["second"]
-    assert _status(second) == dict.fromkeys(STAGES, "cached")
+    assert _status(second) == {s.name: "cached" for s in STAGES}
     assert second["registered"] == first["registered"]  # same outputs, same versions: nothing registered twice
     assert second["jobs_s"] == 0
     assert [r["output"] for r in second["stages"]] == [r["output"] for r in first["stages"]]

@@ -122,7 +122,7 @@ def test_training_deployments_are_limited_to_one_run_and_retrain_has_its_trigger
     deps = served["deployments"]
     for name, dep in deps.items():
         limit = (dep.get("global_concurrency_limit") or {}).get("limit") or dep.get("concurrency_limit")
-        assert limit == (1 if name in ("distill-image", "distill-video", "adapt-adapters", "retrain-animatelcm")
+        assert limit == (1 if name in ("distill-image", "distill-video", "adapt", "retrain-animatelcm")
                          else None), name  # fmt: skip
         assert dep["name"] == "platform" and not dep.get("schedules"), name
     status, automations = _api(served["url"], "/automations/filter", {})

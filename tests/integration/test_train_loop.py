@@ -15,7 +15,7 @@ from models.task import LinearProbeTask
 from pipelines.train_loop import TrainConfig, deepspeed_config, train
 
 # A partial of an importable class: Ray workers unpickle it by reference (a function defined here would not import).
-make_probe = partial(LinearProbeTask, dim=4, ema_decay=0.5, seed=0)
+make_probe = partial(LinearProbeTask, dim=4, ema_decay=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,15 @@ def test_two_workers_train_checkpoint_and_resume_without_inflating_steps(regress
     assert mse(later) < mse(exported)  # the 3 resumed steps trained on: the fit to the whole data improved
     ema = load_file(str(tmp_path / "export2" / "probe_ema.safetensors"))
     assert not np.allclose(ema["weight"].numpy(), exported["weight"].numpy())
+
+
+def test_every_rank_holds_the_same_online_and_target_weights_at_the_start_and_after_a_step(regression_data, tmp_path):
+    # The probe's weights and its EMA target are drawn from torch's generator when the Task is built: a rank that
+    # built it under another seed would hold another target for good (DeepSpeed broadcasts only the engine's weights).
+    cfg = TrainConfig(name="replicas", storage_path=str(tmp_path / "runs"), num_workers=2, steps=2, micro_batch_size=4,
+                      lr=0.2, checkpoint_every=100, cpus_per_worker=0.5)  # fmt: skip
+    metrics = train(make_probe, regression_data, cfg).metrics
+    assert metrics["replica_spread_start"] == 0.0 and metrics["replica_spread_step"] == 0.0, metrics
 
 
 def test_replaying_a_small_shard_trains_exactly_what_reading_it_again_trains(regression_data, tmp_path):

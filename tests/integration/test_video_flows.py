@@ -1,4 +1,4 @@
-"""The ``recaption-videos`` and ``curate-videos`` flows against the Prefect test harness."""
+"""The ``recaption`` and ``curate-videos`` flows against the Prefect test harness."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_recaption_flow_captions_dancers_and_publishes_a_summary(prefect_harness
     )
     assert manifest["counts"]["by_decision"]["kept"] == manifest["counts"]["input"] == 6
     assert (out / "manifest.json").is_file() and list((out / "captioned").glob("*.parquet"))
-    summary = _artifact("recaption-videos-summary")
+    summary = _artifact("recaption-summary")
     assert "Recaptioned" in summary and "alcm-toy-blip" in summary
 
 

@@ -8,15 +8,15 @@ runner = CliRunner()
 
 
 def test_config_show_prints_the_resolved_profile_with_overrides():
-    result = runner.invoke(app, ["config", "show", "--profile", "toy", "--set", "curation.batch_size=7"])
+    result = runner.invoke(app, ["config", "show", "--profile", "toy", "--set", "curate_images.batch_size=7"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["curation"]["batch_size"] == 7
+    assert json.loads(result.output)["curate_images"]["batch_size"] == 7
 
 
 def test_bad_config_key_exits_2_naming_the_key():
-    result = runner.invoke(app, ["config", "show", "--set", "curation.filterz.min_side=3"])
+    result = runner.invoke(app, ["config", "show", "--set", "curate_images.filterz.min_side=3"])
     assert result.exit_code == 2
-    assert "curation.filterz" in result.output
+    assert "curate_images.filterz" in result.output
 
 
 def test_curate_refuses_a_missing_input_before_any_flow_runs(tmp_path):

@@ -29,31 +29,31 @@ def test_both_profiles_are_shipped():
 
 
 def test_overrides_are_parsed_as_yaml_scalars():
-    cfg = load_config("toy", ["curation.filters.min_side=32", "curation.dedup.near=false", "ray.num_cpus=1"])
-    assert cfg.curation.filters.min_side == 32
-    assert cfg.curation.dedup.near is False
+    cfg = load_config("toy", ["curate_images.filters.min_side=32", "curate_images.dedup.near=false", "ray.num_cpus=1"])
+    assert cfg.curate_images.filters.min_side == 32
+    assert cfg.curate_images.dedup.near is False
     assert cfg.ray.num_cpus == 1
 
 
 def test_config_is_frozen():
     cfg = load_config("toy")
     with pytest.raises(AttributeError):
-        cfg.curation.batch_size = 3  # type: ignore[misc]
+        cfg.curate_images.batch_size = 3  # type: ignore[misc]
 
 
 def test_unknown_key_names_the_key_and_the_valid_keys():
-    with pytest.raises(ConfigError, match=r"curation\.filters\.min_sid'.*min_side"):
-        load_config("toy", ["curation.filters.min_sid=3"])
+    with pytest.raises(ConfigError, match=r"curate_images\.filters\.min_sid'.*min_side"):
+        load_config("toy", ["curate_images.filters.min_sid=3"])
 
 
 def test_wrong_type_names_key_and_value():
-    with pytest.raises(ConfigError, match=r"curation\.batch_size='many': expected an integer"):
-        load_config("toy", ["curation.batch_size=many"])
+    with pytest.raises(ConfigError, match=r"curate_images\.batch_size='many': expected an integer"):
+        load_config("toy", ["curate_images.batch_size=many"])
 
 
 def test_component_validation_is_prefixed_with_the_dotted_key():
-    with pytest.raises(ConfigError, match=r"curation\.filters\.watermark_max=1\.5: must be a probability"):
-        load_config("toy", ["curation.filters.watermark_max=1.5"])
+    with pytest.raises(ConfigError, match=r"curate_images\.filters\.watermark_max=1\.5: must be a probability"):
+        load_config("toy", ["curate_images.filters.watermark_max=1.5"])
 
 
 def test_unknown_profile_lists_the_shipped_ones():
@@ -63,7 +63,7 @@ def test_unknown_profile_lists_the_shipped_ones():
 
 def test_bad_override_syntax_is_explained():
     with pytest.raises(ConfigError, match="expected key=value"):
-        load_config("toy", ["curation.batch_size"])
+        load_config("toy", ["curate_images.batch_size"])
 
 
 def test_relative_weight_paths_resolve_against_the_project_root():
@@ -83,3 +83,31 @@ def test_missing_required_key_is_named(tmp_path):
     p.write_text("profile: x\n")
     with pytest.raises(ConfigError, match="missing key 'data_dir'"):
         load_config(str(p))
+
+
+def test_an_old_section_name_in_an_override_still_loads_and_warns_with_the_new_key(caplog):
+    cfg = load_config("toy", ["curation.filters.min_side=32", "curation.decode.max_bytes=1000",
+                              "video_curation.batch_size=3", "recaption.control.source=none"])  # fmt: skip
+    assert cfg.curate_images.filters.min_side == 32 and cfg.decode.max_bytes == 1000
+    assert cfg.curate_videos.batch_size == 3 and cfg.pose.source == "none"
+    assert "curation.filters.min_side was renamed curate_images.filters.min_side" in caplog.text
+    assert "recaption.control.source was renamed pose.source" in caplog.text
+
+
+def test_a_profile_written_with_the_old_section_names_loads_as_the_new_one(tmp_path):
+    import yaml
+
+    from pipelines.config import PROJECT_ROOT
+
+    data = yaml.safe_load((PROJECT_ROOT / "configs" / "toy.yaml").read_text())
+    data["curation"] = data.pop("curate_images")
+    data["curation"]["decode"] = data.pop("decode")
+    data["video_curation"] = data.pop("curate_videos")
+    data["recaption"]["control"] = data.pop("pose")
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(data))
+    assert load_config(str(old)) == load_config("toy")
+    data["decode"] = data["curation"]["decode"]
+    old.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="both curation.decode and its new name decode are set"):
+        load_config(str(old))

@@ -39,7 +39,7 @@ class Leaf:
 
     profile: str
     key: str
-    """Full dotted key, e.g. ``curation.filters.min_side`` or ``promotion.video[0].margin``."""
+    """Full dotted key, e.g. ``curate_images.filters.min_side`` or ``promotion.video[0].margin``."""
     tp: Any
     """The field's annotation."""
     value: Any
@@ -155,8 +155,8 @@ BLANK_OK = {
 NO_INVALID_VALUE_OF_ITS_TYPE = {
     **BLANK_OK,
     "captioner.generation.length_penalty": "any finite number (< 0 favours short captions); NaN and ±inf are covered",
-    "curation.filters.aesthetic_min": "a threshold on the scorer's own scale: any finite number; NaN and ±inf covered",
-    "video_curation.filters.aesthetic_min": "as curation.filters.aesthetic_min",
+    "curate_images.filters.aesthetic_min": "a threshold on the scorer's scale: any finite number; NaN, ±inf covered",
+    "curate_videos.filters.aesthetic_min": "as curate_images.filters.aesthetic_min",
 }
 """Non-boolean fields with no invalid value of their own type, and why. (A boolean has none unless another field
 constrains it; booleans are exempt as a type, and still get their wrong-type cases.)"""
@@ -271,7 +271,7 @@ LEAVES = [leaf for profile in PROFILES for leaf in _walk(profile, load_config(pr
 def test_the_walk_reaches_every_component_of_both_shipped_profiles():
     assert {"toy", "sd15"} <= set(PROFILES)
     keys = {leaf.key for leaf in LEAVES}
-    for key in ("profile", "scorers.clip.image_size", "curation.filters.watermark_max", "teacher.lora.rank",
+    for key in ("profile", "scorers.clip.image_size", "curate_images.filters.watermark_max", "teacher.lora.rank",
                 "distill_video.train.resources", "evaluate.teacher_methods", "promotion.video[0].margin"):  # fmt: skip
         assert key in keys
 

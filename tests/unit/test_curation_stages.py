@@ -6,7 +6,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipelines.config import load_config
-from pipelines.curate_images import _apply_global, _decide, _decode, _global_decisions
+from pipelines.curate_images import apply_global, decide, decode_rows, global_decisions
 
 CFG = load_config("toy")
 
@@ -26,16 +26,16 @@ def raw(rows):
 
 
 def decided(rows):
-    table = _decode(raw(rows), cfg=CFG.curation.decode)
+    table = decode_rows(raw(rows), cfg=CFG.decode)
     # Scores of a good image-text pair under the profile's thresholds, so only decoding and the rule filters decide.
-    f = CFG.curation.filters
+    f = CFG.curate_images.filters
     for c, value in (("clip_score", f.clip_min + 1), ("aesthetic_score", f.aesthetic_min + 1), ("watermark_prob", 0.0)):
         table = table.set_column(table.schema.get_field_index(c), c, pa.array([value] * table.num_rows, pa.float32()))
-    return _decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=CFG.curation.filters)
+    return decide(table.drop_columns(["_pixels", "_pixels_w", "_pixels_h"]), cfg=CFG.curate_images.filters)
 
 
 def test_decode_quarantines_bad_bytes_and_keeps_reader_quarantine():
-    table = _decode(
+    table = decode_rows(
         raw(
             [
                 {"id": "s#0", "key": "a", "caption": "a red circle here", "image": png((255, 0, 0))},
@@ -50,7 +50,7 @@ def test_decode_quarantines_bad_bytes_and_keeps_reader_quarantine():
                 },
             ]
         ),
-        cfg=CFG.curation.decode,
+        cfg=CFG.decode,
     )
     assert table.column("decodable").to_pylist() == [True, False, False]
     assert table.column("quarantine").to_pylist() == [None, "undecodable", "bad_schema"]
@@ -80,11 +80,11 @@ def test_later_duplicate_keys_are_quarantined_and_exact_duplicates_point_at_the_
         ]
     )
     meta = table.select(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
-    updates = _global_decisions(meta, CFG)
+    updates = global_decisions(meta, CFG)
     assert updates["s#00000001"][:2] == ("quarantined", "duplicate_key")
     # k0 and k1 share bytes; the smaller key is kept.
     assert updates["s#00000000"] == ("rejected", "duplicate", "k0", None)
-    out = _apply_global(table, updates=updates)
+    out = apply_global(table, updates=updates)
     assert out.column("decision").to_pylist() == ["rejected", "quarantined", "kept"]
     assert out.column("reasons").to_pylist() == [["duplicate"], ["duplicate_key"], []]
     assert out.column("duplicate_of").to_pylist() == ["k0", None, None]

@@ -1,15 +1,17 @@
-"""Stage 1's configuration, run identity and latent-cache key (no Ray, no training)."""
+"""Stage 1's configuration, run identity and latent-cache key (no Ray, no training): both derived from what the job
+receives (its settings and its encode step's spec)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from filters.decode import DecodeConfig
 from pipelines.config import ConfigError, load_config
-from pipelines.distill_image import cache_key, decode_square, run_name
+from pipelines.distill_image import encode_spec
+from pipelines.latent_cache import cache_key, decode_square
+from pipelines.stage_job import run_name
+from pipelines.stages import stage
 from toyworld.images import encode_png
 
 DIGESTS = {"vae/diffusion_pytorch_model.safetensors": "a", "unet/diffusion_pytorch_model.safetensors": "b",
@@ -42,27 +44,39 @@ def test_invalid_stage1_settings_raise_naming_the_key(override, key):
         load_config("toy", [override])
 
 
+def settings(*overrides: str):
+    return stage("distill_image").settings_of(load_config("toy", list(overrides)))
+
+
+def name(cfg, dataset: str = "sha256:d1", digests: dict = DIGESTS) -> str:
+    return run_name(cfg, "distill_image", "out", {"dataset": dataset, "teacher": digests})
+
+
 def test_the_run_name_resumes_across_more_steps_but_not_across_other_inputs_or_settings():
-    cfg = load_config("toy")
-    name = run_name(cfg, Path("/x/out"), "sha256:d1", DIGESTS)
-    assert name.startswith("stage1-out-")
-    more = load_config("toy", ["distill_image.train.steps=900", "distill_image.train.log_every=3"])
-    assert run_name(more, Path("/x/out"), "sha256:d1", DIGESTS) == name
-    assert run_name(cfg, Path("/x/out"), "sha256:d2", DIGESTS) != name
-    assert (
-        run_name(cfg, Path("/x/out"), "sha256:d1", {**DIGESTS, "unet/diffusion_pytorch_model.safetensors": "z"}) != name
-    )
-    assert run_name(load_config("toy", ["distill_image.train.lr=0.01"]), Path("/x/out"), "sha256:d1", DIGESTS) != name
+    first = name(settings())
+    assert first.startswith("stage1-out-")
+    assert name(settings("distill_image.train.steps=900", "distill_image.train.log_every=3")) == first
+    assert name(settings("distill_image.preview_prompts=[a red circle]")) == first
+    assert name(settings(), dataset="sha256:d2") != first
+    assert name(settings(), digests={**DIGESTS, "unet/diffusion_pytorch_model.safetensors": "z"}) != first
+    assert name(settings("distill_image.train.lr=0.01")) != first
+    assert name(settings("decode.max_pixels=1000000")) != first  # the data it trains on is decoded differently
 
 
 def test_the_cache_key_follows_the_data_the_encoders_and_the_resolution_only():
-    cfg = load_config("toy")
-    key = cache_key(cfg, "sha256:d1", DIGESTS)
-    assert cache_key(load_config("toy", ["distill_image.train.lr=0.01"]), "sha256:d1", DIGESTS) == key
-    assert cache_key(cfg, "sha256:d1", {**DIGESTS, "unet/diffusion_pytorch_model.safetensors": "z"}) == key
-    assert cache_key(cfg, "sha256:d2", DIGESTS) != key
-    assert cache_key(cfg, "sha256:d1", {**DIGESTS, "vae/diffusion_pytorch_model.safetensors": "z"}) != key
-    assert cache_key(load_config("toy", ["distill_image.resolution=32"]), "sha256:d1", DIGESTS) != key
+    key = cache_key(encode_spec(settings()), "sha256:d1", DIGESTS)
+    assert cache_key(encode_spec(settings("distill_image.train.lr=0.01")), "sha256:d1", DIGESTS) == key
+    assert (
+        cache_key(encode_spec(settings()), "sha256:d1", {**DIGESTS, "unet/diffusion_pytorch_model.safetensors": "z"})
+        == key
+    )
+    assert cache_key(encode_spec(settings()), "sha256:d2", DIGESTS) != key
+    assert (
+        cache_key(encode_spec(settings()), "sha256:d1", {**DIGESTS, "vae/diffusion_pytorch_model.safetensors": "z"})
+        != key
+    )
+    assert cache_key(encode_spec(settings("distill_image.resolution=32")), "sha256:d1", DIGESTS) != key
+    assert cache_key(encode_spec(settings("teacher.pretrained_dir=/elsewhere")), "sha256:d1", DIGESTS) == key
 
 
 def test_decode_square_resizes_the_shorter_side_and_centre_crops():

@@ -13,15 +13,37 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts.manifest import IntegrityError, files_map, verify_files
-from pipelines.adapt import read_stage2
-from pipelines.distill_image import read_input_dataset
-from pipelines.distill_video import read_stage1, read_video_dataset
-from pipelines.evaluate import read_checkpoint
+from pipelines import adapt, distill_image, distill_video, evaluate
+from pipelines.stage_job import read_checkpoint, read_dataset
 
 STAGES = {
-    "stage1": ("image_consistency_distillation", ["lora/pytorch_lora_weights.safetensors", "lora/adapter_config.json"]),
-    "stage2": ("video_consistency_distillation", ["pipeline/model_index.json", "pipeline/unet/weights.safetensors"]),
+    "stage1": ("distill_image", ["lora/pytorch_lora_weights.safetensors", "lora/adapter_config.json"]),
+    "stage2": ("distill_video", ["pipeline/model_index.json", "pipeline/unet/weights.safetensors"]),
 }
+
+
+def read_stage1(path):
+    """What stage 2 does with its --stage1 input."""
+    return read_checkpoint(path, stage="distill_image", needs=(distill_video.STAGE1_LORA,), option="--stage1",
+                           what="stage 1's output")  # fmt: skip
+
+
+def read_stage2(path):
+    """What stage 3 does with its --input."""
+    return read_checkpoint(path, stage="distill_video", needs=("pipeline/model_index.json",), option="--input",
+                           what="stage 2's output")  # fmt: skip
+
+
+def read_images(path):
+    return read_dataset(path, columns=distill_image.COLUMNS, what="a curated image dataset")
+
+
+def read_videos(path):
+    return read_dataset(path, columns=distill_video.COLUMNS, what="a curated video dataset")
+
+
+def read_dancers(path):
+    return read_dataset(path, columns=("key", "caption", "frames"), what=adapt.DATA["control"][2])
 
 
 def _checkpoint(root: Path, which: str) -> Path:
@@ -33,7 +55,8 @@ def _checkpoint(root: Path, which: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(bytes(range(256)) * (i + 3))
         digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (out / "manifest.json").write_text(json.dumps({"kind": "checkpoint", "stage": stage, "files": digests}))
+    manifest = {"kind": "checkpoint", "stage": stage, "files": digests, "digest": "sha256:1"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
 
@@ -75,7 +98,7 @@ def test_a_missing_file_is_named(tmp_path):
     [
         ("stage1", read_stage1, "lora/adapter_config.json"),
         ("stage2", read_stage2, "pipeline/unet/weights.safetensors"),
-        ("stage2", read_checkpoint, "pipeline/model_index.json"),
+        ("stage2", evaluate.read_checkpoint, "pipeline/model_index.json"),
     ],
 )
 def test_the_readers_of_a_checkpoint_refuse_a_corrupted_one(tmp_path, which, read, victim):
@@ -101,17 +124,16 @@ def _dataset(root: Path, table_dir: str, columns: dict) -> Path:
 @pytest.mark.parametrize(
     ("read", "table_dir", "columns"),
     [
-        (read_input_dataset, "kept", {"key": ["a"], "caption": ["c"], "image": [b"x"]}),
-        (read_video_dataset, "kept", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
-        (read_video_dataset, "captioned", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
+        (read_images, "kept", {"key": ["a"], "caption": ["c"], "image": [b"x"]}),
+        (read_videos, "kept", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
+        (read_dancers, "captioned", {"key": ["a"], "caption": ["c"], "frames": [[b"x"]]}),
     ],
 )
 def test_the_readers_of_a_dataset_refuse_a_corrupted_shard_naming_it(tmp_path, read, table_dir, columns):
     out = _dataset(tmp_path, table_dir, columns)
     assert sorted(json.loads((out / "manifest.json").read_text())["files"]) == [
         "audit/part-0.parquet", f"{table_dir}/part-0.parquet", f"{table_dir}/part-1.parquet"]
-    _, files = read(out)  # intact: accepted
-    assert len(files) == 2
+    assert len(read(out).files) == 2  # intact: accepted
     _flip(out / table_dir / "part-1.parquet", offset=8)
     with pytest.raises(IntegrityError, match=rf"{table_dir}/part-1\.parquet: content digest sha256:\w+ does not"):
         read(out)
@@ -121,4 +143,4 @@ def test_a_shard_added_after_publishing_is_refused_naming_it(tmp_path):
     out = _dataset(tmp_path, "kept", {"key": ["a"], "caption": ["c"], "image": [b"x"]})
     pq.write_table(pa.table({"key": ["z"], "caption": ["c"], "image": [b"y"]}), out / "kept" / "zz-extra.parquet")
     with pytest.raises(IntegrityError, match=r"1 data file\(s\) not listed .*kept/zz-extra\.parquet"):
-        read_input_dataset(out)
+        read_images(out)

@@ -16,8 +16,9 @@ import torch
 from safetensors import SafetensorError
 
 from models.safe_load import DEEPSPEED_GLOBALS, UnsafePickleError, load_deepspeed_checkpoint, load_weights_only
+from pipelines.checkpointer import CKPT_TAG, Checkpointer
 from pipelines.train_config import TrainConfig
-from pipelines.train_loop import CKPT_TAG, _restore, deepspeed_config
+from pipelines.train_loop import deepspeed_config
 
 
 class _Payload:
@@ -227,13 +228,14 @@ def test_a_missing_deepspeed_checkpoint_is_an_error_not_a_fresh_start(single_pro
 
 def test_the_train_loops_resume_refuses_a_payload_and_resumes_a_genuine_checkpoint(saved, tmp_path, marker,
                                                                                    monkeypatch):  # fmt: skip
-    """``_restore`` as a Ray worker runs it (the checkpoint Ray hands over, here a local directory; no Ray)."""
+    """The checkpointer's restore as a Ray worker runs it (the checkpoint Ray hands over, here a local directory; no
+    Ray)."""
     import ray.train
 
     stage, out, weights = saved
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(out)))
     engine = _engine(stage, seed=1)
-    assert _restore(engine, task=None) == 2  # no task_state.safetensors in this checkpoint: the task is not used
+    assert Checkpointer(engine, task=None).restore() == 2  # no task_state.safetensors here: the task is not used
     assert all(torch.equal(v, weights[k]) for k, v in _weights(engine).items())
 
     tampered = Path(shutil.copytree(out, tmp_path / "tampered"))
@@ -241,4 +243,4 @@ def test_the_train_loops_resume_refuses_a_payload_and_resumes_a_genuine_checkpoi
     torch.save({**load_weights_only(target, allowed=DEEPSPEED_GLOBALS), "alcm_payload": _Payload(marker)}, target)
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(tampered)))
     with pytest.raises(UnsafePickleError, match=re.escape(str(target))):
-        _restore(_engine(stage, seed=1), task=None)
+        Checkpointer(_engine(stage, seed=1), task=None).restore()

@@ -171,17 +171,17 @@ def test_an_annotator_source_without_a_class_explains_that_none_ships():
 
 def test_missing_weights_are_reported_with_the_key_and_the_path(tmp_path):
     cfg = PoseConfig(source="annotator", annotator="json:JSONDecoder")
-    with pytest.raises(FileNotFoundError, match=r"recaption\.control\.weights is not set"):
+    with pytest.raises(FileNotFoundError, match=r"pose\.weights is not set"):
         build_pose_annotator(cfg)
     missing = tmp_path / "pose.safetensors"
     cfg = PoseConfig(source="annotator", annotator="json:JSONDecoder", weights=str(missing))
-    with pytest.raises(FileNotFoundError, match=rf"recaption\.control\.weights=.*{missing.name}"):
+    with pytest.raises(FileNotFoundError, match=rf"pose\.weights=.*{missing.name}"):
         build_pose_annotator(cfg)
 
 
 def test_an_unimportable_annotator_is_reported_with_the_key(tmp_path):
     cfg = PoseConfig(source="annotator", annotator="no_such_pkg.pose:Model", weights=str(tmp_path))
-    with pytest.raises(ImportError, match=r"recaption\.control\.annotator='no_such_pkg\.pose:Model'"):
+    with pytest.raises(ImportError, match=r"pose\.annotator='no_such_pkg\.pose:Model'"):
         build_pose_annotator(cfg)
 
 

@@ -55,7 +55,7 @@ def _clip_row(rid, *, frames=None, quarantine=None, reasons=()):
 
 
 def test_caption_actor_captions_judgeable_clips_and_passes_the_rest_through():
-    actor = recaption._CaptionActor.__new__(recaption._CaptionActor)
+    actor = recaption.CaptionActor.__new__(recaption.CaptionActor)
     actor.captioner, actor.frames_at, actor.aggregation, actor.clip = _FakeCaptioner(), (0.0, 1.0), "first", None
     actor.generation = '{"num_beams":3}'
     table = pa.Table.from_pylist(

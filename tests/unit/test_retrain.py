@@ -1,4 +1,5 @@
-"""The retraining flow's caching and retry rules: stage keys, raw-input digests, which failures are retried."""
+"""The retraining flow's caching and retry rules: raw-input digests, which failures are retried (the stage keys:
+test_stage_keys.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,8 @@ import os
 import pytest
 from prefect.states import Completed, Failed
 
-from flows.retrain import DEPENDS, STAGES, _retry_condition, is_infrastructure_error, listing_digest, stage_key
-from pipelines.config import ConfigError, load_config
-
-
-def _keys(overrides: list[str]) -> dict[str, str]:
-    cfg = load_config("toy", overrides)
-    return {s: stage_key(s, cfg, {"raw": "sha256:0"}) for s in STAGES}
-
-
-def test_a_config_change_changes_the_keys_of_the_stages_that_read_it_only():
-    base = _keys([])
-    assert _keys([]) == base
-    changed = _keys(["adapt.train.steps=3"])
-    assert [s for s in STAGES if changed[s] != base[s]] == ["adapt"]
-    changed = _keys(["consistency.w_max=9.0"])  # every training stage and the eval read the consistency math
-    assert [s for s in STAGES if changed[s] != base[s]] == ["distill_image", "distill_video", "adapt", "evaluate"]
-    changed = _keys(["ray.num_cpus=1"])  # where jobs run is not what they compute
-    assert changed == base
-
-
-def test_a_stage_key_depends_on_its_inputs():
-    cfg = load_config("toy")
-    assert stage_key("adapt", cfg, {"distill_video": "a"}) != stage_key("adapt", cfg, {"distill_video": "b"})
-    assert set(DEPENDS["adapt"]) == {"distill_video", "recaption", "curate_videos"}
+from flows.retrain import _retry_condition, is_infrastructure_error, listing_digest
+from pipelines.config import ConfigError
 
 
 def test_the_raw_listing_digest_follows_added_changed_and_touched_files(tmp_path):

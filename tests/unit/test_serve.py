@@ -13,9 +13,9 @@ from flows.serve import DATA_LANDED, TRAINING, ServeSettings, build_deployments,
 from flows.videos import RecaptionParams, VideoJobParams
 
 MODELS = {
-    "curate-images": CurateImagesParams, "curate-videos": VideoJobParams, "recaption-videos": RecaptionParams,
-    "distill-image": DistillImageParams, "distill-video": DistillVideoParams, "adapt-adapters": AdaptParams,
-    "evaluate-checkpoint": EvaluateParams, "promote-checkpoint": PromoteParams, "retrain-animatelcm": RetrainParams,
+    "curate-images": CurateImagesParams, "curate-videos": VideoJobParams, "recaption": RecaptionParams,
+    "distill-image": DistillImageParams, "distill-video": DistillVideoParams, "adapt": AdaptParams,
+    "evaluate": EvaluateParams, "promote-checkpoint": PromoteParams, "retrain-animatelcm": RetrainParams,
 }  # fmt: skip
 
 
@@ -28,7 +28,8 @@ def test_every_flow_has_defaults_its_form_accepts(tmp_path):
         if hasattr(params, "output_dir"):
             assert params.output_dir == str(tmp_path / "work" / "ui" / name / "{run}")
     assert defaults["curate-images"]["params"]["input_dir"] == str(tmp_path / "raw" / "images" / "parquet")
-    assert defaults["distill-video"]["params"]["stage1_dir"] == str(tmp_path / "work" / "distilled-image")
+    assert defaults["distill-video"]["params"]["stage1"] == str(tmp_path / "work" / "distilled-image")
+    assert DistillVideoParams(input_dir="i", output_dir="o", stage1_dir="s").stage1 == "s"  # its name before
     retrain = RetrainParams(**defaults["retrain-animatelcm"]["params"])
     assert retrain.dancers == str(tmp_path / "raw" / "dancers") and retrain.new_data == ""
 
@@ -44,6 +45,7 @@ def test_deployments_limits_schedule_and_trigger(tmp_path):
         limit = d.concurrency_limit if isinstance(d.concurrency_limit, int | None) else d.concurrency_limit.limit
         assert limit == (1 if name in TRAINING else None), name
         assert not d.schedules, "no schedule unless asked for"
+    assert set(TRAINING) == {"distill-image", "distill-video", "adapt", "retrain-animatelcm"}
     retrain = deployments["retrain-animatelcm"]
     assert retrain.parameters["params"]["stages"] == ["curate_images"]
     (trigger,) = retrain.triggers
