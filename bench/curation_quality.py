@@ -1,6 +1,6 @@
 """Curation quality against ground truth: precision and recall per degradation on a fresh toy seed.
 
-The seed (default 90210) is never used to train the toy zoo (``toyworld.zoo`` trains on seeds < 1000 and
+The seed (default 90210) is never used to train the toy zoo (``toyworld.scorers`` trains on seeds < 1000 and
 validates on its own held-out seed). Per label, *recall* is the fraction of rows with that label whose decision
 carries the expected reason; per reason, *precision* is the fraction of rows flagged with it whose label expects it.
 Clean rows' false-rejection rate is the fraction of ``clean`` rows not kept.

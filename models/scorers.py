@@ -5,7 +5,7 @@ captions. The same code serves both profiles; only the config differs:
 
 - ``sd15``: open_clip ``ViT-L-14`` (OpenAI/LAION layout), the LAION "improved aesthetic predictor" MLP on its 768-d
   embeddings, and LAION's watermark detector (timm ``efficientnet_b3a`` with a 3-layer head, 256x256 input).
-- ``toy``: the same classes at tiny size, trained on the synthetic toy world by ``toyworld/zoo.py``
+- ``toy``: the same classes at tiny size, trained on the synthetic toy world by ``toyworld/scorers.py``
   (open_clip config ``alcm-toy-clip`` shipped in ``models/open_clip_configs/``, a ``toy_cnn`` watermark detector).
   ``alcm-toy-clip`` uses open_clip's ModifiedResNet image tower (the OpenAI RN50 CLIP design, at width 16) rather
   than a ViT: measured on 2 CPU cores, a 64x64/8 ViT learned almost nothing about shape in 150 steps while taking

@@ -57,7 +57,7 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
     results = {}
     for part in parts:
         if part == "scorers":
-            from toyworld.zoo import train_scorers
+            from toyworld.scorers import train_scorers
 
             results[part] = train_scorers(Path(out_root) / "scorers", seed=seed)
         elif part == "captioner":

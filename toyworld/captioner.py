@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import shutil
 import tempfile
@@ -45,6 +44,7 @@ import torch
 from toyworld.dancers import PATTERNS, render_dancer
 from toyworld.scenes import BACKGROUNDS, COLOURS, SHAPES
 from toyworld.videos import DIRECTIONS, render_clip
+from toyworld.zoo_common import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +240,6 @@ def render_frames(seed: int, stream: int, n_clips: int, n_dancers: int, per: int
     return np.stack(frames), captions, truths
 
 
-def _lr(step: int, cfg: CaptionerTrainingConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _targets(tokenizer, captions: list[str], bos: int, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     enc = tokenizer([PROMPT + c for c in captions], padding="longest", return_tensors="pt")
     ids = enc["input_ids"].clone()
@@ -323,8 +316,9 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
         losses = []
         for step in range(cfg.steps):
             idx = torch.as_tensor(rng.choice(len(frames), size=cfg.batch_size, replace=False))
+            lr = warmup_cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr, peak_first=True)
             for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg)
+                group["lr"] = lr
             ids, labels = ids_all[idx], labels_all[idx]
             keep = int((ids != config.text_config.pad_token_id).sum(1).max())
             loss = model(pixel_values=pixels[idx], input_ids=ids[:, :keep], labels=labels[:, :keep]).loss
@@ -335,7 +329,7 @@ def train_captioner(out: Path = DEFAULT_DIR, *, seed: int = 0, cfg: CaptionerTra
             losses.append(loss.item())
             if step % 100 == 0 or step == cfg.steps - 1:
                 rate = (step + 1) * cfg.batch_size / (time.monotonic() - t)
-                log.info("step %d/%d loss %.4f lr %.2e %.0f frames/s", step, cfg.steps, loss, _lr(step, cfg), rate)
+                log.info("step %d/%d loss %.4f lr %.2e %.0f frames/s", step, cfg.steps, loss, lr, rate)
         train_s = time.monotonic() - t
         model.eval()
         model.save_pretrained(tmp, safe_serialization=True)

@@ -20,7 +20,6 @@ written there.
 from __future__ import annotations
 
 import io
-import json
 import struct
 import tarfile
 import zlib
@@ -242,8 +241,3 @@ def _zero_fps(mp4: bytes) -> bytes:
     version = mp4[at + 4]
     offset = at + 4 + 4 + (16 if version == 1 else 8)  # version+flags, then creation and modification times
     return mp4[:offset] + struct.pack(">I", 0) + mp4[offset + 4 :]
-
-
-def expectations_json(expects: list[Expect]) -> str:
-    """The expectations as JSON (for a test's failure message or a corpus written to disk)."""
-    return json.dumps([e.__dict__ for e in expects], indent=1)

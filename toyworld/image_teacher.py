@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import platform
 import shutil
 import tempfile
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from contracts.digests import sha256_file
+from toyworld.clip_frames import make_video_pool
 from toyworld.scenes import (
     BACKGROUND_LEVEL,
     COLOUR_RGB,
@@ -68,7 +68,8 @@ from toyworld.scenes import (
     render_scene,
     sample_scene,
 )
-from toyworld.zoo import REPO_ROOT, make_video_pool, publish_part, toy_scorers_config
+from toyworld.scorer_config import toy_scorers_config
+from toyworld.zoo_common import REPO_ROOT, publish_part, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -329,19 +330,13 @@ def toy_clip_scorer() -> Any:
 # ------------------------------------------------------------------------------------------------------- training
 
 
-def _lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def train_vae(images: np.ndarray, cfg: ImageTeacherTrainingConfig, rng: np.random.Generator, log_every: int) -> Any:
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     t = time.monotonic()
     for step in range(cfg.vae_steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.vae_lr * _lr(step, cfg.vae_steps, cfg.warmup)
+            group["lr"] = warmup_cosine_lr(step, cfg.vae_steps, cfg.warmup, cfg.vae_lr, pi_first=True)
         x = to_pixels(images[rng.integers(len(images), size=cfg.vae_batch)])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
@@ -413,7 +408,7 @@ def train_unet(
     t0 = time.monotonic()
     for step in range(cfg.unet_steps):
         for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * _lr(step, cfg.unet_steps, cfg.warmup)
+            group["lr"] = warmup_cosine_lr(step, cfg.unet_steps, cfg.warmup, group["base_lr"], pi_first=True)
         i = torch.from_numpy(rng.integers(len(ids), size=n_img))
         j = torch.from_numpy(rng.integers(len(clip_ids), size=n_clip))
         mean = torch.cat([latents[0][i], clip_latents[0][j]])

@@ -51,7 +51,7 @@ from toyworld.image_teacher import (
 )
 from toyworld.scenes import BACKGROUND_LEVEL, BACKGROUNDS, COLOURS, SHAPES
 from toyworld.videos import DIRECTIONS, render_clip, video_caption
-from toyworld.zoo import REPO_ROOT, publish_part
+from toyworld.zoo_common import REPO_ROOT, publish_part, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -193,12 +193,6 @@ def motion_fidelity(videos: list[np.ndarray], prompts: list[dict[str, str]]) -> 
 # ------------------------------------------------------------------------------------------------------ training
 
 
-def _lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 @torch.no_grad()
 def encode_clips(vae: Any, clips: np.ndarray, batch: int = 256) -> torch.Tensor:
     """uint8 (N, F, H, W, 3) → scaled posterior-mean latents (N, C, F, h, w)."""
@@ -233,7 +227,7 @@ def train_motion(
     t0 = time.monotonic()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr(step, cfg.steps, cfg.warmup)
+            group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr, pi_first=True)
         i = rng.integers(len(latents), size=cfg.batch)
         x0 = latents[torch.from_numpy(i)]
         ehs = embeds[torch.from_numpy(caption_index[i])]

@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -68,6 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from contracts.digests import sha256_file
+from toyworld.clip_frames import make_video_pool
 from toyworld.image_teacher import (
     DEFAULT_DIR as IMAGE_TEACHER_DIR,
 )
@@ -85,7 +85,7 @@ from toyworld.image_teacher import (
 )
 from toyworld.scenes import BACKGROUND_LEVEL, caption_for, render_scene, sample_scene
 from toyworld.videos import grey
-from toyworld.zoo import REPO_ROOT, make_video_pool, publish_part
+from toyworld.zoo_common import REPO_ROOT, publish_part, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +231,6 @@ def validation_set(seed: int, n: int) -> tuple[list[dict[str, str]], np.ndarray]
 # -------------------------------------------------------------------------------------------------------- training
 
 
-def _lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def fine_tune_unet(
     unet: Any,
     text_encoder: Any,
@@ -265,7 +259,7 @@ def fine_tune_unet(
     acp = alphas_cumprod_from(SD15_SCHEDULE)
     t0 = time.monotonic()
     for step in range(cfg.steps):
-        lr = cfg.lr * _lr(step, cfg.steps, cfg.warmup)
+        lr = warmup_cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr, pi_first=True)
         for group in opt.param_groups:
             group["lr"] = lr
         rows = np.concatenate(

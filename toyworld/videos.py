@@ -254,14 +254,6 @@ def grey(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float64) @ _LUMA
 
 
-def mean_abs_diff(frames: np.ndarray, stride: int = 1) -> float:
-    """Mean absolute grey difference between frames ``stride`` apart, in grey levels (0 for a still clip)."""
-    g = grey(frames)
-    if g.shape[0] <= stride:
-        return 0.0
-    return float(np.abs(g[stride:] - g[:-stride]).mean())
-
-
 def _window_diffs(frames: np.ndarray) -> float:
     """Least mean absolute grey difference of a clip over the samplings JUMPY_MIN_DIFF promises (see make_jumpy)."""
     t, h, w, _ = frames.shape

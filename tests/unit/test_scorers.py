@@ -220,12 +220,12 @@ def test_scorers_config_from_dict_round_trips_and_rejects_unknown_keys():
         ScorersConfig.from_dict({**cfg.to_dict(), "clip": {"model": "ViT-L-14", "weight": None}})
 
 
-# ------------------------------------------------------------------ the committed toy zoo scorers (toyworld/zoo.py)
+# ------------------------------------------------------------------ the committed toy zoo scorers (toyworld/scorers.py)
 
 
 @pytest.fixture(scope="module")
 def zoo_scorer_and_manifest():
-    from toyworld.zoo import DEFAULT_SCORERS_DIR, toy_scorers_config
+    from toyworld.scorer_config import DEFAULT_SCORERS_DIR, toy_scorers_config
 
     manifest = json.loads((DEFAULT_SCORERS_DIR / "manifest.json").read_text())
     cfg = toy_scorers_config(str(DEFAULT_SCORERS_DIR), model_config_dir=str(BUNDLED_OPEN_CLIP_CONFIG_DIR))
@@ -233,7 +233,7 @@ def zoo_scorer_and_manifest():
 
 
 def test_committed_toy_scorer_files_match_their_manifest_digests(zoo_scorer_and_manifest):
-    from toyworld.zoo import DEFAULT_SCORERS_DIR
+    from toyworld.scorer_config import DEFAULT_SCORERS_DIR
 
     _, manifest = zoo_scorer_and_manifest
     for name, entry in manifest["files"].items():

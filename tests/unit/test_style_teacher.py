@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from toyworld.clip_frames import make_video_pool
 from toyworld.image_teacher import DEFAULT_DIR as TEACHER_DIR
 from toyworld.image_teacher import read_object
 from toyworld.scenes import render_scene, sample_scene
@@ -26,7 +27,6 @@ from toyworld.style_teacher import (
     train_style_teacher,
     validation_set,
 )
-from toyworld.zoo import make_video_pool
 
 
 def _plain_and_styled(n_scenes: int = 60, n_clips: int = 20) -> tuple[np.ndarray, np.ndarray]:
