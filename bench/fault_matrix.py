@@ -9,8 +9,9 @@ writes its second checkpoint (Ray Train restarts the group from the last committ
 output on a read-only mount; checkpoint storage URIs that name nothing. Each row: the fault, whether the work
 recovered (or, for faults nothing can recover from, failed cleanly before or without publishing anything), whether
 the outputs equal a clean run's, and the time the fault cost (the faulted run's extra wall time over the clean
-run's; the re-run's wall time for the killed flow; the time to the error for refused work). Needs root for the
-tmpfs mounts (CI and these machines run as root).
+run's; the re-run's wall time for the killed flow; the time to the error for refused work). The tmpfs mounts are
+made here as root (CI and these machines run as root); without root the disk-full row runs in a user and mount
+namespace (``bench.faults.disk_full``) and the read-only row uses file permissions.
 """
 
 from __future__ import annotations

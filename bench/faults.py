@@ -15,14 +15,17 @@ scenario returns a :class:`FaultResult`:
 
 Scenarios that kill Ray processes run in this process's Ray (``ray.init`` first); the flow scenario runs ``alcm
 retrain`` in subprocesses. Mounting needs root (the CI machine runs as root); without it, the read-only case uses
-file permissions and the full-disk case is reported as not run.
+file permissions and the full-disk case runs in a child process inside a new user and mount namespace, where it
+mounts its tmpfs and starts its own local Ray (:func:`disk_full`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -402,21 +405,36 @@ def _digest(out: Path) -> str:
 
 
 
+def _mount_tmpfs(path: Path, opts: str) -> str | None:
+    """Mount a tmpfs with ``opts`` at ``path``; None once mounted, else why it was not."""
+    if os.geteuid() != 0:
+        return "mounting a tmpfs needs root"
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    return None if p.returncode == 0 else f"mount -t tmpfs failed: {p.stderr.strip() or f'exit {p.returncode}'}"
+
+
 @contextlib.contextmanager
-def tmpfs(path: Path, *, size: str, read_only: bool = False) -> Iterator[bool]:
-    """Mount a tmpfs of ``size`` at ``path`` for the block; yields False (and mounts nothing) without the right."""
+def _tmpfs(path: Path, *, size: str, read_only: bool = False) -> Iterator[str | None]:
+    """Mount a tmpfs of ``size`` at ``path`` for the block; yields None, or why nothing was mounted."""
     path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if read_only else "")
-    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
-                                              capture_output=True).returncode == 0  # fmt: skip
+    why_not = _mount_tmpfs(path, f"size={size}" + (",ro" if read_only else ""))
     try:
-        yield ok
+        yield why_not
     finally:
-        if ok:
+        if why_not is None:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _fails_cleanly(fn, where: Path, words: str) -> tuple[bool, float, str]:
+@contextlib.contextmanager
+def tmpfs(path: Path, *, size: str, read_only: bool = False) -> Iterator[bool]:
+    """Mount a tmpfs of ``size`` at ``path`` for the block; yields False (and mounts nothing) without the right."""
+    with _tmpfs(path, size=size, read_only=read_only) as why_not:
+        yield why_not is None
+
+
+def _fails_cleanly(fn, where: Path, words: str) -> tuple[bool, float, str, dict]:
+    """Run ``fn``, which must raise an error containing ``words`` and leave ``where`` empty; returns (it did, seconds
+    to the error, a description, ``{"error", "errno", "left"}``: the message, its errno, what ``where`` holds)."""
     t = time.monotonic()
     try:
         fn()
@@ -424,21 +442,98 @@ def _fails_cleanly(fn, where: Path, words: str) -> tuple[bool, float, str]:
         seconds = time.monotonic() - t
         left = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
         ok = words in str(exc) and not left
-        return ok, seconds, f"{type(exc).__name__}: {str(exc)[:200]}; left in {where.name}/: {left or 'nothing'}"
-    return False, time.monotonic() - t, "no error"
+        data = {"error": str(exc), "errno": getattr(exc, "errno", None), "left": left}
+        return ok, seconds, f"{type(exc).__name__}: {str(exc)[:200]}; left in {where.name}/: {left or 'nothing'}", data
+    return False, time.monotonic() - t, "no error", {"error": None, "errno": None, "left": None}
 
 
-def disk_full(cfg, input_dir: Path, work: Path) -> FaultResult:
-    """Curate into a 256 KiB tmpfs: the write fails; the error says the disk is full; nothing is left there."""
+DISK_FULL_HOW = ("auto", "mount", "namespace")
+"""Where :func:`disk_full`'s tmpfs comes from (see there)."""
+DISK_FULL_FAULT = "disk full while writing"
+
+
+def disk_full(cfg, input_dir: Path, work: Path, *, how: str = "auto") -> FaultResult:
+    """Curate into a 256 KiB tmpfs: the write fails; the error says the disk is full, naming the output; nothing is
+    left on that disk (no output, no staging directory).
+
+    ``how`` says where the tmpfs comes from: ``"mount"``: mounted here (needs root; the job runs on this process's
+    Ray); ``"namespace"``: the scenario runs in a child process inside a new user and mount namespace (``unshare
+    --user --map-root-user --mount``, no privilege needed), which mounts the tmpfs, starts its own local Ray (the
+    mount exists only inside the namespace, so the Ray workers that write the output must start there) and checks
+    what is left before the namespace, and its tmpfs, go away; ``"auto"``: ``"mount"`` where it can mount, else
+    ``"namespace"``. ``data["how"]`` says which ran.
+    """
+    if how not in DISK_FULL_HOW:
+        raise ValueError(f"disk_full: how={how!r}; must be one of {', '.join(DISK_FULL_HOW)}")
     from pipelines.runtime import run_job
 
     small = work / "small-disk"
-    with tmpfs(small, size="256k") as mounted:
-        if not mounted:
-            return FaultResult("disk full while writing", False, None, 0.0, "not run: mounting a tmpfs needs root")
-        ok, seconds, why = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, small / "out"), small,
-                                          "no space left on the device")  # fmt: skip
-    return FaultResult("disk full while writing", ok, None, seconds, why)
+    if how in ("auto", "mount"):
+        with _tmpfs(small, size="256k") as why_not:
+            if why_not is None:
+                ok, seconds, why, data = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, small / "out"),
+                                                        small, "no space left on the device")  # fmt: skip
+                return FaultResult(DISK_FULL_FAULT, ok, None, seconds, why, {**data, "how": "mount"})
+        if how == "mount":
+            return FaultResult(DISK_FULL_FAULT, False, None, 0.0, f"not run: {why_not}", {"how": "mount"})
+    return _disk_full_in_namespace(cfg, input_dir, work)
+
+
+def _disk_full_in_namespace(cfg, input_dir: Path, work: Path, *, timeout: float = 900.0) -> FaultResult:
+    """:func:`disk_full` with ``how="mount"`` in a child process inside a new user and mount namespace, where it is
+    root (mapped to this user) and may mount; its own local Ray keeps its session files in a fresh directory (a
+    shared ``/tmp/ray`` may belong to another user)."""
+    import tempfile
+
+    from pipelines.config import to_dict
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        why = "not run: mounting here needs root, and there is no unshare (util-linux) to make a namespace with"
+        return FaultResult(DISK_FULL_FAULT, False, None, 0.0, why, {"how": "namespace"})
+    work.mkdir(parents=True, exist_ok=True)
+    spec, result, log = work / "namespace-spec.json", work / "namespace-result.json", work / "namespace.log"
+    result.unlink(missing_ok=True)
+    spec.write_text(json.dumps({"config": to_dict(cfg), "input_dir": str(Path(input_dir).resolve()),
+                                "work": str(work.resolve()), "result": str(result.resolve())}))  # fmt: skip
+    ray_tmp = Path(tempfile.mkdtemp(prefix="alcm-ray-"))  # short: Ray's socket paths must fit in 107 bytes
+    # Never this process's Ray (its workers, outside the namespace, would write past the tmpfs).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    child = "import sys; from bench.faults import _disk_full_child; _disk_full_child(sys.argv[1])"
+    cmd = [unshare, "--user", "--map-root-user", "--mount", "--", sys.executable, "-c", child, str(spec)]
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the child, its Ray and its workers: one session we started
+                proc.wait()
+                rc = None
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if not result.is_file():
+        tail = log.read_text(errors="replace")[-1500:].strip()
+        ended = "timed out" if rc is None else f"exited {rc}"
+        return FaultResult(DISK_FULL_FAULT, False, None, 0.0, f"not run: the child in a user and mount namespace "
+                           f"{ended} without a result ({' '.join(cmd[:5])}); its log {log}: {tail}",
+                           {"how": "namespace", "rc": rc})  # fmt: skip
+    r = FaultResult(**json.loads(result.read_text()))
+    return dataclasses.replace(r, detail=f"in a user and mount namespace: {r.detail}",
+                               data={**r.data, "how": "namespace"})  # fmt: skip
+
+
+def _disk_full_child(spec_file: str) -> None:
+    """The child of :func:`_disk_full_in_namespace`: run the mounted scenario, write its result as JSON."""
+    from pipelines.config import config_from_dict
+
+    spec = json.loads(Path(spec_file).read_text())
+    cfg = config_from_dict(spec["config"])
+    r = disk_full(cfg, Path(spec["input_dir"]), Path(spec["work"]), how="mount")
+    Path(spec["result"]).write_text(json.dumps(dataclasses.asdict(r)))
 
 
 def unwritable_output(cfg, input_dir: Path, work: Path) -> FaultResult:
@@ -450,9 +545,9 @@ def unwritable_output(cfg, input_dir: Path, work: Path) -> FaultResult:
     with tmpfs(ro, size="1m", read_only=True) as mounted:
         if not mounted:
             ro.chmod(0o555)
-        ok, seconds, why = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, ro / "out"), ro,
-                                          "nothing was started")  # fmt: skip
-    return FaultResult("unwritable output directory", ok, None, seconds, why)
+        ok, seconds, why, data = _fails_cleanly(lambda: run_job("curate_images", cfg, input_dir, ro / "out"), ro,
+                                                "nothing was started")  # fmt: skip
+    return FaultResult("unwritable output directory", ok, None, seconds, why, data)
 
 
 def missing_storage(overrides: list[str], dataset: Path, work: Path, uri: str) -> FaultResult:
@@ -464,6 +559,6 @@ def missing_storage(overrides: list[str], dataset: Path, work: Path, uri: str) -
     bad = load_config("toy", [*overrides, f"distill_image.train.storage_path={uri}"])
     out = work / "storage-out"
     out.mkdir(parents=True, exist_ok=True)
-    ok, seconds, why = _fails_cleanly(lambda: run_job("distill_image", bad, dataset, out / "stage1"), out,
-                                      "distill_image.train.storage_path")  # fmt: skip
-    return FaultResult(f"storage URI that does not exist ({uri.split(':')[0]})", ok, None, seconds, why)
+    ok, seconds, why, data = _fails_cleanly(lambda: run_job("distill_image", bad, dataset, out / "stage1"), out,
+                                            "distill_image.train.storage_path")  # fmt: skip
+    return FaultResult(f"storage URI that does not exist ({uri.split(':')[0]})", ok, None, seconds, why, data)

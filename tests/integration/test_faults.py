@@ -5,6 +5,8 @@ cleanly before or without publishing anything."""
 
 from __future__ import annotations
 
+import errno
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -52,22 +54,44 @@ def test_a_killed_flow_reruns_only_the_interrupted_stage_and_registers_only_whol
     assert r.data["server_left"] == [], f"the killed flow's Prefect server outlived it: {r.data['leftovers']}"
 
 
-def test_a_full_disk_fails_naming_it_and_leaves_nothing(toy_images, ray_local, tmp_path):
+@pytest.mark.parametrize("how", ["auto", "namespace"])
+def test_a_full_disk_fails_naming_it_and_leaves_nothing(toy_images, ray_local, tmp_path, how):
+    # "auto" mounts the tmpfs here as root (CI) and uses a user and mount namespace otherwise; "namespace" always
+    # runs the unprivileged way, so both ways run wherever the tests do.
     src, _ = toy_images
-    r = faults.disk_full(load_config("toy"), src / "parquet", tmp_path)
-    if r.detail.startswith("not run"):
-        pytest.skip(r.detail)
+    r = faults.disk_full(load_config("toy"), src / "parquet", tmp_path, how=how)
+    assert not r.detail.startswith("not run"), f"the full-disk scenario could not run here: {r.detail}"
+    assert r.data["how"] == how or how == "auto", r.detail
+    output = (tmp_path / "small-disk" / "out").resolve()
+    assert r.data["errno"] == errno.ENOSPC, r.detail
+    assert f"output {output}: no space left on the device" in r.data["error"], r.detail
+    assert r.data["left"] == [], f"left on the full disk: {r.data['left']}"  # no output, no staging directory
     assert r.recovered, r.detail
 
 
-def test_an_unwritable_output_is_refused_before_any_work(toy_images, tmp_path):
+def _ray_actors() -> set[str]:
+    """Every actor the connected Ray has had (alive or dead): a job that started work has added some."""
+    from ray._private import state
+
+    return set(state.actors())
+
+
+def test_an_unwritable_output_is_refused_before_any_work(toy_images, ray_local, tmp_path):
     src, _ = toy_images
+    before = _ray_actors()
     r = faults.unwritable_output(load_config("toy"), src / "parquet", tmp_path)
-    assert r.recovered and r.seconds < 5, r.detail
+    output = (tmp_path / "read-only" / "out").resolve()
+    assert f"output {output}: cannot write in" in r.data["error"] and "nothing was started" in r.data["error"], r.detail
+    assert r.data["left"] == [], r.detail  # not even a staging directory
+    assert _ray_actors() == before, "the refused job started Ray actors"
+    assert r.recovered, r.detail
 
 
 @pytest.mark.parametrize("uri", faults.MISSING_STORAGE)
 def test_a_storage_uri_that_does_not_exist_is_refused_before_any_work_naming_the_key(curated, tmp_path, uri):
+    before = _ray_actors()
     r = faults.missing_storage([], curated.output, tmp_path, uri)
+    assert f"distill_image.train.storage_path={uri!r}" in r.data["error"], r.detail
+    assert r.data["left"] == [], r.detail  # no staging directory for the stage-1 output
+    assert _ray_actors() == before, "the refused job started Ray actors (encoder or training workers)"
     assert r.recovered, r.detail
-    assert uri in r.detail and r.seconds < 30, r.detail

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from contracts.digests import sha256_file
 from models.scorers import (
@@ -134,10 +135,40 @@ def test_clip_score_is_100_times_cosine_of_the_embeddings(random_toy_scorer):
     np.testing.assert_allclose(random_toy_scorer.score(images, CAPTIONS[:2])["clip_score"], expected, atol=1e-3)
 
 
+def _clip_view(img: np.ndarray, size: int) -> np.ndarray:
+    """open_clip's eval transform written out with PIL: bicubic resize of the shortest side to ``size``, centre crop."""
+    h, w = img.shape[:2]
+    nh, nw = max(size, round(h * size / min(h, w))), max(size, round(w * size / min(h, w)))
+    resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BICUBIC))
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return resized[top : top + size, left : left + size]
+
+
+def _watermark_view(img: np.ndarray, size: int) -> np.ndarray:
+    """LAION's watermark transform written out with PIL: a bilinear resize to ``size x size``, aspect ignored."""
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def test_images_of_any_size_are_resized_inside(random_toy_scorer):
-    images = random_images(1, seed=3, shape=(90, 130, 3)) + random_images(1, seed=4, shape=(40, 48, 3))
+    # A wide image whose left and right thirds differ from its middle (the centre crop keeps the middle only), and a
+    # small one that has to be enlarged.
+    wide = random_images(1, seed=3, shape=(90, 130, 3))[0]
+    wide[:, :40] = (250, 20, 20)
+    wide[:, 90:] = (20, 20, 250)
+    images = [wide, random_images(1, seed=4, shape=(40, 48, 3))[0]]
+    size = 64  # clip.image_size and watermark.input_size of the toy config
     scores = random_toy_scorer.score(images, CAPTIONS[:2])
-    assert all(np.isfinite(v).all() for v in scores.values())
+    cropped = random_toy_scorer.score([_clip_view(img, size) for img in images], CAPTIONS[:2])
+    squashed = random_toy_scorer.score([_watermark_view(img, size) for img in images], CAPTIONS[:2])
+
+    # CLIP (and the aesthetic head on its embedding) sees the shortest-side resize + centre crop; the watermark
+    # detector sees the whole image squashed to a square. Each score equals that model's view resized beforehand.
+    np.testing.assert_allclose(scores["clip_score"], cropped["clip_score"], atol=1e-4)
+    np.testing.assert_allclose(scores["aesthetic_score"], cropped["aesthetic_score"], atol=1e-6)
+    np.testing.assert_allclose(scores["watermark_prob"], squashed["watermark_prob"], atol=1e-6)
+    # The two views really differ, so the equalities above pin which resize each model gets.
+    assert abs(cropped["clip_score"][0] - squashed["clip_score"][0]) > 1e-2
+    assert abs(cropped["watermark_prob"][0] - squashed["watermark_prob"][0]) > 1e-4
 
 
 def test_toy_scorer_save_load_round_trip_gives_identical_scores(random_toy_scorer, tmp_path: Path):
