@@ -1,4 +1,5 @@
-"""Flows ``toy-world`` (generate a seeded toy world) and ``train-toy-zoo`` (train the toy model zoo)."""
+"""Flows ``toy-world`` (generate a seeded toy world), ``toy-eval-set`` (its prompt sets for evaluation) and
+``train-toy-zoo`` (train the toy model zoo)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,25 @@ def toy_world_flow(params: ToyWorldParams) -> dict:
     )
     logger.info("toy world (seed %d) written to %s", params.seed, params.out)
     return summary
+
+
+class EvalSetParams(BaseModel):
+    """Parameters of the ``toy-eval-set`` flow."""
+
+    out: str = Field(description="Directory to write the prompt sets into (image/ and video/).")
+    profile: str = Field("toy", description="Config profile: its evaluate seed, prompts and seeds per prompt.")
+    overrides: list[str] = Field(default_factory=list, description="Config overrides, key=value.")
+    frames: int | None = Field(None, ge=1, description="Frames of the video renders (default: distill_video.frames).")
+
+
+@flow(name="toy-eval-set")
+def toy_eval_set_flow(params: EvalSetParams) -> dict:
+    """Write the toy world's held-out prompts with their reference renders, for evaluation."""
+    apply_env_defaults()
+    cfg = load_config(params.profile, params.overrides)
+    sets = toy_world.eval_sets(cfg, Path(params.out), frames=params.frames)
+    get_run_logger().info("toy prompt sets written to %s", params.out)
+    return sets
 
 
 class TrainZooParams(BaseModel):

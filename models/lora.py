@@ -211,13 +211,3 @@ def set_lora_scale(unet: torch.nn.Module, adapter_name: str, scale: float) -> No
     for module in unet.modules():
         if isinstance(module, LoraLayer) and adapter_name in module.scaling:
             module.set_scale(adapter_name, scale)
-
-
-def activate_adapters(unet: torch.nn.Module, names: list[str]) -> None:
-    """Make exactly ``names`` the active adapters of every LoRA layer (PEFT keeps one active by default), without
-    touching ``requires_grad``."""
-    from peft.tuners.lora import LoraLayer
-
-    for module in unet.modules():
-        if isinstance(module, LoraLayer):
-            module._active_adapter = [n for n in names if n in module.lora_A]

@@ -31,7 +31,6 @@ import torch
 
 from models.consistency import (
     DDIMGrid,
-    add_noise,
     cfg_teacher_step,
     consistency_function,
     consistency_loss,
@@ -95,10 +94,7 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
-        index = self.grid.sample_index(b, gen)
-        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
-        noise = torch.randn(latents.shape, generator=gen).to(latents)
-        x_t = add_noise(latents, noise, t_start, ac)
+        index, t_start, t_prev, noise, x_t = self.grid_points(latents, gen)
         w = sample_guidance(b, self.cfg, gen, latents.device)
         student_out = self._unet(self.student, x_t, t_start, ehs, w)
         pred = consistency_function(student_out, t_start, x_t, ac, ptype, self.cfg)

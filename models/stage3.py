@@ -109,12 +109,9 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         gen = self.draws(step)
         latents, ehs = batch["latents"].float(), self._prompts(batch)
         cond = self.condition(self.kind, batch, latents)
-        b = latents.shape[0]
         ac, ptype = self.grid.alphas_cumprod, self.parts.prediction_type
-        index = self.grid.sample_index(b, gen)
-        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
-        noise = torch.randn(latents.shape, generator=gen).to(latents)
-        x_t, x_prev = add_noise(latents, noise, t_start, ac), add_noise(latents, noise, t_prev, ac)
+        index, t_start, t_prev, noise, x_t = self.grid_points(latents, gen)
+        x_prev = add_noise(latents, noise, t_prev, ac)  # consistency training: the same noise at t_n
         pred = consistency_function(self.forward(self.student, x_t, t_start, ehs, cond), t_start, x_t, ac, ptype,
                                     self.cfg)  # fmt: skip
         with torch.no_grad():

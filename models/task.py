@@ -180,9 +180,20 @@ class Task:
 
 
 class ConsistencyTaskBase(Task):
-    """What the consistency stages share besides the base: the prompt embeddings of a batch (precomputed
-    ``encoder_hidden_states``, else the text encoder on ``input_ids``). Subclasses set ``self.parts`` (a
-    :class:`models.factory.TeacherParts`)."""
+    """What the consistency stages share besides the base: the points of the DDIM grid a step trains on
+    (:meth:`grid_points`) and the prompt embeddings of a batch (precomputed ``encoder_hidden_states``, else the text
+    encoder on ``input_ids``). Subclasses set ``self.parts`` (a :class:`models.factory.TeacherParts`) and
+    ``self.grid`` (a :class:`models.consistency.DDIMGrid`)."""
+
+    def grid_points(self, latents: torch.Tensor, gen: torch.Generator):
+        """One consistency-distillation sample per row of ``latents``, drawn from ``gen`` in this order: a grid
+        index n, then the noise; returns ``(index, t_{n+k}, t_n, noise, x_{t_{n+k}})``."""
+        from models.consistency import add_noise
+
+        index = self.grid.sample_index(latents.shape[0], gen)
+        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        return index, t_start, t_prev, noise, add_noise(latents, noise, t_start, self.grid.alphas_cumprod)
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:

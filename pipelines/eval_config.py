@@ -15,11 +15,12 @@ FVD_REFERENCES = ("real", "teacher")
 class EvaluateConfig:
     """Checkpoint evaluation (``alcm eval``): few-step tables of the checkpoint against the teacher's samplers."""
 
-    prompts: str = "toy"
-    """``toy`` (held-out toy prompts with ground-truth renders) or a YAML file: a list of prompts (strings or
-    ``{caption: ...}``), e.g. the UCF-101 class prompts."""
+    prompts: str = "toyworld/eval"
+    """The prompt set (:mod:`contracts.evalset`): a YAML file listing the prompts (strings or ``{caption: ...}``,
+    e.g. the UCF-101 class prompts), or a prompt-set directory with reference renders of its items (the toy world's:
+    ``toyworld/eval``, made by ``alcm toy eval-set``). Relative paths are under the project root."""
     num_prompts: int = 8
-    """How many prompts (toy: generated held-out prompts; YAML: the first N, 0 = all)."""
+    """How many prompts: the first N of the set (0 = all)."""
     videos_per_prompt: int = 1
     """Noise seeds per prompt (videos or images per prompt)."""
     seed: int = 1
@@ -44,7 +45,7 @@ class EvaluateConfig:
     i3d_path: str | None = None
     """TorchScript I3D (Kinetics-400) file, for ``fvd_extractor: i3d``."""
     fvd_reference: str = "real"
-    """What FVD compares with: ``real`` (ground-truth renders of the toy prompts) or ``teacher`` (the teacher's
+    """What FVD compares with: ``real`` (the prompt set's reference renders) or ``teacher`` (the teacher's
     reference_steps DDIM output, when no real videos exist for the prompts)."""
     grid_prompts: int = 3
     """Prompts shown in the sample grid (GIF for videos, PNG for images)."""
@@ -58,8 +59,6 @@ class EvaluateConfig:
     """torch threads per actor (CPU)."""
 
     def __post_init__(self) -> None:
-        if self.prompts != "toy" and not self.prompts.endswith((".yaml", ".yml")):
-            raise ValueError(f"prompts={self.prompts!r}: use toy, or a YAML file (.yaml, .yml) that lists the prompts")
         for name in ("student_steps", "teacher_steps"):
             steps = getattr(self, name)
             if not steps or any(s < 1 for s in steps) or len(set(steps)) != len(steps):
@@ -81,9 +80,9 @@ class EvaluateConfig:
             raise ValueError("fvd_extractor=i3d needs i3d_path (a TorchScript I3D file)")
         if self.fvd_reference not in FVD_REFERENCES:
             raise ValueError(f"fvd_reference={self.fvd_reference!r}: choose one of {', '.join(FVD_REFERENCES)}")
-        if self.fvd_reference == "real" and self.prompts != "toy":
-            raise ValueError(f"fvd_reference=real needs prompts: toy (ground-truth renders), not prompts="
-                             f"{self.prompts!r}; use fvd_reference: teacher for a prompt file")  # fmt: skip
+        if self.fvd_reference == "real" and self.prompts.endswith((".yaml", ".yml")):
+            raise ValueError(f"fvd_reference=real needs reference renders, and prompts={self.prompts!r} is a prompt "
+                             "list; give a prompt-set directory, or use fvd_reference: teacher")  # fmt: skip
         # seed: the noise seeds and the toy prompts come from numpy generators, which reject negative seeds.
         for name in ("num_prompts", "seed", "grid_prompts"):
             if getattr(self, name) < 0:
@@ -91,7 +90,7 @@ class EvaluateConfig:
         for name in ("videos_per_prompt", "workers", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
-        if self.prompts == "toy" and self.num_prompts * self.videos_per_prompt < 2:
+        if self.num_prompts and self.num_prompts * self.videos_per_prompt < 2:
             raise ValueError(f"num_prompts={self.num_prompts} × videos_per_prompt={self.videos_per_prompt}: a Fréchet "
                              "distance needs at least 2 samples")  # fmt: skip
         for name in ("frames", "resolution"):

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from contracts.digests import tree_digest
+from contracts.evalset import PROMPTS, item_seed, read_reference
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.publish import staged_output
 from contracts.report import tables
@@ -87,20 +88,37 @@ def read_checkpoint(path: Path) -> tuple[dict, str]:
     return manifest, kind
 
 
-def load_prompts(cfg: EvaluateSettings, kind: str) -> list[dict]:
-    """The prompt set: toy held-out prompts (with what the ground truth needs) or a YAML list from a file."""
-    e = cfg.evaluate
-    if e.prompts == "toy":
-        if kind == "image":
-            from toyworld.image_teacher import validation_prompts
-        else:
-            from toyworld.motion_teacher import validation_prompts
-        return validation_prompts(e.seed, e.num_prompts)
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts of an evaluation (:mod:`contracts.evalset`) and, when the set has them, its reference renders."""
+
+    prompts: list[dict]
+    reference: Path | None = None
+    """The set's directory when it holds reference renders."""
+    settings: dict | None = None
+    """What the renders were made for (``seed``, ``videos_per_prompt``, ``frames``, ``size``)."""
+
+
+def load_prompts(cfg: EvaluateSettings, kind: str) -> PromptSet:
+    """``evaluate.prompts``: a YAML list of prompts, or a prompt-set directory (for ``kind``: its ``<kind>/``
+    subdirectory when it has one) with reference renders made for this evaluation's seed and seeds per prompt."""
     import yaml
 
+    e = cfg.evaluate
     path = Path(e.prompts) if Path(e.prompts).is_absolute() else PROJECT_ROOT / e.prompts
+    reference = settings = None
+    if path.is_dir():
+        path = path / kind if (path / kind / PROMPTS).is_file() else path
+        if not (path / PROMPTS).is_file():
+            raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} holds no {PROMPTS} (nor {kind}/{PROMPTS})")
+        if (path / "manifest.json").is_file():
+            manifest = read_manifest(path)
+            verify_files(path, manifest)
+            reference, settings = path, manifest["config"]
+        path = path / PROMPTS
     if not path.is_file():
-        raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} does not exist (a YAML list of prompts)")
+        raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} does not exist (a YAML list of prompts or a "
+                                "prompt-set directory)")  # fmt: skip
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, list) or not data:
         raise ValueError(f"evaluate.prompts={path}: expected a non-empty YAML list of prompts")
@@ -110,11 +128,22 @@ def load_prompts(cfg: EvaluateSettings, kind: str) -> list[dict]:
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError(f"evaluate.prompts={path}: item {i} has no caption ({item!r})")
         prompts.append({"caption": caption.strip()})
+    if e.num_prompts > len(prompts) and reference is not None:
+        raise ValueError(f"evaluate.num_prompts={e.num_prompts}: the prompt set {reference} has {len(prompts)}")
     prompts = prompts[: e.num_prompts] if e.num_prompts else prompts
     if len(prompts) * e.videos_per_prompt < 2:
         raise ValueError(f"evaluate.prompts={path}: {len(prompts)} prompts × {e.videos_per_prompt} seeds; a Fréchet "
                          "distance needs at least 2 samples")  # fmt: skip
-    return prompts
+    if settings is not None:
+        for key in ("seed", "videos_per_prompt"):
+            if settings[key] != getattr(e, key):
+                raise ValueError(f"evaluate.{key}={getattr(e, key)}: the prompt set {reference}'s renders were made "
+                                 f"for {key} {settings[key]}; use that, or make a set for it (alcm toy "
+                                 "eval-set)")  # fmt: skip
+    if e.fvd_reference == "real" and reference is None:
+        raise ValueError(f"evaluate.fvd_reference=real needs reference renders: evaluate.prompts={e.prompts} is a "
+                         "prompt list; give a prompt-set directory, or use fvd_reference: teacher")  # fmt: skip
+    return PromptSet(prompts, reference, settings)
 
 
 def plan(cfg: EvaluateSettings, prompts: list[dict]) -> list[dict]:
@@ -122,7 +151,7 @@ def plan(cfg: EvaluateSettings, prompts: list[dict]) -> list[dict]:
     e = cfg.evaluate
     return [
         {"index": i * e.videos_per_prompt + j, "prompt": i, "caption": p["caption"],
-         "seed": e.seed * 1_000_003 + i * e.videos_per_prompt + j}
+         "seed": item_seed(e.seed, i * e.videos_per_prompt + j)}
         for i, p in enumerate(prompts) for j in range(e.videos_per_prompt)
     ]  # fmt: skip
 
@@ -236,16 +265,14 @@ class Evaluator:
 # ------------------------------------------------------------------------------------------------ aggregation
 
 
-def ground_truth(kind: str, prompts: list[dict], items: list[dict], frames: int | None) -> list[np.ndarray]:
-    """Ground-truth renders of the toy prompts, one per item (uint8 (F, H, W, 3))."""
-    if kind == "image":
-        from toyworld.image_teacher import render_prompt
-
-        return [render_prompt(prompts[it["prompt"]], it["seed"])[None] for it in items]
-    from toyworld.motion_teacher import VAL_STREAM, render_prompt_clip
-
-    return [render_prompt_clip(prompts[it["prompt"]], np.random.default_rng([it["seed"], VAL_STREAM, 1]),
-                               frames=frames, stride=1) for it in items]  # fmt: skip
+def references(prompt_set: PromptSet, items: list[dict], frames: int | None) -> list[np.ndarray]:
+    """The set's reference render of every item (uint8 (F, H, W, 3)), checked to have the frames sampled."""
+    renders = [read_reference(prompt_set.reference, it["index"], prompt_set.settings["size"]) for it in items]
+    if frames is not None and renders[0].shape[0] != frames:
+        raise ValueError(f"the prompt set {prompt_set.reference} renders {renders[0].shape[0]} frames, the checkpoint "
+                         f"samples {frames} (evaluate.frames): make a set for {frames} (alcm toy eval-set --frames "
+                         f"{frames})")  # fmt: skip
+    return renders
 
 
 def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None) -> dict:
@@ -390,7 +417,8 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayCon
                                     "is not a MotionAdapter directory here (no config.json)")  # fmt: skip
         distilled = ckpt_manifest["config"]["distill_video"]
         frames, size = e.frames or distilled["frames"], e.resolution or distilled["resolution"]
-    prompts = load_prompts(cfg, kind)
+    prompt_set = load_prompts(cfg, kind)
+    prompts = prompt_set.prompts
     items = plan(cfg, prompts)
     grid = [it["index"] for it in items if it["index"] % e.videos_per_prompt == 0][: e.grid_prompts]
     timings = {"checks_s": time.monotonic() - t0}
@@ -415,7 +443,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayCon
         per_worker = [results_by_worker[w] for w in range(workers)]
         real = None
         if e.fvd_reference == "real":
-            truth = ground_truth(kind, prompts, items, frames)
+            truth = references(prompt_set, items, frames)
             real = ray.get(actors[0].features.remote(truth))
         for a in actors:
             ray.kill(a)
@@ -432,7 +460,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayCon
                 "size": None, "guidance_scale": guidance_of(cfg), "reference_steps": e.reference_steps, "fd": FD[kind],
                 "extractor": "toy CLIP image tower (scorers.clip), frame embeddings pooled over time [mean, last − "
                              "first]" if e.fvd_extractor == "toy_clip" else f"I3D TorchScript {e.i3d_path}",
-                "reference": "ground-truth renders of the prompts" if e.fvd_reference == "real"
+                "reference": f"the prompt set's reference renders ({prompt_set.reference})" if e.fvd_reference == "real"
                              else f"the teacher's DDIM {e.reference_steps}-step output (CFG)",
                 "clip_model": cfg.scorers.clip.model, "workers": workers, "torch_threads": e.torch_threads,
             },  # fmt: skip

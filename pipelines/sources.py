@@ -74,7 +74,8 @@ def _row(
     }
 
 
-def _inside(root: Path, path: Path) -> bool:
+def inside_root(root: Path, path: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies under ``root``."""
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -104,7 +105,7 @@ def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list
                 continue
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
-            if full.is_symlink() and not _inside(root, full):
+            if full.is_symlink() and not inside_root(root, full):
                 sources.append(Source("unsafe", rel))
                 continue
             ext = full.suffix.lower()
@@ -156,7 +157,7 @@ def _full_path(root: Path, rel: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def _text(value: object) -> tuple[str | None, str | None]:
+def caption_text(value: object) -> tuple[str | None, str | None]:
     """Caption value → (text, quarantine reason)."""
     if value is None or isinstance(value, str):
         return value, None
@@ -170,7 +171,7 @@ def _text(value: object) -> tuple[str | None, str | None]:
 
 def _read_referenced(root: Path, ref: str, *, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
     """Bytes of an image referenced by a path relative to the dataset root → (bytes, quarantine, error)."""
-    if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts or not _inside(root, root / ref):
+    if PurePosixPath(ref).is_absolute() or ".." in PurePosixPath(ref).parts or not inside_root(root, root / ref):
         return None, "unsafe_path", f"image_path {ref!r} leaves the dataset root"
     path = root / ref
     try:
@@ -215,7 +216,7 @@ def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
                 if not isinstance(key, str) or not key.strip():
                     yield _row(rid, key_str, rel, quarantine="bad_schema", error=f"key {key!r} is not a string")
                     continue
-                caption, why = _text(rec.get("caption"))
+                caption, why = caption_text(rec.get("caption"))
                 if why:
                     got = rec.get("caption")
                     error = ("caption bytes are not valid UTF-8" if why == "bad_encoding"
@@ -240,7 +241,8 @@ def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         )
 
 
-def _unsafe_member(name: str, member: tarfile.TarInfo) -> str | None:
+def unsafe_member(name: str, member: tarfile.TarInfo) -> str | None:
+    """Why a tar member may not be read (an absolute or escaping path, a link, not a regular file), or None."""
     p = PurePosixPath(name)
     if p.is_absolute() or name.startswith(("/", "\\")):
         return "absolute member path"
@@ -272,7 +274,7 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         for member in members:
             if member.isdir():
                 continue
-            why = _unsafe_member(member.name, member)
+            why = unsafe_member(member.name, member)
             if why:
                 yield _row(
                     f"{rel}#{index:08d}", member.name, rel, quarantine="unsafe_path", error=f"{member.name}: {why}"
@@ -308,7 +310,7 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
                 image = tar.extractfile(image_member).read()
                 caption, why, url = None, None, None
                 if ".txt" in parts:
-                    caption, why = _text(tar.extractfile(parts[".txt"]).read())
+                    caption, why = caption_text(tar.extractfile(parts[".txt"]).read())
                 if ".json" in parts:
                     meta = json.loads(tar.extractfile(parts[".json"]).read() or b"{}")
                     url = meta.get("url") if isinstance(meta, dict) and isinstance(meta.get("url"), str) else None
@@ -326,7 +328,7 @@ def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict
         path = root / rel
         rid = rel
         key = Path(rel).stem
-        if path.is_symlink() and not _inside(root, path):
+        if path.is_symlink() and not inside_root(root, path):
             yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{rel} links outside the input root")
             continue
         try:
@@ -338,10 +340,10 @@ def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict
             caption, why = None, None
             sidecar = path.with_suffix(".txt")
             if sidecar.exists():
-                if sidecar.is_symlink() and not _inside(root, sidecar):
+                if sidecar.is_symlink() and not inside_root(root, sidecar):
                     yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{sidecar} links outside")
                     continue
-                caption, why = _text(sidecar.read_bytes())
+                caption, why = caption_text(sidecar.read_bytes())
         except OSError as exc:
             yield _row(rid, key, source.path, quarantine="bad_schema", error=f"read failed: {exc}")
             continue

@@ -1,4 +1,4 @@
-"""Jobs of the toy world: generate a seeded world, and train the toy model zoo.
+"""Jobs of the toy world: generate a seeded world, its evaluation prompt sets, and train the toy model zoo.
 
 These wrap :mod:`toyworld` (pure generators and trainers) with the job contract: a typed ``run``-style function
 and a ``python -m pipelines.toy_world`` entry point. The toy world is the embedded default data source of every
@@ -46,6 +46,19 @@ def generate(
     return summary
 
 
+def eval_sets(cfg: Config, out: Path, *, frames: int | None = None) -> dict[str, dict]:
+    """Write the toy world's prompt sets for evaluation (``image/`` and ``video/`` under ``out``,
+    :mod:`toyworld.eval_set`) for ``cfg.evaluate``'s seed, prompts and seeds per prompt, the videos at ``frames``
+    frames (default: ``distill_video.frames``, what stage 2 trains on)."""
+    from toyworld.eval_set import write_eval_sets
+
+    e = cfg.evaluate
+    sets = write_eval_sets(Path(out), seed=e.seed, prompts=e.num_prompts, videos_per_prompt=e.videos_per_prompt,
+                           frames=frames or cfg.distill_video.frames)  # fmt: skip
+    log.info("toy prompt sets written to %s (%d prompts × %d seeds)", out, e.num_prompts, e.videos_per_prompt)
+    return sets
+
+
 def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
     """Train the requested parts of the toy zoo (``scorers``, ``captioner``, ``image-teacher``, ``motion-teacher``,
     ``style-teacher``); each goes to ``out_root/<part>`` with ``-`` as ``_`` (the image teacher to
@@ -86,7 +99,7 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.toy_world data --out DIR`` or ``... train-zoo [--only scorers]``."""
+    """``python -m pipelines.toy_world data --out DIR``, ``... eval-set --out DIR`` or ``... train-zoo``."""
     from pipelines.runtime import job_config
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.toy_world")
@@ -97,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--images", type=int)
     data.add_argument("--videos", type=int)
     data.add_argument("--dancers", type=int)
+    evalset = sub.add_parser("eval-set")
+    evalset.add_argument("--out", required=True, type=Path)
+    evalset.add_argument("--frames", type=int)
     zoo = sub.add_parser("train-zoo")
     zoo.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "toyworld" / "zoo")
     zoo.add_argument("--only", action="append")
@@ -113,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             videos=args.videos,
             dancers=args.dancers,
         )
+    elif args.cmd == "eval-set":
+        eval_sets(job_config(args.config, []), args.out, frames=args.frames)
     elif args.cmd == "train-zoo":
         train_zoo(args.out, only=args.only, seed=args.seed)
     else:
-        raise ValueError(f"unknown command {args.cmd!r}; choose data or train-zoo")
+        raise ValueError(f"unknown command {args.cmd!r}; choose data, eval-set or train-zoo")
     return 0
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipelines.sources import _inside, _text, _unsafe_member
+from pipelines.sources import caption_text, inside_root, unsafe_member
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _quarantined(rid: str, key: str, source: str, kind: str, reason: str, error:
 
 def _escapes(root: Path, path: Path) -> bool:
     """True for a symlink whose target is outside ``root`` (a plain file or directory never escapes)."""
-    return path.is_symlink() and not _inside(root, path)
+    return path.is_symlink() and not inside_root(root, path)
 
 
 def _is_sequence_part(parts: tuple[str, ...]) -> bool:
@@ -191,7 +191,7 @@ def discover_videos(root: Path, *, chunk: int = 64) -> tuple[list[VideoSource], 
             rel = full.relative_to(root).as_posix()
             if seq is not None and seq_parts == () and name in SEQUENCE_DIRS:
                 continue  # the sequence reader checks (and, if it escapes, quarantines) it
-            if not _inside(root, full):
+            if not inside_root(root, full):
                 sources.append(VideoSource("unsafe", rel))
             else:
                 ignored.append(rel)
@@ -279,7 +279,7 @@ def _read_text_file(base: Path, path: Path, rel: str, *, max_bytes: int) -> tupl
     size = path.stat().st_size
     if size > max_bytes:
         return None, "too_large", f"{rel}: {size} bytes > max_bytes={max_bytes}"
-    text, why = _text(path.read_bytes())
+    text, why = caption_text(path.read_bytes())
     if why:
         return None, why, f"{rel} is not valid UTF-8"
     return text, None, None
@@ -453,7 +453,7 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         for member in members:
             if member.isdir():
                 continue
-            why = _unsafe_member(member.name, member)
+            why = unsafe_member(member.name, member)
             if why:
                 yield _quarantined(
                     f"{rel}#{index:06d}", member.name, rel, "tar", "unsafe_path", f"{rel}: {member.name}: {why}"
@@ -492,8 +492,8 @@ def _read_tar_sample(
             )
     try:
         video = tar.extractfile(video_member).read()
-        caption, why = _text(tar.extractfile(parts[".txt"]).read()) if ".txt" in parts else (None, None)
-        meta, meta_why = _text(tar.extractfile(parts[".json"]).read()) if ".json" in parts else (None, None)
+        caption, why = caption_text(tar.extractfile(parts[".txt"]).read()) if ".txt" in parts else (None, None)
+        meta, meta_why = caption_text(tar.extractfile(parts[".json"]).read()) if ".json" in parts else (None, None)
     except Exception as exc:  # noqa: BLE001 - a truncated member is a quarantined row
         return _quarantined(rid, key, rel, "tar", "bad_schema", f"{rel}: sample {key!r}: member read failed: {exc}")
     if why:

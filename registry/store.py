@@ -504,9 +504,9 @@ class Registry:
         """What changed from version ``a`` to ``b``: config keys, inputs (by role), metrics, code version."""
         ea, eb = self.get(a), self.get(b)
         ma, mb = self.manifest(ea), self.manifest(eb)
-        config = _dict_diff(_flatten(ma.get("config") or {}), _flatten(mb.get("config") or {}))
+        config = _dict_diff(flatten(ma.get("config") or {}), flatten(mb.get("config") or {}))
         inputs = _dict_diff(_named_inputs(ea, ma), _named_inputs(eb, mb))
-        metrics = _dict_diff(_flatten({"train": ma.get("metrics") or {}}), _flatten({"train": mb.get("metrics") or {}}))
+        metrics = _dict_diff(flatten({"train": ma.get("metrics") or {}}), flatten({"train": mb.get("metrics") or {}}))
         ra, rb = self.eval_report(ea), self.eval_report(eb)
         metrics.update(_dict_diff({f"eval/{k}": v for k, v in (ra or {}).get("headline", {}).items()},
                                   {f"eval/{k}": v for k, v in (rb or {}).get("headline", {}).items()}))  # fmt: skip
@@ -542,12 +542,12 @@ def _input_digest(info: dict) -> str:
     return ""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, path))
+            out.update(flatten(value, path))
         else:
             out[path] = value
     return out

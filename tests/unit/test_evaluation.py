@@ -81,7 +81,9 @@ def test_a_prompt_file_is_read_and_a_bad_one_is_named(tmp_path):
     good.write_text("- a person playing the violin\n- {caption: a horse riding}\n")
     cfg = load_config("toy", [f"evaluate.prompts={good}", "evaluate.fvd_reference=teacher", "evaluate.num_prompts=0",
                               "evaluate.videos_per_prompt=2"])  # fmt: skip
-    prompts = load_prompts(cfg, "video")
+    prompt_set = load_prompts(cfg, "video")
+    prompts = prompt_set.prompts
+    assert prompt_set.reference is None
     assert [p["caption"] for p in prompts] == ["a person playing the violin", "a horse riding"]
     items = plan(cfg, prompts)
     assert [(it["prompt"], it["index"]) for it in items] == [(0, 0), (0, 1), (1, 2), (1, 3)]
@@ -90,7 +92,7 @@ def test_a_prompt_file_is_read_and_a_bad_one_is_named(tmp_path):
     bad.write_text("- ok\n- {title: no caption}\n")
     with pytest.raises(ValueError, match="item 1 has no caption"):
         load_prompts(load_config("toy", [f"evaluate.prompts={bad}", "evaluate.fvd_reference=teacher"]), "video")
-    with pytest.raises(ConfigError, match="fvd_reference=real needs prompts: toy"):
+    with pytest.raises(ConfigError, match="fvd_reference=real needs reference renders"):
         load_config("toy", [f"evaluate.prompts={good}"])
 
 

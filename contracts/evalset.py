@@ -1,0 +1,64 @@
+"""A prompt set for evaluation: the contract between whoever makes one (the toy world, or a team with real videos
+for its prompts) and the evaluation job, which reads it as data.
+
+A prompt set is either a YAML file (a list of prompts: strings or ``{caption: ...}``), or a directory::
+
+    prompts.yaml        the prompts, in order (each ``{caption: ...}``; other fields are kept for people)
+    reference/NNNNN.png one reference render per evaluation item (item N: prompt N // videos_per_prompt, noise
+                        seed number N % videos_per_prompt), a video as its frames side by side
+    manifest.json       kind ``eval-set``: the ``seed``, ``videos_per_prompt``, ``frames`` and ``size`` the renders
+                        were made for, and the digest of every file
+
+A directory may also hold one such set per checkpoint kind, in ``image/`` and ``video/``.
+
+Items are numbered and seeded the same way by both sides (:func:`item_seed`): item ``index`` of an evaluation with
+seed ``seed`` samples from noise seed ``seed · 1_000_003 + index``, and its reference render was made with the same
+seed. The first N prompts of a set are a set of N prompts with the same items, so a set serves any ``num_prompts``
+up to its size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PROMPTS = "prompts.yaml"
+REFERENCE = "reference"
+KINDS = ("image", "video")
+
+
+def item_seed(seed: int, index: int) -> int:
+    """The noise seed of evaluation item ``index`` (and of its reference render)."""
+    return seed * 1_000_003 + index
+
+
+def reference_file(root: Path, index: int) -> Path:
+    """Where item ``index``'s reference render is in the set at ``root``."""
+    return Path(root) / REFERENCE / f"{index:05d}.png"
+
+
+def write_reference(root: Path, index: int, frames: np.ndarray) -> Path:
+    """Save item ``index``'s reference render (uint8 (F, H, W, 3); F = 1 for an image) as one PNG, frames side by
+    side."""
+    from PIL import Image
+
+    path = reference_file(root, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f, h, w, _ = frames.shape
+    Image.fromarray(frames.transpose(1, 0, 2, 3).reshape(h, f * w, 3)).save(path, optimize=True)
+    return path
+
+
+def read_reference(root: Path, index: int, size: int) -> np.ndarray:
+    """Item ``index``'s reference render: uint8 (F, size, size, 3)."""
+    from PIL import Image
+
+    path = reference_file(root, index)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt set {root}: no reference render {path.name} for item {index}")
+    strip = np.asarray(Image.open(path).convert("RGB"))
+    h, width, _ = strip.shape
+    if h != size or width % size:
+        raise ValueError(f"prompt set {root}: {path.name} is {width}×{h}, not frames of {size}×{size} side by side")
+    return strip.reshape(h, width // size, size, 3).transpose(1, 0, 2, 3).copy()

@@ -1,0 +1,70 @@
+"""What the ``alcm`` commands share: the profile and override options, failing with exit code 2 and a message that
+names what is wrong, building a job flow's parameters, printing a dataset job's counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+PROFILE = typer.Option("toy", "--profile", "-p", help="Profile name under configs/ or a YAML path.")
+SET = typer.Option([], "--set", "-s", help="Config override key=value (repeatable).")
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` and exit with code 2."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def config(profile: str, overrides: list[str]):
+    """The validated config, or exit 2 naming the bad key."""
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        return load_config(profile, overrides)
+    except ConfigError as exc:
+        fail(f"config: {exc}")
+
+
+def check_io(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    """Exit 2 if the input is missing or the output is not empty (unless ``overwrite``)."""
+    if not input_dir.exists():
+        fail(f"--input {input_dir} does not exist")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        fail(f"--output {output_dir} is not empty; choose a new directory or pass --overwrite")
+
+
+def print_counts(what: str, counts: dict) -> None:
+    """A dataset job's counts: inputs, per decision, per reason."""
+    clips = f" ({counts['clips']} clips)" if "clips" in counts else ""
+    typer.echo(f"{what} {counts['input']} inputs{clips}: {json.dumps(counts['by_decision'])}")
+    for reason, n in counts["by_reason"].items():
+        typer.echo(f"  {reason:<22} {n}")
+
+
+def print_outputs(output_dir: Path, dataset: str, label: str) -> None:
+    """Where a dataset job wrote its rows, audit and manifest."""
+    typer.echo(f"{label + ':':<11} {output_dir / dataset}\naudit:      {output_dir / 'audit'}\n"
+               f"manifest:   {output_dir / 'manifest.json'}")  # fmt: skip
+
+
+def io_params(cls, input_dir: Path, output_dir: Path, profile: str, overrides: list[str], submit: bool,
+              overwrite: bool, **extra):  # fmt: skip
+    """The flow parameters every input → output job command builds (paths made absolute)."""
+    return cls(input_dir=str(input_dir.resolve()), output_dir=str(output_dir.resolve()), profile=profile,
+               overrides=list(overrides), submit=submit, overwrite=overwrite, **extra)  # fmt: skip
+
+
+SUBMIT = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
+
+
+def existing(option: str, path: Path | None) -> str | None:
+    """``path`` made absolute, or exit 2 naming ``option`` if it does not exist (None stays None)."""
+    if path is None:
+        return None
+    if not path.exists():
+        fail(f"{option} {path} does not exist")
+    return str(path.resolve())
