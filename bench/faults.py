@@ -39,7 +39,7 @@ import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: Ray Data names a map_batches actor pool's actors ``MapWorker(MapBatches(<class>))``: the job's actor classes.
-DATA_ACTORS = {"curate_images": "_ScoreActor", "curate_videos": "_VideoScoreActor", "recaption": "_CaptionActor"}
+DATA_ACTORS = {"curate_images": "ScoreActor", "curate_videos": "_VideoScoreActor", "recaption": "CaptionActor"}
 TRAIN_WORKER = "RayTrainWorker"
 OUTPUT_TABLES = {"curate_images": ("kept", "audit"), "curate_videos": ("kept", "audit"),
                  "recaption": ("captioned", "audit")}  # fmt: skip

@@ -9,5 +9,5 @@
 - :mod:`contracts.redact`: removing credentials from everything the platform writes down.
 - :mod:`contracts.gate`: the promotion gate's rules.
 - :mod:`contracts.report`: the eval report's tables.
-- :mod:`contracts.stages`: the stage graph (which stage feeds which, under which names).
+- :mod:`contracts.evalset`: a prompt set for evaluation, as its producer writes and the evaluation job reads it.
 """

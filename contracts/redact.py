@@ -22,7 +22,7 @@ Ordinary paths, URIs without credentials, digests, config overrides of other key
 (``name@3``) are returned unchanged. An unusual URI with ``@`` in its path after a port (``https://h:8080/a@b``)
 reads as userinfo and is over-masked: masking too much is the safe side.
 
-Where it is applied: :func:`registry.manifest.write_manifest` redacts every manifest before it is written (so the
+Where it is applied: :func:`contracts.manifest.write_manifest` redacts every manifest before it is written (so the
 registry, which stores what the job wrote, never receives a credential); the flows return and publish the redacted
 manifest (``flows.common.run_io_job``); and :func:`install_log_redaction`, which every flow and CLI invocation runs
 (``flows.common.apply_env_defaults``), redacts every log record this process creates (message and traceback), so

@@ -26,7 +26,7 @@ ENV_DEFAULTS = {
 
 def apply_env_defaults() -> None:
     """Apply :data:`ENV_DEFAULTS` without overriding values the user set, and redact credentials from every log
-    record of this process (``registry.redact.install_log_redaction``): every flow and CLI invocation runs this
+    record of this process (``contracts.redact.install_log_redaction``): every flow and CLI invocation runs this
     first, so no run log, console line or log file shows a storage credential or auth string."""
     from contracts.redact import install_log_redaction
 

@@ -52,7 +52,7 @@ from models.errtext import describe_error
 log = logging.getLogger(__name__)
 
 VIDEO_DECODE_REASONS = ("undecodable", "too_large", "too_long", "missing_frames")
-"""Reason codes a :class:`VideoDecodeError` can carry (all in ``filters.reasons``)."""
+"""Reason codes a :class:`VideoDecodeError` can carry (all in ``contracts.reasons``)."""
 
 FPS_RANGE = (1.0, 1000.0)
 """Frame rates a stream may declare. Outside it the stream's timing is broken (an ``mdhd`` time scale of 0 makes

@@ -66,7 +66,7 @@ def build_task(teacher, consistency, adapt, *, adapter: str, pipeline_dir: str):
 
 
 def run(cfg: AdaptSettings, input_dir: Path, output_dir: Path, *, control_data: Path | None = None,
-        video_data: Path | None = None, ray: RayConfig | None = None,
+        video_data: Path | None = None, ray_config: RayConfig | None = None,
         overwrite: bool = False) -> JobResult:  # fmt: skip
     """Train ``cfg.adapt.adapters`` against the stage-2 model in ``input_dir`` (module docstring)."""
     a = cfg.adapt
@@ -86,7 +86,7 @@ def run(cfg: AdaptSettings, input_dir: Path, output_dir: Path, *, control_data: 
         teacher = read_teacher(cfg.teacher)
         control_init = model_digests(a.control_init_dir) if a.control_init_dir and "control" in a.adapters else None
     results: dict[str, dict] = {}
-    with job.output(a.train, ray) as out:
+    with job.output(a.train, ray_config) as out:
         for adapter, dataset in datasets.items():
             option = f"--{DATA[adapter][0].replace('_', '-')}"
             data = job.encode(encode_spec(cfg, adapter), dataset, teacher, section=a, option=option,

@@ -260,10 +260,10 @@ def global_decisions(meta: pd.DataFrame,
 # ------------------------------------------------------------------------------------------------ job
 
 
-def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
-        overwrite: bool = False) -> JobResult:  # fmt: skip
-    """Curate the image-text rows under ``input_dir`` into ``output_dir`` (see the module docstring); ``ray``: how
-    to reach Ray (default: a local Ray)."""
+def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *,
+        ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Curate the image-text rows under ``input_dir`` into ``output_dir`` (see the module docstring).
+    ``ray_config``: how to reach Ray (default: a local Ray)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
@@ -272,7 +272,7 @@ def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *, ray: Ra
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no .parquet, .tar or image files found")
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, ray or RayConfig(), input_dir, output_dir, out, sources, ignored, timings, t0)
+        return _run(cfg, ray_config or RayConfig(), input_dir, output_dir, out, sources, ignored, timings, t0)
 
 
 def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> JobResult:

@@ -173,15 +173,15 @@ KEPT_COLUMNS = [
 """Columns of ``kept/*.parquet``."""
 
 
-def run(cfg: CurateVideosSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
-        overwrite: bool = False) -> JobResult:  # fmt: skip
-    """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray``: how to
-    reach Ray (default: a local Ray)."""
+def run(cfg: CurateVideosSettings, input_dir: Path, output_dir: Path, *,
+        ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring).
+    ``ray_config``: how to reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, ray or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
+        return _run(cfg, ray_config or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
 
 
 def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,

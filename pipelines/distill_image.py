@@ -76,7 +76,7 @@ def write_preview(cfg: DistillImageSettings, lora_dir: Path, out_file: Path) -> 
     }
 
 
-def run(cfg: DistillImageSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+def run(cfg: DistillImageSettings, input_dir: Path, output_dir: Path, *, ray_config: RayConfig | None = None,
         overwrite: bool = False) -> JobResult:  # fmt: skip
     """Distil a spatial LCM-LoRA from ``cfg.teacher`` on the curated dataset ``input_dir`` (module docstring)."""
     d = cfg.distill_image
@@ -84,7 +84,7 @@ def run(cfg: DistillImageSettings, input_dir: Path, output_dir: Path, *, ray: Ra
     with job.step("checks"):
         dataset = read_dataset(input_dir, columns=COLUMNS, what="a curated image dataset (alcm curate images)")
         teacher = read_teacher(cfg.teacher)
-    with job.output(d.train, ray) as out:
+    with job.output(d.train, ray_config) as out:
         data = job.encode(encode_spec(cfg), dataset, teacher, section=d)
         make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, target=d.target, ema_decay=d.ema_decay)
         trained = job.train(make_task, data, d.train, inputs={"dataset": dataset.digest, "teacher": teacher.digests},

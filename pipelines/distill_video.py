@@ -103,7 +103,7 @@ def write_preview(cfg: DistillVideoSettings, pipeline_dir: Path, out_file: Path)
 
 
 def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1: Path | None = None,
-        ray: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
+        ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
     """Distil the motion layers on the curated video dataset ``input_dir`` (module docstring)."""
     from models.export import write_animatelcm_pipeline
 
@@ -121,7 +121,7 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
                                               what="stage 1's output")  # fmt: skip
         teacher = read_teacher(cfg.teacher)
         motion = model_digests(v.motion_adapter_dir)
-    with job.output(v.train, ray) as out:
+    with job.output(v.train, ray_config) as out:
         data = job.encode(encode_spec(cfg), dataset, teacher, section=v)
         stage1_lora = str(stage1 / STAGE1_LORA) if stage1_manifest else None
         make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, v, stage1_lora=stage1_lora)

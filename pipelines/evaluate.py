@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray
 
 from contracts.digests import tree_digest
 from contracts.evalset import PROMPTS, item_seed, read_reference
@@ -394,7 +395,7 @@ def write_samples(kind: str, grid: dict, columns: list[tuple[str, int]], rows: l
 # ------------------------------------------------------------------------------------------------ the job
 
 
-def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
+def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config: RayConfig | None = None,
         overwrite: bool = False) -> EvalResult:  # fmt: skip
     """Evaluate the checkpoint at ``input_dir`` into a new report directory ``output_dir`` (module docstring)."""
     from models.factory import teacher_digests
@@ -424,7 +425,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray: RayCon
     timings = {"checks_s": time.monotonic() - t0}
     with staged_output(output_dir, overwrite=overwrite) as out:
         staging = out.dir
-        runtime.connect(ray)
+        runtime.connect(ray_config)
         t = time.monotonic()
         workers = min(e.workers, len(items))
         actor_cls = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=e.gpus_per_worker)(Evaluator)

@@ -176,15 +176,15 @@ CAPTIONED_COLUMNS = [
 """Columns of ``captioned/*.parquet``."""
 
 
-def run(cfg: RecaptionSettings, input_dir: Path, output_dir: Path, *, ray: RayConfig | None = None,
-        overwrite: bool = False) -> JobResult:  # fmt: skip
-    """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray``: how to
+def run(cfg: RecaptionSettings, input_dir: Path, output_dir: Path, *,
+        ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
+    """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray_config``: how to
     reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
-        return _run(cfg, ray or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
+        return _run(cfg, ray_config or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
 
 
 def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,

@@ -7,7 +7,7 @@
   config travels in the job's runtime environment (``ALCM_CONFIG``, JSON), so the cluster runs exactly the config
   the flow validated; the entry point's arguments carry only the job's inputs and outputs.
 
-Every job module exposes ``run(settings, input_dir, output_dir, *, ray, overwrite, **inputs) -> JobResult`` (its
+Every job module exposes ``run(settings, input_dir, output_dir, *, ray_config, overwrite, **inputs) -> JobResult`` (its
 settings: the config sections it reads, :mod:`pipelines.stages`) and ``main(argv)``. :func:`run_job` runs a stage's
 job from a whole profile (what flows, tests and benches call); :func:`job_config` is how ``main`` gets its profile
 (``--config`` JSON or YAML profile, or ``$ALCM_CONFIG``).
@@ -55,7 +55,8 @@ def run_job(name: str, cfg: Config, input_dir: Path, output_dir: Path, *, overwr
     ``inputs``: the job's further input directories (``stage1=``, ``control_data=``, ...)."""
     s = stage(name)
     job = importlib.import_module(s.job)
-    return job.run(s.settings_of(cfg), Path(input_dir), Path(output_dir), ray=cfg.ray, overwrite=overwrite, **inputs)
+    return job.run(s.settings_of(cfg), Path(input_dir), Path(output_dir), ray_config=cfg.ray, overwrite=overwrite,
+                   **inputs)
 
 
 def connect(cfg: RayConfig | None = None) -> dict:

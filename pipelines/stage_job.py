@@ -200,11 +200,11 @@ class StageJob:
             self.timings[f"{name}_s"] = time.monotonic() - t
 
     @contextmanager
-    def output(self, train: TrainConfig, ray: RayConfig | None) -> Iterator[StagedOutput]:
+    def output(self, train: TrainConfig, ray_config: RayConfig | None) -> Iterator[StagedOutput]:
         """Check the run's checkpoint storage, stage the output (removed if the block raises) and connect Ray."""
         check_storage(train.storage_path, f"{self.stage}.train.storage_path")
         with staged_output(self.output_dir, overwrite=self.overwrite) as out:
-            runtime.connect(ray)
+            runtime.connect(ray_config)
             self._out = out
             yield out
 

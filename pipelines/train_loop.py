@@ -149,7 +149,7 @@ def _worker(config: dict) -> None:
             log.info("the run already reached step %d; nothing to train", start)
         return
     replicas = {"replica_spread_start": replica_spread(task)}
-    batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, skip=step * cfg.grad_accum)
+    batches = _MicroBatches(ray.train.get_dataset_shard("train"), cfg, rank, world, skip=step * cfg.grad_accum)
     progress = _Progress(cfg, rank)
     for batch in batches:
         loss, metrics = task.loss(batch, step)
@@ -222,7 +222,7 @@ class _Progress:
                      rate)  # fmt: skip
 
 
-class _micro_batches:
+class _MicroBatches:
     """This rank's micro-batches, pass after pass over the data (1. of the module docstring), the first ``skip``
     of them skipped (the micro-batches the checkpointed steps consumed), a pass that fit in ``replay_mb`` replayed
     from memory (:class:`_Replay`). Raises when a pass has no full global batch."""

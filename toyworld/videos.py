@@ -127,7 +127,7 @@ KIND_EXPECTATIONS: dict[str, tuple[str, str | None]] = {
     "mismatched": ("rejected", "low_clip_score"),
     "truncated": ("quarantined", "undecodable"),
 }
-"""kind -> (expected_decision, expected_reason); reasons are codes of ``filters.reasons``."""
+"""kind -> (expected_decision, expected_reason); reasons are codes of ``contracts.reasons``."""
 
 VIDEO_DECISIONS = ("kept", "rejected", "quarantined", "split")
 """Expected decisions; "split": the clip is cut at ``cut_frame`` into two segments, each judged on its own."""

@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(
     data = ray.data.from_items([{"x": [float(i), 1.0, 0.0, -1.0], "y": float(i)} for i in range(32)])
     cfg = TrainConfig(name="placed", storage_path=sys.argv[3], num_workers=2, steps=2, micro_batch_size=4,
                       cpus_per_worker=0.5, resources={"gpu_node": 0.5})
-    trained = train(partial(LinearProbeTask, dim=4, ema_decay=0.5, seed=0), data, cfg)
+    trained = train(partial(LinearProbeTask, dim=4, ema_decay=0.5), data, cfg)
     workers = [a for a in list_actors(detail=True, limit=10000) if "RayTrainWorker" in (a.class_name or "")]
     print("RESULT " + json.dumps({
         "gpu_node": gpu.node_id, "head_node": cluster.head_node.node_id, "gpu_task": placements,
