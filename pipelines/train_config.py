@@ -88,40 +88,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DistillImageConfig:
-    """Stage 1, image consistency distillation (``pipelines.distill_image``): its Task, data step and training."""
+class StageSection:
+    """What every training stage's own section has: its EMA target's decay, the encode step (frame size, latent cache,
+    actor pool), the preview's steps and the shared loop's settings. Each stage's section adds its own fields and
+    validates them, then these (``super().__post_init__()``)."""
 
-    target: str = "ema"
-    """Consistency target: ``ema`` (an EMA of the student's LoRA, the default) or ``student`` (no separate target)."""
     ema_decay: float = 0.95
-    """Decay of the EMA target."""
+    """μ of the EMA target."""
     resolution: int = 512
-    """Training images are resized (shorter side) and centre-cropped to this square size (the teacher's)."""
-    precompute_latents: bool = True
-    """Encode every image with the frozen VAE once, in a Ray Data step, and cache the latents."""
-    precompute_text: bool = True
-    """Encode every caption with the frozen text encoder in the same step (else the workers encode token ids)."""
-    cache_dir: str = "data/cache/stage1"
-    """Where precomputed latents are cached, keyed by the dataset digest, the VAE/text encoder digests and settings."""
-    encode_batch_size: int = 32
-    """Images per batch in the encode step."""
+    """Training frames are resized (shorter side) and centre-cropped to this square size."""
+    cache_dir: str = "data/cache"
+    """Latent cache root (:mod:`pipelines.latent_cache`; on a cluster, a filesystem every node mounts)."""
+    encode_batch_size: int = 8
+    """Images or clips per batch of the encode step."""
     encode_actors: int = 1
     """Actors of the encode step (each loads the VAE and text encoder once)."""
     encode_cpus: float = 1.0
     """CPUs reserved by each encode actor."""
     encode_gpus: float = 0.0
     """GPUs reserved by each encode actor."""
-    preview_prompts: tuple[str, ...] = ()
-    """Prompts sampled with the exported LoRA (LCM scheduler, ``preview_steps`` steps) into ``preview.png``; empty:
-    no preview (the driver samples on CPU, so keep it for small teachers)."""
     preview_steps: int = 4
     """Consistency sampling steps of the preview."""
     train: TrainConfig = TrainConfig()
     """The shared training loop (workers, steps, DeepSpeed, checkpoints); the run name gets the output's name."""
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}: choose one of {', '.join(TARGETS)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
         for name in ("resolution", "encode_batch_size", "encode_actors", "preview_steps"):
@@ -133,8 +124,28 @@ class DistillImageConfig:
             raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
         if self.encode_gpus < 0:
             raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
-        if any(not p.strip() for p in self.preview_prompts):
+        if any(not p.strip() for p in getattr(self, "preview_prompts", ())):
             raise ValueError("preview_prompts: an empty prompt; remove it")
+
+
+@dataclass(frozen=True)
+class DistillImageConfig(StageSection):
+    """Stage 1, image consistency distillation (``pipelines.distill_image``): its Task, data step and training."""
+
+    target: str = "ema"
+    """Consistency target: ``ema`` (an EMA of the student's LoRA, the default) or ``student`` (no separate target)."""
+    precompute_latents: bool = True
+    """Encode every image with the frozen VAE once, in a Ray Data step, and cache the latents."""
+    precompute_text: bool = True
+    """Encode every caption with the frozen text encoder in the same step (else the workers encode token ids)."""
+    preview_prompts: tuple[str, ...] = ()
+    """Prompts sampled with the exported LoRA (LCM scheduler, ``preview_steps`` steps) into ``preview.png``; empty:
+    no preview (the driver samples on CPU, so keep it for small teachers)."""
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}: choose one of {', '.join(TARGETS)}")
+        super().__post_init__()
 
 
 VIDEO_INITS = ("online_only", "both", "none")
@@ -144,7 +155,7 @@ ADAPTERS = ("control", "image_to_video")
 
 
 @dataclass(frozen=True)
-class DistillVideoConfig:
+class DistillVideoConfig(StageSection):
     """Stage 2, video consistency distillation (``pipelines.distill_video``): its Task, data step and training."""
 
     motion_adapter_dir: str = "toyworld/zoo/motion_teacher"
@@ -161,31 +172,13 @@ class DistillVideoConfig:
     motion_init: str = "teacher"
     """The online temporal layers start from the teacher's motion module (``teacher``) or zero-initialised
     (``zero``)."""
-    ema_decay: float = 0.95
-    """μ of the target's EMA."""
     frames: int = 16
     """Frames per training clip (the first ``frames`` of each curated clip's sampled frames)."""
-    resolution: int = 512
-    """Square frame size the VAE encodes."""
     precompute_text: bool = True
     """Cache caption embeddings with the latents (else token ids; the workers run the text encoder)."""
-    cache_dir: str = "data/cache/stage2"
-    """Latent cache root (keyed by dataset, VAE/text-encoder digests and settings)."""
-    encode_batch_size: int = 8
-    """Clips per encode batch."""
-    encode_actors: int = 1
-    """Encode actors."""
-    encode_cpus: float = 1.0
-    """CPUs per encode actor."""
-    encode_gpus: float = 0.0
-    """GPUs per encode actor."""
     preview_prompts: tuple[str, ...] = ()
     """Prompts of ``preview.png`` (teacher DDIM 25 with CFG vs the distilled pipeline at ``preview_steps``); empty:
     no preview."""
-    preview_steps: int = 4
-    """LCM steps of the preview."""
-    train: TrainConfig = TrainConfig()
-    """The shared loop's settings."""
 
     def __post_init__(self) -> None:
         if self.init not in VIDEO_INITS:
@@ -196,24 +189,15 @@ class DistillVideoConfig:
             raise ValueError(f"motion_init={self.motion_init!r}: choose teacher or zero")
         if not self.decoupled and self.init != "none":
             raise ValueError("decoupled=false trains the spatial LoRA from scratch: set init: none")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
-        for name in ("frames", "resolution", "encode_batch_size", "encode_actors", "preview_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
-        if self.resolution % 8:
-            raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
-        if self.encode_cpus <= 0:
-            raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
-        if self.encode_gpus < 0:
-            raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
-        if any(not p.strip() for p in self.preview_prompts):
-            raise ValueError("preview_prompts: an empty prompt; remove it")
+        if self.frames < 1:
+            raise ValueError(f"frames={self.frames!r}: must be ≥ 1")
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class AdaptConfig:
-    """Stage 3, teacher-free adaptation of the control and image-to-video adapters (``pipelines.adapt``)."""
+class AdaptConfig(StageSection):
+    """Stage 3, teacher-free adaptation of the control and image-to-video adapters (``pipelines.adapt``); one run per
+    adapter, named ``<train.name>-<adapter>-...``."""
 
     adapters: tuple[str, ...] = ADAPTERS
     """Which adapters to train: ``control`` (ControlNet on pose frames) and/or ``image_to_video``."""
@@ -227,43 +211,17 @@ class AdaptConfig:
     tune_lora: bool = False
     """Also tune a LoRA (stage 1's LoRA settings, spatial layers) with the adapter, as the paper does for
     compatibility; exported next to the adapter."""
-    ema_decay: float = 0.95
-    """μ of the EMA target of the adapter (consistency training's target)."""
     frames: int = 16
     """Frames per training clip."""
-    resolution: int = 512
-    """Square frame size."""
-    cache_dir: str = "data/cache/stage3"
-    """Latent cache root."""
-    encode_batch_size: int = 8
-    """Clips per encode batch."""
-    encode_actors: int = 1
-    """Encode actors."""
-    encode_cpus: float = 1.0
-    """CPUs per encode actor."""
-    encode_gpus: float = 0.0
-    """GPUs per encode actor."""
-    preview_steps: int = 4
-    """LCM steps of the preview."""
-    train: TrainConfig = TrainConfig()
-    """The shared loop's settings (one run per adapter, named ``<name>-<adapter>-...``)."""
 
     def __post_init__(self) -> None:
         if not self.adapters or any(a not in ADAPTERS for a in self.adapters):
             raise ValueError(f"adapters={list(self.adapters)!r}: choose from {', '.join(ADAPTERS)}")
         if len(set(self.adapters)) != len(self.adapters):
             raise ValueError(f"adapters={list(self.adapters)!r}: an adapter is listed twice")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
         for name in ("control_scale", "motion_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
-        for name in ("frames", "resolution", "encode_batch_size", "encode_actors", "preview_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
-        if self.resolution % 8:
-            raise ValueError(f"resolution={self.resolution!r}: must be a multiple of 8")
-        if self.encode_cpus <= 0:
-            raise ValueError(f"encode_cpus={self.encode_cpus!r}: must be > 0")
-        if self.encode_gpus < 0:
-            raise ValueError(f"encode_gpus={self.encode_gpus!r}: must be ≥ 0")
+        if self.frames < 1:
+            raise ValueError(f"frames={self.frames!r}: must be ≥ 1")
+        super().__post_init__()

@@ -101,6 +101,9 @@ def test_stage1_trains_on_two_workers_and_accounts_for_every_kept_row(first_run,
     assert m["counts"] == {"rows": kept, "encoded": kept - 1, "failed": {"undecodable": 1}}
     assert m["metrics"]["step"] == STEPS and m["metrics"]["resumed_from"] == 0
     assert np.isfinite(m["metrics"]["loss"])
+    # both ranks hold the same LoRA and the same EMA target at the start and after the first step (the LoRA's A
+    # factors are drawn when the Task is built: every rank builds it under the run's seed)
+    assert m["metrics"]["replica_spread_start"] == m["metrics"]["replica_spread_step"] == 0.0
     assert m["run"]["name"].startswith("stage1-out-") and Path(m["run"]["checkpoint"]).is_dir()
     assert m["inputs"]["dataset"]["digest"] == json.loads((src / "manifest.json").read_text())["digest"]
     teacher = m["inputs"]["teacher"]
@@ -167,29 +170,32 @@ def test_rerunning_through_the_flow_resumes_the_run_reuses_the_cache_and_publish
     first_run, teacher_dir, prefect_harness
 ):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.distill import DistillImageParams, distill_image_flow
 
     result, tmp, src, _ = first_run
     overrides = [o for o in _overrides(teacher_dir, tmp) if not o.startswith("distill_image.train.steps=")]
-    m = distill_image_flow(
+    state = distill_image_flow(
         DistillImageParams(
             input_dir=str(src),
             output_dir=str(tmp / "out"),
             overrides=[*overrides, f"distill_image.train.steps={STEPS + 2}"],
             overwrite=True,
-        )
+        ),
+        return_state=True,
     )
+    m = state.result()
     assert (m["metrics"]["step"], m["metrics"]["resumed_from"]) == (STEPS + 2, STEPS)
     assert m["latent_cache"]["key"] == result.manifest["latent_cache"]["key"]
     assert result.manifest["latent_cache"]["hit"] is False  # the first run encoded the dataset
     assert m["latent_cache"]["hit"] is True  # the re-run found the same cache and encoded nothing
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["distill-image-summary"]))
-        )
-    assert arts and m["inputs"]["dataset"]["digest"] in arts[0].data
+        arts = client.read_artifacts(  # this run's (other tests' flow runs publish summaries under the same key)
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["distill-image-summary"]),
+                                           flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )  # fmt: skip
+    assert len(arts) == 1 and m["inputs"]["dataset"]["digest"] in arts[0].data
     assert f"| step | {STEPS + 2} |" in arts[0].data
 
 
@@ -221,6 +227,7 @@ def test_under_zero3_the_ema_target_follows_the_partitioned_student(teacher_dir,
     )
     m = run_job("distill_image", cfg, curated.output, tmp_path / "z3").manifest
     assert m["metrics"]["step"] == 3 and np.isfinite(m["metrics"]["loss"])
+    assert m["metrics"]["replica_spread_start"] == m["metrics"]["replica_spread_step"] == 0.0  # gathered under ZeRO-3
     lora = load_file(str(tmp_path / "z3" / "lora" / "pytorch_lora_weights.safetensors"))
     ups = [v for k, v in lora.items() if "lora_B" in k]
     assert ups and all(torch.isfinite(v).all() for v in ups)
