@@ -91,11 +91,6 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in names}, extra={k: v for k, v in data.items()
                                                                            if k not in names})  # fmt: skip
 
-    @classmethod
-    def read(cls, out_dir: Path) -> Manifest:
-        """The manifest of a finished job output (see :func:`read_manifest`)."""
-        return cls.from_dict(read_manifest(out_dir))
-
 
 def checkpoint_digest(files: dict[str, str], inputs: dict) -> str:
     """A checkpoint's content identity: ``sha256:`` over its files' digests and its inputs."""

@@ -74,6 +74,10 @@ class RetrainParams(BaseModel):
     new_data: str = Field("", description="The raw shard whose landing started this run (set by the new-data "
                           "trigger; empty for a manual or scheduled run).")  # fmt: skip
 
+    def raw(self) -> dict[str, str]:
+        """The raw inputs by the stage graph's source names (``raw:images``, ...)."""
+        return {"raw:images": self.images, "raw:videos": self.videos, "raw:dancers": self.dancers}
+
 
 # ------------------------------------------------------------------------------------------------ caching
 
@@ -119,7 +123,7 @@ def run_stage(stage: str, cfg: Config, params) -> dict:
 
 def _params(stage, p: RetrainParams, out: Path, outs: dict[str, Path]):
     """The stage's flow parameters: its inputs from the raw data or the upstream outputs, its output ``out``."""
-    raw = {"raw:images": p.images, "raw:videos": p.videos, "raw:dancers": p.dancers}
+    raw = p.raw()
     inputs = {i.option: raw[i.source] if i.source in raw else str(outs[i.source]) for i in stage.inputs}
     return FLOW_PARAMS[stage.name](**inputs, output_dir=str(out), profile=p.profile, overrides=list(p.overrides),
                                    submit=p.submit, overwrite=True)  # fmt: skip
@@ -148,7 +152,7 @@ def retrain_flow(params: RetrainParams) -> dict:
         logger.info("started by new data: %s", params.new_data)
     work = Path(params.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    raw = {"raw:images": params.images, "raw:videos": params.videos, "raw:dancers": params.dancers}
+    raw = params.raw()
     chosen = needed(params.stages)  # a chosen stage needs its upstream outputs, run or cached
     code = code_version()
     outs: dict[str, Path] = {}
