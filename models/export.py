@@ -38,11 +38,14 @@ def write_animatelcm_pipeline(
     out_dir: str | Path,
     *,
     lora_file: str | Path | None = None,
+    schedule: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the pipeline directory from the teacher's SD directory, the distilled MotionAdapter directory and
-    the spatial LoRA file (module docstring); ``out_dir`` must not exist. Returns the ``animatelcm.json`` content."""
-    from diffusers import AnimateDiffPipeline, LCMScheduler
+    the spatial LoRA file (module docstring); ``out_dir`` must not exist. ``schedule``: the noise schedule the motion
+    layers were distilled on (:func:`models.video_unet.motion_schedule`), written into the pipeline's scheduler
+    config in place of the image model's. Returns the ``animatelcm.json`` content."""
+    from diffusers import AnimateDiffPipeline
 
     from models.video_unet import load_motion_adapter
 
@@ -51,7 +54,7 @@ def write_animatelcm_pipeline(
         raise FileExistsError(f"{out_dir} exists; the pipeline is written to a new directory")
     adapter = load_motion_adapter(motion_adapter_dir)
     pipe = AnimateDiffPipeline.from_pretrained(str(image_model_dir), motion_adapter=adapter, local_files_only=True)
-    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.scheduler = lcm_scheduler(pipe.scheduler.config, schedule)
     pipe.save_pretrained(str(out_dir), safe_serialization=True)
     if lora_file is not None:
         (out_dir / LORA_DIR).mkdir()
@@ -65,6 +68,25 @@ def write_animatelcm_pipeline(
     }
     (out_dir / INFO_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return doc
+
+
+def lcm_scheduler(config: dict[str, Any], schedule: dict[str, Any] | None = None) -> Any:
+    """The exported pipeline's sampler: ``LCMScheduler`` from the image model's scheduler ``config`` with trailing
+    timestep spacing, on the noise schedule the motion layers were distilled on (``schedule`` overrides)."""
+    from diffusers import LCMScheduler
+
+    return LCMScheduler.from_config(config, timestep_spacing="trailing", **(schedule or {}))
+
+
+def pipeline_schedule(path: str | Path) -> dict[str, Any]:
+    """The noise schedule of a pipeline directory (its ``scheduler/scheduler_config.json``), as scheduler-config
+    overrides: what stage 3 trains on and what the teacher is sampled with when the pipeline is evaluated."""
+    from models.factory import SCHEDULE_KEYS
+
+    config_file = Path(path) / "scheduler" / "scheduler_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: not a pipeline directory (no scheduler/scheduler_config.json)")
+    return {k: v for k, v in json.loads(config_file.read_text()).items() if k in SCHEDULE_KEYS}
 
 
 def load_animatelcm_pipeline(

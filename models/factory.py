@@ -25,6 +25,7 @@ Decisions, written down here because the rest of the code relies on them:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -150,6 +151,22 @@ def alphas_cumprod_from(scheduler_config: dict[str, Any]) -> torch.Tensor:
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
     schedule = DDIMScheduler(**{k: scheduler_config[k] for k in keys if k in scheduler_config})
     return schedule.alphas_cumprod.float().clone()
+
+
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+"""The scheduler-config keys that define a noise schedule (what a stage's schedule may override)."""
+
+
+def with_schedule(parts: TeacherParts, overrides: dict[str, Any] | None) -> TeacherParts:
+    """``parts`` on another noise schedule: the scheduler config with ``overrides`` (keys of :data:`SCHEDULE_KEYS`)
+    and ᾱ_t recomputed from it; the networks are shared, not copied. ``None`` or ``{}``: ``parts`` itself."""
+    if not overrides:
+        return parts
+    unknown = sorted(set(overrides) - set(SCHEDULE_KEYS))
+    if unknown:
+        raise ValueError(f"noise schedule overrides {unknown}: only {', '.join(SCHEDULE_KEYS)} define a schedule")
+    config = {**parts.scheduler_config, **overrides}
+    return dataclasses.replace(parts, scheduler_config=config, alphas_cumprod=alphas_cumprod_from(config))
 
 
 def resolve_prediction_type(cfg: TeacherConfig, scheduler_config: dict[str, Any]) -> str:

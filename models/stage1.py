@@ -15,7 +15,8 @@ x_{t_{n+k}} from noise; the student's consistency function there; the teacher's 
 in one forward) to x_{t_n}; the target's consistency function at x_{t_n}; the L2 or pseudo-Huber loss with λ_n.
 
 Decisions: all three UNets are separate modules (simple and ZeRO-friendly; the teacher and target could share base
-weights with the student through adapter switching — a memory optimisation left for later). Under ZeRO-3 the
+weights with the student through adapter switching; ``bench/sd15_fake_gpu.py`` measured that at SD v1-5 size every
+stage fits an 80 GB GPU without it, see ``bench/RESULTS.md``). Under ZeRO-3 the
 student's LoRA is partitioned across ranks; the EMA update gathers it first (every rank takes part). Noise, grid
 indices and w are drawn per (seed, rank, step, micro-batch), so a resumed run repeats an uninterrupted one's draws.
 The EMA target, the draws and the checkpoint state are the Task base's (:class:`models.task.Task`).
@@ -56,6 +57,7 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         *,
         target: str = "ema",
         ema_decay: float = 0.95,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"target={target!r}: choose one of {', '.join(TARGETS)}")
@@ -65,6 +67,8 @@ class ImageConsistencyTask(ConsistencyTaskBase):
             raise ValueError("consistency.w_embedding=true needs a student UNet with time_cond_proj_dim set")
         self.student = add_lora(copy.deepcopy(parts.unet), lora)
         self.student.train()
+        if gradient_checkpointing:
+            self.checkpoint_activations(self.student)
         self.target_mode = target
         if target == "ema":  # the target follows the LoRA; its base weights are the teacher's, frozen
             lora_names = [n for n, _ in self.student.named_parameters() if "lora_" in n]
@@ -89,7 +93,7 @@ class ImageConsistencyTask(ConsistencyTaskBase):
         cond = guidance_embedding(w, self.cfg.w_embedding_dim).to(x.device, dtype) if self.cfg.w_embedding else None
         return unet(x.to(dtype), t, encoder_hidden_states=ehs.to(dtype), timestep_cond=cond).sample.float()
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         gen = self.draws(step)
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
@@ -112,7 +116,7 @@ class ImageConsistencyTask(ConsistencyTaskBase):
             target = consistency_function(target_out.float(), t_prev, x_prev, ac, ptype, self.cfg)
         weights = loss_weights(self.grid, index, self.cfg.weighting)
         loss = consistency_loss(pred.float(), target, self.cfg, weights)
-        return loss, {"t_mean": float(t_start.float().mean()), "w_mean": float(w.mean())}
+        return loss, {"t_mean": t_start.float().mean(), "w_mean": w.mean()}
 
     def distilled(self) -> torch.nn.Module:
         """The consistency model the stage delivers: the EMA target, or the student when there is none."""

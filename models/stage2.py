@@ -85,6 +85,7 @@ class VideoConsistencyTask(ConsistencyTaskBase):
         lora_ema: str = "scale",
         motion_init: str = "teacher",
         ema_decay: float = 0.95,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if init not in INITS:
             raise ValueError(f"init={init!r}: choose one of {', '.join(INITS)}")
@@ -126,6 +127,8 @@ class VideoConsistencyTask(ConsistencyTaskBase):
             if (MOTION_KEY in name and "lora_" not in name) or f".{SPATIAL_ADAPTER}." in name:
                 p.requires_grad_(True)
         self.student = online.train()
+        if gradient_checkpointing:
+            self.checkpoint_activations(self.student)
         names = [n for n, p in self.student.named_parameters() if p.requires_grad]
         if init == "online_only" and lora_ema == "explicit":
             names += [n for n, _ in self.student.named_parameters() if f".{STAGE1_ADAPTER}." in n]
@@ -166,7 +169,7 @@ class VideoConsistencyTask(ConsistencyTaskBase):
 
     # ------------------------------------------------------------------------------------------- step
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         gen = self.draws(step)
         latents, ehs = self._latents(batch), self._prompts(batch)
         b = latents.shape[0]
@@ -182,7 +185,7 @@ class VideoConsistencyTask(ConsistencyTaskBase):
             target_out = self._model(self.target, x_prev, t_prev, ehs, w)
             target = consistency_function(target_out, t_prev, x_prev, ac, ptype, self.cfg)
         loss = consistency_loss(pred, target, self.cfg, loss_weights(self.grid, index, self.cfg.weighting))
-        return loss, {"t_mean": float(t_start.float().mean()), "target_lora_scale": self.target_lora_scale()}
+        return loss, {"t_mean": t_start.float().mean(), "target_lora_scale": self.target_lora_scale()}
 
     # ------------------------------------------------------------------------------------------- deliverable
 

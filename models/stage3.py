@@ -62,6 +62,7 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         motion_scale: float = 1.0,
         tune_lora: LoraConfig | None = None,
         ema_decay: float = 0.95,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if adapter not in ADAPTER_KINDS:
             raise ValueError(f"adapter={adapter!r}: choose one of {', '.join(ADAPTER_KINDS)}")
@@ -83,6 +84,8 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         self.follow(target, [n for n, p in self.student.named_parameters() if p.requires_grad], ema_decay)
         self.student.train()
         base.eval()
+        if gradient_checkpointing:  # the adapter's backward runs through the frozen base too
+            self.checkpoint_activations(self.student)
         self.grid = DDIMGrid(parts.alphas_cumprod, consistency.num_ddim_timesteps)
         self.salt = (3,)
 
@@ -105,7 +108,7 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
         down = model["adapter"](cond, x.shape[2])
         return video_forward(model["unet"], x, t, ehs, timestep_cond=w_cond, down_residuals=down)
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         gen = self.draws(step)
         latents, ehs = batch["latents"].float(), self._prompts(batch)
         cond = self.condition(self.kind, batch, latents)
@@ -118,7 +121,7 @@ class AdapterConsistencyTask(ConsistencyTaskBase):
             out = self.forward(self.target, x_prev, t_prev, ehs, cond)
             target = consistency_function(out, t_prev, x_prev, ac, ptype, self.cfg)
         loss = consistency_loss(pred, target, self.cfg, loss_weights(self.grid, index, self.cfg.weighting))
-        return loss, {"t_mean": float(t_start.float().mean())}
+        return loss, {"t_mean": t_start.float().mean()}
 
     def distilled(self) -> torch.nn.ModuleDict:
         """The adapted model the stage delivers: the EMA target (adapter + base)."""

@@ -12,11 +12,16 @@ What every Task shares is written here, once:
 - **the EMA target** (:meth:`Task.follow`): a module whose named parameters ``names`` follow the student's of the
   same names, ``target ← μ·target + (1 − μ)·student`` after every optimiser step, counted in :attr:`Task.updates`;
   under ZeRO-3 the student's partitioned parameters are gathered for it (every rank takes part, as DeepSpeed
-  requires). :meth:`Task.on_update` is the hook for what follows the count (stage 2's LoRA scale).
+  requires). :meth:`Task.on_update` is the hook for what follows the count (stage 2's LoRA scale). The average is
+  kept in float32 masters whatever the target's dtype: in bf16 an update of (1 − μ) = 5% of a weight's rounding
+  step would be rounded away, and the target is the deliverable. A bf16 target's weights are the masters rounded
+  once per update.
 - **the seeded draws** (:meth:`Task.draws`): a generator seeded per (run seed, rank, step, micro-batch, the Task's
   :attr:`~Task.salt`), so ranks draw differently, every draw is reproducible, and a resumed run draws exactly what
   an uninterrupted one would. The loop tells the Task its seed and rank (:meth:`Task.configure`).
-- **the checkpoint state** (:meth:`Task.extra_state`): the target's EMA parameters and the update count, which the
+- **gradient checkpointing** (:meth:`Task.checkpoint_activations`): the networks the backward pass runs through
+  recompute their activations instead of keeping them (diffusers' ``enable_gradient_checkpointing``).
+- **the checkpoint state** (:meth:`Task.extra_state`): the target's EMA masters and the update count, which the
   loop's checkpointer saves beside the engine's state and restores with :meth:`Task.load_extra_state`.
 - **the replica fingerprint** (:meth:`Task.fingerprint`): a few numbers summarising the trainable and target
   weights, which the loop compares across ranks (every rank must hold the same weights).
@@ -75,8 +80,9 @@ class Task:
         """Parameters the optimiser updates."""
         return [p for p in self.student.parameters() if p.requires_grad]
 
-    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one micro-batch and metrics to log."""
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """Scalar loss of one micro-batch and metrics to log (numbers or 0-d tensors, which the loop reads with
+        ``float`` when it logs: a Task never forces a device sync of its own)."""
         raise NotImplementedError
 
     def export(self, out_dir: Path) -> dict:
@@ -107,6 +113,10 @@ class Task:
         if missing:
             raise ValueError(f"the EMA target follows parameters that student and target do not both have: {missing}")
         self.target, self.ema_names, self.ema_decay = target.eval().requires_grad_(False), tuple(names), decay
+        tgt = dict(self.target.named_parameters())
+        # float32 masters of the average (the target's own parameters when they are float32 already)
+        self.ema_masters = {n: tgt[n] if tgt[n].dtype == torch.float32 else tgt[n].detach().float().clone()
+                            for n in names}  # fmt: skip
 
     @staticmethod
     def frozen_copy(module: nn.Module) -> nn.Module:
@@ -122,23 +132,40 @@ class Task:
         with gathered([online[n] for n in self.ema_names]):
             tgt = dict(self.target.named_parameters())
             for name in self.ema_names:
-                p = tgt[name]
-                p.mul_(self.ema_decay).add_(online[name].detach().to(p.dtype), alpha=1.0 - self.ema_decay)
+                master = self.ema_masters[name]
+                master.mul_(self.ema_decay).add_(online[name].detach().float(), alpha=1.0 - self.ema_decay)
+                if master is not tgt[name]:
+                    tgt[name].copy_(master)
         self.updates += 1
         self.on_update()
 
     def on_update(self) -> None:
         """Called after every EMA update and after a restore (what depends on :attr:`updates`)."""
 
+    @staticmethod
+    def checkpoint_activations(*modules: nn.Module) -> int:
+        """Turn on gradient checkpointing in every module that supports it (diffusers models, and the models inside
+        a PEFT wrapper); returns how many. Only forward passes with gradients recompute: a frozen target or teacher
+        under ``no_grad`` runs as before."""
+        done = 0
+        for module in modules:
+            for sub in module.modules():
+                supported = getattr(sub, "_supports_gradient_checkpointing", False)
+                if supported and hasattr(sub, "enable_gradient_checkpointing"):
+                    sub.enable_gradient_checkpointing()
+                    done += 1
+        if not done:
+            raise ValueError("gradient_checkpointing=true, but no network of this stage supports it")
+        return done
+
     # ------------------------------------------------------------------------------------------- state
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        """State outside the DeepSpeed engine that a checkpoint keeps: the target's EMA parameters and the update
-        count (tensors only)."""
+        """State outside the DeepSpeed engine that a checkpoint keeps: the target's EMA masters (float32) and the
+        update count (tensors only)."""
         if self.target is None:
             return {}
-        tgt = dict(self.target.named_parameters())
-        state = {f"target.{n}": tgt[n].detach().cpu().clone() for n in self.ema_names}
+        state = {f"target.{n}": self.ema_masters[n].detach().cpu().clone() for n in self.ema_names}
         state["updates"] = torch.tensor(self.updates, dtype=torch.int64)
         return state
 
@@ -153,7 +180,10 @@ class Task:
             raise ValueError(f"checkpoint state for target parameters this Task does not have: {unknown[:5]}")
         for key, value in state.items():
             if key.startswith("target."):
-                tgt[key.removeprefix("target.")].copy_(value)
+                name = key.removeprefix("target.")
+                tgt[name].copy_(value)
+                if name in self.ema_masters and self.ema_masters[name] is not tgt[name]:
+                    self.ema_masters[name].copy_(value)  # a float32 checkpoint restores the masters exactly
         self.updates = int(state.get("updates", torch.tensor(0)))
         self.on_update()
 
@@ -165,8 +195,7 @@ class Task:
         params = self.trainable_parameters()
         groups = [params]
         if self.target is not None:
-            tgt = dict(self.target.named_parameters())
-            groups.append([tgt[n] for n in self.ema_names])
+            groups.append([self.ema_masters[n] for n in self.ema_names])
         out = []
         with gathered(params):
             for group in groups:
@@ -187,11 +216,15 @@ class ConsistencyTaskBase(Task):
 
     def grid_points(self, latents: torch.Tensor, gen: torch.Generator):
         """One consistency-distillation sample per row of ``latents``, drawn from ``gen`` in this order: a grid
-        index n, then the noise; returns ``(index, t_{n+k}, t_n, noise, x_{t_{n+k}})``."""
+        index n, then the noise; returns ``(index, t_{n+k}, t_n, noise, x_{t_{n+k}})``, the timesteps and tensors on
+        ``latents``' device, the index on the CPU."""
         from models.consistency import add_noise
 
         index = self.grid.sample_index(latents.shape[0], gen)
-        t_start, t_prev = self.grid.start_timesteps(index), self.grid.prev_timesteps(index)
+        # The UNets take 1-D timesteps on the sample's device (diffusers moves only 0-d ones): a CPU tensor would
+        # meet CUDA weights in the time embedding. The index stays on the CPU with the grid's tables.
+        t_start = self.grid.start_timesteps(index).to(latents.device)
+        t_prev = self.grid.prev_timesteps(index).to(latents.device)
         noise = torch.randn(latents.shape, generator=gen).to(latents)
         return index, t_start, t_prev, noise, add_noise(latents, noise, t_start, self.grid.alphas_cumprod)
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 DTYPES = ("float32", "bfloat16", "float16")
 """Torch dtypes the teacher can be loaded in."""
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+"""Noise schedules (diffusers' ``beta_schedule``) a stage can train on: SD v1-5 was trained on ``scaled_linear``,
+AnimateDiff's motion modules on ``linear``."""
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 """What the teacher UNet predicts (the consistency math handles these two)."""
 LORA_INITS = ("gaussian", "kaiming")

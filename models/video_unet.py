@@ -68,6 +68,32 @@ def load_motion_adapter(path: str | Path, *, dtype: torch.dtype = torch.float32)
     return MotionAdapter.from_pretrained(str(path), local_files_only=True, use_safetensors=True, dtype=dtype)
 
 
+SCHEDULER_FILE = "scheduler_config.json"
+"""A motion module's own noise schedule, when its directory ships one (diffusers' scheduler config format)."""
+
+
+def motion_schedule(motion_adapter_dir: str | Path, configured: str | None) -> dict[str, Any]:
+    """The noise schedule a motion module was trained on, as scheduler-config overrides for
+    :func:`models.factory.with_schedule`: from ``<motion_adapter_dir>/scheduler_config.json`` where the module ships
+    one (its ``beta_schedule``, ``beta_start``, ``beta_end``, ``num_train_timesteps``), else ``configured``
+    (``distill_video.beta_schedule``); ``{}`` when neither says (the teacher's schedule). A configured value that
+    contradicts the shipped file is an error naming both."""
+    from models.factory import SCHEDULE_KEYS
+
+    shipped = Path(motion_adapter_dir) / SCHEDULER_FILE
+    if shipped.is_file():
+        import json
+
+        overrides = {k: v for k, v in json.loads(shipped.read_text()).items() if k in SCHEDULE_KEYS}
+        if configured is not None and overrides.get("beta_schedule", configured) != configured:
+            raise ValueError(
+                f"distill_video.beta_schedule={configured!r}, but {shipped} says "
+                f"{overrides['beta_schedule']!r}: the motion module was trained on the latter; set it or null"
+            )
+        return overrides
+    return {"beta_schedule": configured} if configured is not None else {}
+
+
 def inflate(
     unet: UNet2DConditionModel, adapter: MotionAdapter | None = None, *, zero_init: bool | None = None, heads: int = 8
 ) -> UNetMotionModel:

@@ -50,18 +50,19 @@ def encode_spec(cfg: AdaptSettings, adapter: str) -> EncodeSpec:
 def build_task(teacher, consistency, adapt, *, adapter: str, pipeline_dir: str):
     """The stage-3 Task on this worker's device (importable target of ``functools.partial``): the stage-2 pipeline's
     UNet with its LCM-LoRA fused is the frozen base."""
-    from models.export import load_animatelcm_pipeline
-    from models.factory import build_teacher
+    from models.export import load_animatelcm_pipeline, pipeline_schedule
+    from models.factory import build_teacher, with_schedule
     from models.stage3 import AdapterConsistencyTask
     from pipelines.train_loop import worker_device
 
     device = worker_device()
-    parts = build_teacher(teacher, device=device)
+    parts = with_schedule(build_teacher(teacher, device=device), pipeline_schedule(pipeline_dir))  # stage 2's
     unet = load_animatelcm_pipeline(pipeline_dir, fuse_lora=True, device=str(device)).unet
     return AdapterConsistencyTask(
         parts, unet, consistency, adapter=adapter, control_init_dir=adapt.control_init_dir,
         control_scale=adapt.control_scale, motion_scale=adapt.motion_scale,
         tune_lora=teacher.lora if adapt.tune_lora else None, ema_decay=adapt.ema_decay,
+        gradient_checkpointing=adapt.gradient_checkpointing,
     )  # fmt: skip
 
 

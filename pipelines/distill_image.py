@@ -41,7 +41,8 @@ def encode_spec(cfg: DistillImageSettings) -> EncodeSpec:
                       resolution=d.resolution, latents=d.precompute_latents, text=d.precompute_text)  # fmt: skip
 
 
-def build_task(teacher, consistency, *, target: str = "ema", ema_decay: float = 0.95):
+def build_task(teacher, consistency, *, target: str = "ema", ema_decay: float = 0.95,
+               gradient_checkpointing: bool = False):
     """The stage-1 Task on this worker's device: what the job hands the shared loop, as ``functools.partial``
     (importable, so Ray workers unpickle it)."""
     from models.factory import build_teacher
@@ -49,7 +50,8 @@ def build_task(teacher, consistency, *, target: str = "ema", ema_decay: float = 
     from pipelines.train_loop import worker_device
 
     parts = build_teacher(teacher, device=worker_device())
-    return ImageConsistencyTask(parts, teacher.lora, consistency, target=target, ema_decay=ema_decay)
+    return ImageConsistencyTask(parts, teacher.lora, consistency, target=target, ema_decay=ema_decay,
+                                gradient_checkpointing=gradient_checkpointing)
 
 
 def write_preview(cfg: DistillImageSettings, lora_dir: Path, out_file: Path) -> dict:
@@ -86,7 +88,8 @@ def run(cfg: DistillImageSettings, input_dir: Path, output_dir: Path, *, ray_con
         teacher = read_teacher(cfg.teacher)
     with job.output(d.train, ray_config) as out:
         data = job.encode(encode_spec(cfg), dataset, teacher, section=d)
-        make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, target=d.target, ema_decay=d.ema_decay)
+        make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, target=d.target, ema_decay=d.ema_decay,
+                                      gradient_checkpointing=d.gradient_checkpointing)  # fmt: skip
         trained = job.train(make_task, data, d.train, inputs={"dataset": dataset.digest, "teacher": teacher.digests},
                             export_into=out.dir / "lora")  # fmt: skip
         preview = None

@@ -49,19 +49,23 @@ def encode_spec(cfg: DistillVideoSettings) -> EncodeSpec:
 
 
 def build_task(teacher, consistency, video, *, stage1_lora: str | None):
-    """The stage-2 Task on this worker's device (importable target of ``functools.partial``)."""
-    from models.factory import build_teacher
+    """The stage-2 Task on this worker's device (importable target of ``functools.partial``), on the motion
+    module's noise schedule."""
+    import torch
+
+    from models.factory import build_teacher, with_schedule
     from models.lora import read_diffusers_lora
     from models.stage2 import VideoConsistencyTask
-    from models.video_unet import load_motion_adapter
+    from models.video_unet import load_motion_adapter, motion_schedule
     from pipelines.train_loop import worker_device
 
     parts = build_teacher(teacher, device=worker_device())
+    parts = with_schedule(parts, motion_schedule(video.motion_adapter_dir, video.beta_schedule))
     return VideoConsistencyTask(
-        parts, load_motion_adapter(video.motion_adapter_dir), consistency,
+        parts, load_motion_adapter(video.motion_adapter_dir, dtype=getattr(torch, teacher.dtype)), consistency,
         stage1_lora=read_diffusers_lora(stage1_lora) if stage1_lora else None,
         lora=teacher.lora, init=video.init, decoupled=video.decoupled, lora_ema=video.lora_ema,
-        motion_init=video.motion_init, ema_decay=video.ema_decay,
+        motion_init=video.motion_init, ema_decay=video.ema_decay, gradient_checkpointing=video.gradient_checkpointing,
     )  # fmt: skip
 
 
@@ -72,7 +76,7 @@ def write_preview(cfg: DistillVideoSettings, pipeline_dir: Path, out_file: Path)
     from diffusers import AnimateDiffPipeline, DDIMScheduler
     from PIL import Image
 
-    from models.export import load_animatelcm_pipeline
+    from models.export import load_animatelcm_pipeline, pipeline_schedule
     from models.sampling import image_grid
     from models.video_unet import load_motion_adapter
 
@@ -82,7 +86,8 @@ def write_preview(cfg: DistillVideoSettings, pipeline_dir: Path, out_file: Path)
     teacher = AnimateDiffPipeline.from_pretrained(
         cfg.teacher.pretrained_dir, motion_adapter=load_motion_adapter(v.motion_adapter_dir), local_files_only=True
     )
-    teacher.scheduler = DDIMScheduler.from_config(teacher.scheduler.config, timestep_spacing="trailing")
+    teacher.scheduler = DDIMScheduler.from_config(teacher.scheduler.config, timestep_spacing="trailing",
+                                                  **pipeline_schedule(pipeline_dir))  # the distillation's schedule
     teacher.set_progress_bar_config(disable=True)
     student = load_animatelcm_pipeline(pipeline_dir)
     rows = []
@@ -106,6 +111,7 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
         ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
     """Distil the motion layers on the curated video dataset ``input_dir`` (module docstring)."""
     from models.export import write_animatelcm_pipeline
+    from models.video_unet import motion_schedule
 
     v = cfg.distill_video
     job = StageJob(STAGE, cfg, output_dir, overwrite=overwrite)
@@ -121,6 +127,7 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
                                               what="stage 1's output")  # fmt: skip
         teacher = read_teacher(cfg.teacher)
         motion = model_digests(v.motion_adapter_dir)
+        schedule = motion_schedule(v.motion_adapter_dir, v.beta_schedule)
     with job.output(v.train, ray_config) as out:
         data = job.encode(encode_spec(cfg), dataset, teacher, section=v)
         stage1_lora = str(stage1 / STAGE1_LORA) if stage1_manifest else None
@@ -132,9 +139,9 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
             lora = out.dir / "lcm_lora" / "pytorch_lora_weights.safetensors"
             write_animatelcm_pipeline(
                 teacher.root, out.dir / "motion_adapter", out.dir / "pipeline",
-                lora_file=lora if lora.is_file() else None,
+                lora_file=lora if lora.is_file() else None, schedule=schedule,
                 info={"stage": STAGE, "init": v.init, "decoupled": v.decoupled, "frames": v.frames,
-                      "resolution": v.resolution},
+                      "resolution": v.resolution, "noise_schedule": schedule or "the teacher's"},
             )  # fmt: skip
         preview = None
         if v.preview_prompts:

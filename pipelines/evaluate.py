@@ -202,7 +202,7 @@ class Evaluator:
         else:
             from diffusers import AnimateDiffPipeline
 
-            from models.export import load_animatelcm_pipeline
+            from models.export import load_animatelcm_pipeline, pipeline_schedule
             from models.video_unet import load_motion_adapter
 
             motion = load_motion_adapter(Path(motion_dir), dtype=dtype)
@@ -210,6 +210,9 @@ class Evaluator:
                 str(teacher_root), motion_adapter=motion, local_files_only=True, dtype=dtype
             ).to(self.device)
             student = load_animatelcm_pipeline(ckpt / "pipeline", dtype=dtype, device=self.device)
+            # the teacher samples on the schedule its motion module was trained on, which the pipeline records
+            teacher.scheduler = type(teacher.scheduler).from_config(teacher.scheduler.config,
+                                                                    **pipeline_schedule(ckpt / "pipeline"))  # fmt: skip
             self.size, self.frames = size, frames
         self.pipes = {STUDENT[kind]: student, **{m: with_scheduler(teacher, m) for m in e.teacher_methods}}
         self.guidance = guidance_of(cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models.consistency_config import TARGETS
+from models.teacher_config import BETA_SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16")
 RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_failures")
@@ -109,6 +110,10 @@ class StageSection:
     """GPUs reserved by each encode actor."""
     preview_steps: int = 4
     """Consistency sampling steps of the preview."""
+    gradient_checkpointing: bool = False
+    """Recompute the trainable networks' activations in the backward pass instead of keeping them (diffusers'
+    gradient checkpointing): far less activation memory for about one more forward pass of compute. On in sd15
+    (``bench/sd15_fake_gpu.py`` measures both)."""
     train: TrainConfig = TrainConfig()
     """The shared training loop (workers, steps, DeepSpeed, checkpoints); the run name gets the output's name."""
 
@@ -160,6 +165,11 @@ class DistillVideoConfig(StageSection):
 
     motion_adapter_dir: str = "toyworld/zoo/motion_teacher"
     """The teacher's pretrained motion module: a diffusers MotionAdapter directory (AnimateDiff for SD v1-5)."""
+    beta_schedule: str | None = None
+    """The noise schedule the motion module was trained on, which the video teacher, the distilled pipeline and
+    stage 3 use: ``linear`` for AnimateDiff (its training and inference configs), while SD v1-5's own scheduler says
+    ``scaled_linear``. A ``scheduler_config.json`` shipped in ``motion_adapter_dir`` takes precedence (a different
+    value here is an error); null: the teacher's (``teacher.pretrained_dir``'s scheduler)."""
     init: str = "online_only"
     """Where the stage-1 LoRA starts: ``online_only`` (the paper: online model only, the EMA target receives it),
     ``both``, or ``none`` (not used)."""
@@ -191,6 +201,9 @@ class DistillVideoConfig(StageSection):
             raise ValueError("decoupled=false trains the spatial LoRA from scratch: set init: none")
         if self.frames < 1:
             raise ValueError(f"frames={self.frames!r}: must be ≥ 1")
+        if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule={self.beta_schedule!r}: choose one of {', '.join(BETA_SCHEDULES)}, or "
+                             "null for the teacher's")  # fmt: skip
         super().__post_init__()
 
 

@@ -163,7 +163,7 @@ def _worker(config: dict) -> None:
         if step == start + 1:
             replicas["replica_spread_step"] = replica_spread(task)
         last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": batches.reads, **replicas,
-                **metrics}  # fmt: skip
+                **{name: float(value) for name, value in metrics.items()}}  # fmt: skip
         progress.log(step, last["loss"], engine)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpointer.save(step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)},
