@@ -190,7 +190,8 @@ def build_task(stage: str, arch: Arch, cfg, schedule, *, checkpointing: bool, de
         from models.stage3 import AdapterConsistencyTask
 
         a = cfg.adapt
-        parts = with_schedule(parts, {"beta_schedule": cfg.distill_video.beta_schedule or "scaled_linear"})
+        v = cfg.distill_video  # stage 3 trains on the schedule stage 2's pipeline carries
+        parts = with_schedule(parts, motion_schedule(v.motion_adapter_dir, v.beta_schedule))
         # stage 2's video model (its LoRA fused: the same shapes)
         base = inflate(parts.unet, motion_adapter(arch, dtype, device=device))
         # control_init_dir (the openpose ControlNet) has the architecture ControlNetModel.from_unet builds
@@ -201,12 +202,8 @@ def build_task(stage: str, arch: Arch, cfg, schedule, *, checkpointing: bool, de
             gradient_checkpointing=checkpointing,
         )  # fmt: skip
     task.student.to(torch.bfloat16)
-    task.configure(seed=0, rank=0, world_size=cfg_workers(cfg, stage))
+    task.configure(seed=0, rank=0, world_size=section(cfg, stage).train.num_workers)
     return task
-
-
-def cfg_workers(cfg, stage: str) -> int:
-    return section(cfg, stage).train.num_workers
 
 
 def section(cfg, stage: str):
