@@ -123,7 +123,7 @@ def curate_images(
     output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Curate image-text data for quality and watermarks (flow ``curate-images``)."""
@@ -143,7 +143,7 @@ def curate_videos(
     output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Curate text-video data: duration, resolution, motion, scene cuts, watermark, aesthetic, CLIP (flow
@@ -165,7 +165,7 @@ def recaption(
     backend: str = typer.Option(None, "--backend", help="transformers or lavis (default: the profile's)."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Recaption video clips with BLIP, storing pose control frames for TikTok-style data (flow
@@ -188,7 +188,7 @@ def distill_image(
     output_dir: Path = typer.Option(..., "--output", help="New directory for lora/, preview.png, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Stage 1: distil a spatial LCM-LoRA from the profile's teacher on a curated image dataset (flow
@@ -215,7 +215,7 @@ def distill_video(
     output_dir: Path = typer.Option(..., "--output", help="New directory for motion_adapter/, pipeline/, manifest."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Stage 2: distil the motion layers from the image teacher + motion module on curated videos, with stage 1's
@@ -245,7 +245,7 @@ def adapt_adapters(
     output_dir: Path = typer.Option(..., "--output", help="New directory for the adapters and manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Stage 3: teacher-free adaptation of the control and image-to-video adapters against stage 2's video
@@ -302,7 +302,7 @@ def evaluate_checkpoint(
     output_dir: Path = typer.Option(..., "--output", help="New directory for the report."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
     register: bool = typer.Option(True, "--register/--no-register", help="Record it and its report in the registry."),
     promote: bool = typer.Option(False, "--promote", help="Run the promotion gate afterwards."),
@@ -345,7 +345,7 @@ def retrain(
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Run the promotion gate after the eval."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
-    submit: bool = SUBMIT,
+    submit: bool | None = SUBMIT,
 ) -> None:
     """The end-to-end retraining flow (``retrain-animatelcm``): curate images and videos, recaption → stages 1, 2,
     3 → evaluate → register → promotion gate. Finished stages are cached on their inputs: re-running skips them."""

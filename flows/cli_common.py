@@ -50,14 +50,16 @@ def print_outputs(output_dir: Path, dataset: str, label: str) -> None:
                f"manifest:   {output_dir / 'manifest.json'}")  # fmt: skip
 
 
-def io_params(cls, input_dir: Path, output_dir: Path, profile: str, overrides: list[str], submit: bool,
-              overwrite: bool, **extra):  # fmt: skip
+def io_params(cls, input_dir: Path, output_dir: Path, profile: str, overrides: list[str],
+              submit: bool | None, overwrite: bool, **extra):  # fmt: skip
     """The flow parameters every input → output job command builds (paths made absolute)."""
     return cls(input_dir=str(input_dir.resolve()), output_dir=str(output_dir.resolve()), profile=profile,
                overrides=list(overrides), submit=submit, overwrite=overwrite, **extra)  # fmt: skip
 
 
-SUBMIT = typer.Option(False, "--submit", help="Submit as a Ray job to RAY_ADDRESS (http://head:8265).")
+SUBMIT = typer.Option(None, "--submit/--local", help="Submit as a Ray job to the cluster's Jobs API, or run on a local "
+                      "Ray; default: submit when one is configured (RAY_ADDRESS=http://head:8265 or "
+                      "ray.dashboard_address).", show_default=False)  # fmt: skip
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 
 

@@ -42,8 +42,10 @@ class JobParams(BaseModel):
     overrides: list[str] = Field(
         default_factory=list, description="Config overrides, each key=value, e.g. curate_images.filters.min_side=48."
     )
-    submit: bool = Field(
-        False, description="Submit the job to the Ray cluster's Jobs API (RAY_ADDRESS=http://head:8265) and wait."
+    submit: bool | None = Field(
+        None,
+        description="Submit the job to the Ray cluster's Jobs API and wait (streaming its log); empty: submit when a "
+        "cluster is configured (ray.dashboard_address, or RAY_ADDRESS=http://head:8265), else run on a local Ray.",
     )
 
 
@@ -68,16 +70,36 @@ def run_io_job(stage: str, cfg, params: IOJobParams) -> dict:
     from pipelines import runtime
 
     extra = params.extra_inputs()
-    if params.submit:
+    if submits(params.submit, cfg):
         args = ["--input", params.input_dir, "--output", params.output_dir]
         for name, path in extra.items():
             args += [f"--{name.replace('_', '-')}", path]
-        runtime.submit(stage, [*args, "--overwrite"] if params.overwrite else args, cfg)
+        runtime.submit(stage, [*args, "--overwrite"] if params.overwrite else args, cfg, on_submitted=link_ray_job)
         return read_manifest(Path(params.output_dir))
     kwargs = {name: Path(path) for name, path in extra.items()}
     result = runtime.run_job(stage, cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite,
                              **kwargs)  # fmt: skip
     return redact(result.manifest)
+
+
+def submits(submit: bool | None, cfg) -> bool:
+    """Whether a job is submitted to a Ray cluster: as asked, or (``None``) when a cluster's Jobs API address is
+    configured (``ray.dashboard_address``, or an ``http(s)://`` ``ray.address`` or ``$RAY_ADDRESS``), so runs from
+    the UI, schedules and events go to the cluster without anyone choosing."""
+    return cfg.ray.jobs_address() is not None if submit is None else submit
+
+
+def link_ray_job(job_id: str, address: str, attached: bool) -> None:
+    """In a flow run: a link artifact from the run to its Ray job in the Ray dashboard (outside one: nothing)."""
+    from prefect.artifacts import create_link_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    what = "re-attached to" if attached else "submitted"
+    create_link_artifact(link=f"{address.rstrip('/')}/#/jobs/{job_id}", link_text=f"Ray job {job_id}",
+                         key=f"ray-job-{job_id}".lower()[:100].replace("_", "-"),
+                         description=f"The Ray job this run {what}.")  # fmt: skip
 
 
 def open_registry():

@@ -70,7 +70,8 @@ class RetrainParams(BaseModel):
         "needs it.",
     )
     promote: bool = Field(True, description="Run the promotion gate on the evaluated stage-2 checkpoint.")
-    submit: bool = Field(False, description="Submit each job to the Ray cluster's Jobs API (RAY_ADDRESS).")
+    submit: bool | None = Field(None, description="Submit each job to the Ray cluster's Jobs API; empty: when a "
+                                "cluster is configured (ray.dashboard_address or RAY_ADDRESS=http://head:8265).")
     new_data: str = Field("", description="The raw shard whose landing started this run (set by the new-data "
                           "trigger; empty for a manual or scheduled run).")  # fmt: skip
 

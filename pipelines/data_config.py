@@ -7,8 +7,10 @@ Each class is one section of a profile (:class:`pipelines.config.Config`) and va
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
+from contracts.redact import is_secret_env_name
 from filters.dedup import DedupConfig
 from filters.rules import FilterConfig
 from filters.video_rules import VideoFilterConfig
@@ -23,11 +25,54 @@ class RayConfig:
     num_cpus: int | None = None
     """CPUs of the local Ray started for a job (null: all of this machine's). Ignored for a cluster."""
     dashboard_address: str | None = None
-    """Ray Jobs API address (``http://host:8265``) used by ``--submit``; null means ``$RAY_ADDRESS``."""
+    """Ray Jobs API address (``http://host:8265``). When it is set, or ``address`` or ``$RAY_ADDRESS`` is an
+    ``http(s)://`` address, flows submit their jobs to it by default (``submit: null``)."""
+    job_timeout_s: dict[str, float] = field(default_factory=dict)
+    """Per-stage limit on a submitted job's run time, stage name → seconds (e.g. ``{distill_video: 86400}``); a
+    stage not named runs without a limit (the default: none)."""
+    driver_num_cpus: float = 1.0
+    """CPUs the submitted job's driver reserves: on a cluster whose head declares ``num-cpus: 0`` (``infra/``) the
+    driver then runs on a worker group, not on the head."""
+    driver_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources the driver also reserves, e.g. ``{cpu_node: 0.01}`` to pin it to the CPU group."""
+    forward_env: tuple[str, ...] = (
+        "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE", "ALCM_CODE_VERSION",
+    )  # fmt: skip
+    """Environment variables copied from the submitter into the job's runtime environment when set. Ray shows a
+    job's runtime environment in its dashboard, so a name that holds a secret (``AWS_SECRET_ACCESS_KEY``,
+    ``*_TOKEN``, ``*_PASSWORD``...: ``contracts.redact.is_secret_env_name``) is refused: credentials come from the
+    cluster's own environment (a Kubernetes Secret, ``infra/kuberay/raycluster.yaml``)."""
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ValueError(f"num_cpus={self.num_cpus!r}: must be ≥ 1, or null for all CPUs")
+        from pipelines.stages import BY_NAME  # here: the stage graph imports the config modules
+
+        for name, seconds in self.job_timeout_s.items():
+            if name not in BY_NAME:
+                raise ValueError(f"job_timeout_s.{name}: no such stage; choose from {', '.join(BY_NAME)}")
+            if seconds <= 0:
+                raise ValueError(f"job_timeout_s.{name}={seconds!r}: must be > 0 seconds (leave the stage out for "
+                                 "no limit)")  # fmt: skip
+        if self.driver_num_cpus < 0:
+            raise ValueError(f"driver_num_cpus={self.driver_num_cpus!r}: must be ≥ 0")
+        for name in self.forward_env:
+            if is_secret_env_name(name):
+                raise ValueError(f"forward_env: {name!r} holds a secret, and Ray shows a job's environment in its "
+                                 "dashboard; give the cluster the secret itself (a Kubernetes Secret in the Ray "
+                                 "pods' env, infra/kuberay/raycluster.yaml)")  # fmt: skip
+
+    def jobs_address(self) -> str | None:
+        """The Ray Jobs API address to submit to, if a cluster is configured: ``dashboard_address``, else an
+        ``http(s)://`` ``address`` or ``$RAY_ADDRESS``; None means no cluster (jobs run against a local Ray)."""
+        if self.dashboard_address:
+            return self.dashboard_address
+        for candidate in (self.address, os.environ.get("RAY_ADDRESS")):
+            if candidate and candidate.startswith(("http://", "https://")):
+                return candidate
+        return None
+
 
 
 @dataclass(frozen=True)
