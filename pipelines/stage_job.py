@@ -187,6 +187,8 @@ class StageJob:
         self.output_dir = Path(output_dir).resolve()
         self.overwrite = overwrite
         self.timings: dict[str, float] = {}
+        self.loss_history: dict[str, list[list[float]]] = {}
+        """Each training run's ``[step, loss, lr]`` points (run label → points), written into the manifest."""
         self._t0 = time.monotonic()
         self._out: StagedOutput | None = None
 
@@ -252,6 +254,7 @@ class StageJob:
         run = {"name": cfg.name, "storage_path": cfg.storage_path, "checkpoint": result.checkpoint_path,
                "resumed_from": result.metrics.get("resumed_from")}  # fmt: skip
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+        self.loss_history[label] = list(result.metrics.get("loss_history") or [])
         return Trained(run=run, metrics=metrics, export=description)
 
     def commit(self, out: StagedOutput, *, name: str, inputs: dict, counts: dict | None = None,
@@ -263,7 +266,8 @@ class StageJob:
             name=name, kind="checkpoint", job=self.stage, stage=self.stage, profile=self.settings.profile,
             digest=checkpoint_digest(files, inputs), inputs=inputs, config=to_dict(self.settings),
             code_version=code_version(), counts=counts, metrics=metrics, files=files,
-            timings={k: round(v, 1) for k, v in self.timings.items()}, extra=fields,
+            timings={k: round(v, 1) for k, v in self.timings.items()},
+            extra={"loss_history": self.loss_history, **fields} if self.loss_history else fields,
         )  # fmt: skip
         where = out.commit(manifest)
         log.info("%s done in %.0f s: %s (loss %s at step %s)", self.stage, self.timings["total_s"], where,

@@ -166,8 +166,8 @@ def _worker(config: dict) -> None:
                 **{name: float(value) for name, value in metrics.items()}}  # fmt: skip
         progress.log(step, last["loss"], engine)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpointer.save(step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine)},
-                              final=step == cfg.steps)  # fmt: skip
+            checkpointer.save(step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine),
+                                     "loss_history": list(progress.history)}, final=step == cfg.steps)  # fmt: skip
         if step >= cfg.steps:
             break
 
@@ -206,11 +206,14 @@ def replica_spread(task) -> float:
 
 
 class _Progress:
-    """Rank 0's line every ``log_every`` steps: step, loss, lr, samples/s."""
+    """Rank 0's line every ``log_every`` steps: step, loss, lr, samples/s; the same points kept as
+    :attr:`history` (``[step, loss, lr]``), reported with each checkpoint as the ``loss_history`` metric (the
+    registry logs it as the run's loss curve; a resumed run's history starts at its resume step)."""
 
     def __init__(self, cfg: TrainConfig, rank: int) -> None:
         self.cfg, self.rank = cfg, rank
         self.t0, self.seen = time.monotonic(), 0
+        self.history: list[list[float]] = []
 
     def samples(self, n: int) -> None:
         self.seen += n
@@ -218,6 +221,7 @@ class _Progress:
     def log(self, step: int, loss: float, engine) -> None:
         if self.rank == 0 and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
             rate = self.seen / max(1e-9, time.monotonic() - self.t0)
+            self.history.append([step, loss, float(engine.get_lr()[0])])
             log.info("step %d/%d loss %.5f lr %.2e %.1f samples/s", step, self.cfg.steps, loss, engine.get_lr()[0],
                      rate)  # fmt: skip
 

@@ -6,9 +6,12 @@ browses the same versions in the MLflow UI that ``alcm registry`` prints. Flows 
 Mapping onto MLflow (one experiment, ``alcm-registry``):
 
 - a dataset version or a checkpoint is a **registered-model version** (``NAME@VERSION``, VERSION an integer
-  counting from 1 per name) whose ``source`` is where the job wrote it (a local path or an object-store URI: the
-  registry records outputs, it does not copy them), plus one **run** holding the job's ``manifest.json`` as an
-  artifact, its training metrics and, once evaluated, the eval report;
+  counting from 1 per name) recording where the job wrote it (a local path or an object-store URI, tag
+  ``alcm.location``: the registry records outputs, it does not copy them; the version's ``source`` is one an MLflow
+  server accepts, :mod:`registry.mlflow_view`), plus one **run** holding the job's ``manifest.json`` as an
+  artifact, its training metrics and, once evaluated, the eval report; the run and version also carry what MLflow's
+  own UI shows (params, dataset inputs, the loss curve, the reason table, parents as ``models:/`` links:
+  :mod:`registry.mlflow_view`);
 - the version's tags carry what queries need without reading artifacts: ``alcm.kind`` (``dataset`` or
   ``checkpoint``), ``alcm.type`` (the manifest's ``kind``), ``alcm.digest`` (the content digest; the identity used
   for idempotency), ``alcm.parents`` (JSON: the registered versions it was made from, with their role),
@@ -44,7 +47,9 @@ the same time; none collides, none loses a version, and the same output register
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -58,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.manifest import PROJECT_ROOT, read_manifest
+from registry import mlflow_view
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -174,7 +180,9 @@ class Registry:
     def __init__(self, tracking_uri: str | None = None, artifact_location: str | None = None):
         from mlflow import MlflowClient
 
-        for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # one-off schema creation chatter
+        # one-off schema creation chatter; the wait for a version a server creates
+        quiet = ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.store.model_registry.abstract_store")
+        for noisy in quiet:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         if tracking_uri is None:
             tracking_uri, artifact_location = default_tracking_uri()
@@ -262,18 +270,26 @@ class Registry:
         for key in ("stage", "profile", "job"):
             if manifest.get(key):
                 tags[TAG + key] = str(manifest[key])
+        tags[TAG + "location"] = location
         run = self._client.create_run(self._experiment, run_name=f"{name}:{manifest['digest'][7:19]}", tags=tags)
         run_id = run.info.run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "manifest.json"
             path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             self._client.log_artifact(run_id, str(path))
-        for key, value in (manifest.get("metrics") or {}).items():
+        metrics = manifest.get("metrics") or {}
+        last_step = int(metrics["step"]) if isinstance(metrics.get("step"), int | float) else 0
+        for key, value in metrics.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                self._client.log_metric(run_id, f"train/{key}", float(value))
-        self._client.set_terminated(run_id)
+                self._client.log_metric(run_id, f"train/{key}", float(value), step=last_step)
+        mlflow_view.log_details(self._client, run_id, manifest, parents,
+                                {p.ref: self.get(p.ref).location for p in parents})  # fmt: skip
+        source = mlflow_view.version_source(self._client, run_id, location)
+        with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints the run's URL for a server; keep stdout ours
+            self._client.set_terminated(run_id)
         self._ensure_registered_model(name, kind)
-        mv = self._client.create_model_version(name, source=location, run_id=run_id, tags=tags)
+        about = mlflow_view.description(manifest, location, parents)
+        mv = self._client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=about)
         oldest = self._oldest(name, manifest["digest"])
         if oldest is not None and oldest.version != int(mv.version):
             self._client.delete_model_version(name, mv.version)
@@ -319,7 +335,7 @@ class Registry:
             kind=tags.get(TAG + "kind", DATASET),
             type=tags.get(TAG + "type", ""),
             digest=tags.get(TAG + "digest", ""),
-            location=mv.source,
+            location=tags.get(TAG + "location", mv.source),
             run_id=mv.run_id,
             parents=parents,
             aliases=tuple(sorted(mv_aliases)),

@@ -1,9 +1,11 @@
-"""The registry on a real MLflow store (SQLite + local artifacts): registration, idempotency, aliases, the
-promotion gate, lineage and the audit queries, on a hand-built chain raw → curated → stage 1 → stage 2."""
+"""The registry on a real MLflow store, embedded (SQLite + local artifacts) and a running ``mlflow server`` over
+HTTP: registration, idempotency, aliases, the promotion gate, lineage and the audit queries, on a hand-built chain
+raw → curated → stage 1 → stage 2, and what MLflow's own UI shows of it."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,8 +19,10 @@ from registry.gate import promote
 from registry.store import Registry, RegistryError
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Registry:
+@pytest.fixture(scope="module", params=["embedded", "server"])
+def registry(request, tmp_path_factory) -> Registry:
+    if request.param == "server":
+        return Registry(request.getfixturevalue("mlflow_server"))
     root = tmp_path_factory.mktemp("registry")
     return Registry(f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri())
 
@@ -38,9 +42,11 @@ def curated(out: Path, name: str, digest: str, rows: list[tuple[str, str, list[s
     })  # fmt: skip
     pq.write_table(table, out / "audit" / "part-0.parquet")
     decisions = {d: sum(1 for _, dd, _ in rows if dd == d) for d in ("kept", "rejected", "quarantined")}
+    reasons = {r: sum(1 for _, _, rr in rows if r in rr) for r in sorted({r for _, _, rr in rows for r in rr})}
     write_manifest(out, {
         "name": name, "version": digest[7:19], "digest": digest, "kind": "image-text-dataset",
-        "counts": {"input": len(rows), "by_decision": decisions}, "config": {"filters": {"min_clip": 20}},
+        "counts": {"input": len(rows), "by_decision": decisions, "by_reason": reasons},
+        "config": {"filters": {"min_clip": 20}},
         "inputs": [{"path": "part-0.parquet", "digest": "sha256:raw0", "kind": "parquet"}],
         "input_root": str(out.parent / "raw"), "code_version": "abc123",
     })  # fmt: skip
@@ -53,6 +59,7 @@ def checkpoint(out: Path, name: str, digest: str, inputs: dict, *, steps: int = 
         "name": name, "digest": digest, "kind": "checkpoint", "stage": "image_consistency_distillation",
         "profile": "toy", "inputs": inputs, "config": {"distill_image": {"steps": steps, "lr": 1e-4}},
         "metrics": {"loss": loss, "step": steps}, "code_version": "abc123",
+        "loss_history": {"run": [[100, 0.3, 1e-4], [200, 0.2, 1e-4], [steps, loss, 1e-4]]},
     })  # fmt: skip
     return out
 
@@ -229,3 +236,60 @@ def test_a_gate_rule_with_a_bad_direction_names_it():
         GateRule("fvd@4", "down")
     with pytest.raises(ValueError, match="expected metric@steps"):
         GateRule("fvd")
+
+
+def test_mlflow_shows_parents_params_dataset_inputs_the_loss_curve_and_the_reason_table(registry, chain):
+    s2 = registry.register(chain["s2"])
+    client = registry._client
+    mv = client.get_model_version("t-video", str(s2.version))
+    # A source the server accepts; the output's own location in the pointer artifact and the alcm.location tag.
+    assert mv.source == f"runs:/{s2.run_id}/output" and s2.location == str(chain["s2"])
+    with tempfile.TemporaryDirectory() as tmp:
+        pointer = json.loads(Path(client.download_artifacts(s2.run_id, "output/location.json", tmp)).read_text())
+    assert pointer == {"location": str(chain["s2"]), "uri": chain["s2"].resolve().as_uri()}
+    assert "- stage1: [models:/t-lora/1](#/models/t-lora/versions/1)" in mv.description
+    run = client.get_run(client.get_model_version("t-lora", "1").run_id)
+    assert run.data.params["distill_image.steps"] == "300"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "t-curated"
+    assert json.loads(dataset_input.dataset.source)["uri"] == "models:/t-curated/1"
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "dataset"}
+    curve = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted({(m.step, m.value) for m in curve}) == [(100, 0.3), (200, 0.2), (300, 0.1)]
+    data_run = registry.get("t-curated@1").run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(data_run, "reasons.json", tmp)).read_text())
+    assert table["columns"] == ["reason", "rows"]
+    assert table["data"] == [["watermark", 2], ["low_clip_score", 1], ["undecodable", 1]]
+
+
+def test_every_registry_and_audit_command_works_against_an_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    data = curated(tmp_path / "curated", "cli-curated", "sha256:" + "d" * 64, ROWS)
+    inputs = {"dataset": {"name": "cli-curated", "digest": "sha256:" + "d" * 64, "path": str(data)}}
+    one = checkpoint(tmp_path / "one", "cli-lora", "sha256:" + "e" * 64, inputs)
+    two = checkpoint(tmp_path / "two", "cli-lora", "sha256:" + "f" * 64, inputs, steps=600)
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert ok("registry", "register", str(one)).startswith("cli-lora@1 checkpoint")
+    assert ok("registry", "register", str(two)).startswith("cli-lora@2 checkpoint")
+    listed = ok("registry", "list")
+    assert "cli-curated@1" in listed and "cli-lora@2" in listed
+    assert str(data) in ok("registry", "show", "cli-curated@1")
+    assert "cli-curated@1" in ok("lineage", "cli-lora@1")
+    assert "distill_image.steps" in ok("registry", "diff", "cli-lora@1", "cli-lora@2")
+    assert ok("registry", "alias", "cli-lora@2", "candidate").strip() == "cli-lora@2"
+    assert "watermark" in ok("audit", "dataset", "cli-curated@1", "--reason", "watermark")
+    assert "2 checkpoint(s) made from cli-curated@1" in ok("audit", "consumers", "cli-curated@1")
+    assert "cli-lora@1" in ok("audit", "sample", "a")
+    missing = runner.invoke(app, ["registry", "show", "cli-lora@9"])
+    assert missing.exit_code == 2 and "no such version" in missing.output
