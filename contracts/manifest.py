@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contracts import storage
 from contracts.digests import json_digest, sha256_file
 from contracts.redact import redact
 
@@ -132,8 +133,15 @@ def write_manifest(out_dir: Path, manifest: Manifest | dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    """Read a job's manifest as JSON; a missing one means the job did not finish."""
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Read a job's manifest as JSON (of a directory, or of an object-store output: its committed manifest); a
+    missing one means the job did not finish."""
+    if storage.is_uri(out_dir):
+        try:
+            return json.loads(storage.read_bytes(storage.join(out_dir, MANIFEST)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{storage.join(out_dir, MANIFEST)} does not exist: the job that writes "
+                                    f"{out_dir} did not finish") from None  # fmt: skip
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the job that writes {out_dir} did not finish")
@@ -144,9 +152,16 @@ class IntegrityError(ValueError):
     """A job output's file no longer has the content its manifest recorded (or is missing, or is not listed)."""
 
 
-def files_map(root: Path, dirs: tuple[str, ...] | None = None) -> dict[str, str]:
+def files_map(root: str | Path, dirs: tuple[str, ...] | None = None) -> dict[str, str]:
     """``files`` of a manifest: every file under ``root/<dir>`` for each of ``dirs`` (every file under ``root``
-    when ``dirs`` is None), relative path → sha256 hex."""
+    when ``dirs`` is None), relative path → sha256 hex. ``root`` may be an object-store prefix."""
+    if storage.is_uri(root):
+        out = {}
+        for top in dirs if dirs is not None else ("",):
+            for rel, _ in storage.list_files(storage.join(root, top)):
+                name = f"{top}/{rel}" if top else rel
+                out[name] = storage.sha256(storage.join(root, name))
+        return dict(sorted(out.items()))
     root = Path(root)
     tops = [root / d for d in dirs] if dirs is not None else [root]
     return {f.relative_to(root).as_posix(): sha256_file(f) for top in tops for f in sorted(top.rglob("*"))

@@ -15,6 +15,15 @@ before any work, so an unwritable destination fails at once), renamed into place
 aside and removed after the rename. Staging directories that a killed job left behind are removed by the next job
 for the same destination on this host. A failed job leaves nothing (its staging directory is removed); a full disk
 is reported as such, naming the output.
+
+:class:`ObjectStorePublisher`, for ``s3://`` and ``gs://`` destinations, where nothing can be renamed: each job
+writes under a unique attempt prefix ``DEST/_attempts/<attempt>/`` (the files the job wrote locally are uploaded
+there at commit; distributed writers write there directly, :attr:`StagedOutput.location`), then commits by writing
+``DEST/manifest.json`` last, one PUT, with ``storage_root`` naming the attempt. Readers trust only a committed
+output: :func:`contracts.manifest.read_manifest` reads that manifest and :func:`output_root` resolves the attempt.
+A crashed writer leaves only an attempt no manifest names; the next job for the same destination collects it
+(its writer on this host is gone, or it is older than :data:`STALE_ATTEMPT_S`). Overwriting replaces the manifest
+first and removes the old attempt after, so a reader never sees a manifest whose files are gone mid-commit.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import json
 import os
 import shutil
 import socket
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from contracts.manifest import Manifest, write_manifest
+from contracts import storage
+from contracts.manifest import MANIFEST, Manifest, write_manifest
 
 
 class Publisher(Protocol):
@@ -47,13 +59,15 @@ class Publisher(Protocol):
     def discard(self, staging: Path) -> None:
         """Remove a staging area whose job failed."""
 
+    def location(self, staging: Path) -> str:
+        """Where writers that take a URI may write this output's files directly (:attr:`StagedOutput.location`)."""
+
 
 def publisher_for(destination: str | Path) -> Publisher:
-    """The publisher of a destination: :class:`LocalPublisher` for a path (no other store is supported yet)."""
-    if "://" in str(destination):
-        raise ValueError(f"output {destination}: only local or mounted paths can be published to so far; write to "
-                         "a path (an object store mount, or a shared volume)")  # fmt: skip
-    return LocalPublisher()
+    """The publisher of a destination: :class:`ObjectStorePublisher` for an object-store URI (``s3://``,
+    ``gs://``), :class:`LocalPublisher` for a path."""
+    storage.check_scheme(str(destination))
+    return ObjectStorePublisher() if storage.is_uri(destination) else LocalPublisher()
 
 
 @dataclass
@@ -65,11 +79,22 @@ class StagedOutput:
     destination: str
     publisher: Publisher
     committed: str | None = None
+    location: str = ""
+    """Where writers that take a URI (Ray Data's writes, pyarrow) may write directly: the object-store attempt
+    prefix for an object-store destination (so writes from every node of a cluster land in it), else :attr:`dir`.
+    Files under :attr:`dir` are published too."""
 
-    def commit(self, manifest: Manifest | dict) -> Path:
-        """Write the manifest last and publish the output; return its location."""
+    def __post_init__(self) -> None:
+        self.location = self.location or str(self.dir)
+
+    def path(self, *parts: str) -> str:
+        """A location under :attr:`location` (a URI or a local path) for a writer that takes either."""
+        return storage.join(self.location, *parts)
+
+    def commit(self, manifest: Manifest | dict) -> Path | str:
+        """Write the manifest last and publish the output; return its location (a Path, or the URI)."""
         self.committed = self.publisher.commit(self.dir, self.destination, manifest)
-        return Path(self.committed)
+        return self.committed if storage.is_uri(self.committed) else Path(self.committed)
 
 
 @contextmanager
@@ -79,7 +104,7 @@ def staged_output(destination: str | Path, *, overwrite: bool = False) -> Iterat
     without :meth:`StagedOutput.commit` is an error (nothing is published)."""
     publisher = publisher_for(destination)
     staging = publisher.prepare(str(destination), overwrite=overwrite)
-    out = StagedOutput(staging, str(destination), publisher)
+    out = StagedOutput(staging, str(destination), publisher, location=publisher.location(staging))
     try:
         yield out
         if out.committed is None:
@@ -87,7 +112,7 @@ def staged_output(destination: str | Path, *, overwrite: bool = False) -> Iterat
     except BaseException as exc:
         publisher.discard(staging)
         if _disk_full(exc):
-            raise OSError(errno.ENOSPC, f"output {Path(destination).resolve()}: no space left on the device while "
+            raise OSError(errno.ENOSPC, f"output {storage.normalize(destination)}: no space left on the device while "
                                         "writing; the partial output was removed and nothing was published") from exc
         raise
 
@@ -119,6 +144,8 @@ class LocalPublisher:
         shutil.rmtree(staging, ignore_errors=True)
         _owner_file(staging).unlink(missing_ok=True)
 
+    def location(self, staging: Path) -> str:
+        return str(staging)
 
 
 def prepare_output(out_dir: Path, *, overwrite: bool = False) -> Path:
@@ -196,3 +223,102 @@ def publish(staging: Path, out_dir: Path) -> Path:
     _owner_file(staging).unlink(missing_ok=True)
     return out_dir
 
+
+
+# ------------------------------------------------------------------------------------------------ object stores
+
+ATTEMPTS = "_attempts"
+#: An uncommitted attempt older than this (seconds) is a crashed writer's, whatever host wrote it.
+STALE_ATTEMPT_S = float(os.environ.get("ALCM_STALE_ATTEMPT_S", 24 * 3600))
+
+
+class ObjectStorePublisher:
+    """Unique attempt prefix, committed by writing the manifest last (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._attempts: dict[Path, tuple[str, str]] = {}  # staging dir → (destination, attempt id)
+
+    def prepare(self, destination: str, *, overwrite: bool) -> Path:
+        dest = storage.normalize(destination)
+        committed = _committed_manifest(dest)
+        if committed is not None and not overwrite:
+            raise FileExistsError(f"output {dest} already holds a published output; choose a new location or pass "
+                                  "overwrite")  # fmt: skip
+        collect_leftovers(dest, keep=(committed or {}).get("storage_root"))
+        attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        try:  # written before any work: an unwritable bucket or missing credentials fail now
+            storage.write_bytes(storage.join(dest, ATTEMPTS, f"{attempt}.owner"), json.dumps(owner).encode())
+        except OSError as exc:
+            raise OSError(getattr(exc, "errno", None) or errno.EACCES, f"output {dest}: cannot write there ({exc}); "
+                          "nothing was started") from exc  # fmt: skip
+        staging = Path(tempfile.mkdtemp(prefix="alcm-staging-"))
+        self._attempts[staging] = (dest, attempt)
+        return staging
+
+    def location(self, staging: Path) -> str:
+        dest, attempt = self._attempts[staging]
+        return storage.join(dest, ATTEMPTS, attempt)
+
+    def commit(self, staging: Path, destination: str, manifest: Manifest | dict) -> str:
+        dest, attempt = self._attempts[staging]
+        root = storage.join(ATTEMPTS, attempt)
+        write_manifest(staging, manifest)
+        storage.upload_tree(staging, storage.join(dest, root))
+        previous = _committed_manifest(dest)
+        written = json.loads((staging / MANIFEST).read_text())
+        storage.write_bytes(storage.join(dest, MANIFEST), (json.dumps({**written, "storage_root": root}, indent=2,
+                                                                      sort_keys=True) + "\n").encode())  # fmt: skip
+        storage.delete_tree(storage.join(dest, ATTEMPTS, f"{attempt}.owner"))
+        if previous and previous.get("storage_root") and previous["storage_root"] != root:
+            storage.delete_tree(storage.join(dest, previous["storage_root"]))
+        shutil.rmtree(staging, ignore_errors=True)
+        self._attempts.pop(staging, None)
+        return dest
+
+    def discard(self, staging: Path) -> None:
+        dest, attempt = self._attempts.pop(staging, (None, None))
+        shutil.rmtree(staging, ignore_errors=True)
+        if dest is not None:
+            storage.delete_tree(storage.join(dest, ATTEMPTS, attempt))
+            storage.delete_tree(storage.join(dest, ATTEMPTS, f"{attempt}.owner"))
+
+
+def _committed_manifest(dest: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(storage.join(dest, MANIFEST)))
+    except FileNotFoundError:
+        return None
+
+
+def output_root(location: str | Path, manifest: dict | None = None) -> str:
+    """Where a committed output's files are: the attempt prefix its manifest names on an object store, the
+    directory itself for a path."""
+    if not storage.is_uri(location):
+        return str(location)
+    root = (manifest or _committed_manifest(str(location)) or {}).get("storage_root")
+    return storage.join(location, root) if root else str(location)
+
+
+def collect_leftovers(destination: str, *, keep: str | None = None) -> list[str]:
+    """Remove the attempts under an object-store ``destination`` that no manifest names (``keep``: the committed
+    one) and whose writer is gone: a process on this host that no longer runs, or any writer after
+    :data:`STALE_ATTEMPT_S`. Return the attempts removed."""
+    removed = []
+    files = storage.list_files(storage.join(destination, ATTEMPTS))
+    attempts = sorted({rel.split("/", 1)[0].removesuffix(".owner") for rel, _ in files})
+    for attempt in attempts:
+        if keep and keep.rstrip("/").endswith(f"/{attempt}"):
+            continue
+        try:
+            owner = json.loads(storage.read_bytes(storage.join(destination, ATTEMPTS, f"{attempt}.owner")))
+        except (FileNotFoundError, ValueError):
+            owner = {}
+        pid = owner.get("pid")
+        here = pid is not None and owner.get("host") == socket.gethostname() and not _alive(int(pid))
+        old = time.time() - float(owner.get("started", 0)) > STALE_ATTEMPT_S
+        if here or old:
+            storage.delete_tree(storage.join(destination, ATTEMPTS, attempt))
+            storage.delete_tree(storage.join(destination, ATTEMPTS, f"{attempt}.owner"))
+            removed.append(attempt)
+    return removed

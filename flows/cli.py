@@ -119,8 +119,10 @@ def toy_train_zoo(
 
 @curate_app.command("images")
 def curate_images(
-    input_dir: Path = typer.Option(..., "--input", help="img2dataset Parquet, webdataset tars or captioned images."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
+    input_dir: str = typer.Option(..., "--input", help="img2dataset Parquet, webdataset tars or captioned images: a "
+                                  "directory or an object-store URI (s3://bucket/raw, with the AWS_* environment)."),
+    output_dir: str = typer.Option(..., "--output", help="New directory or object-store URI for kept/, audit/, "
+                                   "manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,

@@ -28,8 +28,26 @@ def config(profile: str, overrides: list[str]):
         fail(f"config: {exc}")
 
 
-def check_io(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
-    """Exit 2 if the input is missing or the output is not empty (unless ``overwrite``)."""
+def check_io(input_dir: str | Path, output_dir: str | Path, overwrite: bool) -> None:
+    """Exit 2 if the input is missing or the output is not empty (unless ``overwrite``); either may be an
+    object-store URI (``s3://``, ``gs://``), reached with the standard environment (``AWS_*``)."""
+    from contracts import storage
+
+    try:
+        for location in (input_dir, output_dir):
+            storage.check_scheme(str(location))
+        if storage.is_uri(input_dir) or storage.is_uri(output_dir):
+            if not storage.exists(str(input_dir)):
+                fail(f"--input {input_dir} does not exist")
+            if storage.is_uri(output_dir) and storage.exists(storage.join(output_dir, "manifest.json")) \
+                    and not overwrite:  # fmt: skip
+                fail(f"--output {output_dir} already holds a published output; choose a new location or pass "
+                     "--overwrite")  # fmt: skip
+            if storage.is_uri(output_dir):
+                return
+    except storage.StorageError as exc:
+        fail(str(exc))
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.exists():
         fail(f"--input {input_dir} does not exist")
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -44,16 +62,22 @@ def print_counts(what: str, counts: dict) -> None:
         typer.echo(f"  {reason:<22} {n}")
 
 
-def print_outputs(output_dir: Path, dataset: str, label: str) -> None:
-    """Where a dataset job wrote its rows, audit and manifest."""
-    typer.echo(f"{label + ':':<11} {output_dir / dataset}\naudit:      {output_dir / 'audit'}\n"
-               f"manifest:   {output_dir / 'manifest.json'}")  # fmt: skip
+def print_outputs(output_dir: str | Path, dataset: str, label: str) -> None:
+    """Where a dataset job wrote its rows, audit and manifest (on an object store: under its committed attempt)."""
+    from contracts import storage
+    from contracts.publish import output_root
+
+    root = output_root(str(output_dir))
+    typer.echo(f"{label + ':':<11} {storage.join(root, dataset)}\naudit:      {storage.join(root, 'audit')}\n"
+               f"manifest:   {storage.join(output_dir, 'manifest.json')}")  # fmt: skip
 
 
-def io_params(cls, input_dir: Path, output_dir: Path, profile: str, overrides: list[str],
+def io_params(cls, input_dir: str | Path, output_dir: str | Path, profile: str, overrides: list[str],
               submit: bool | None, overwrite: bool, **extra):  # fmt: skip
-    """The flow parameters every input → output job command builds (paths made absolute)."""
-    return cls(input_dir=str(input_dir.resolve()), output_dir=str(output_dir.resolve()), profile=profile,
+    """The flow parameters every input → output job command builds (paths made absolute, URIs as given)."""
+    from contracts.storage import normalize
+
+    return cls(input_dir=normalize(input_dir), output_dir=normalize(output_dir), profile=profile,
                overrides=list(overrides), submit=submit, overwrite=overwrite, **extra)  # fmt: skip
 
 

@@ -9,7 +9,6 @@ data themselves, and jobs never write the registry.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -75,10 +74,9 @@ def run_io_job(stage: str, cfg, params: IOJobParams) -> dict:
         for name, path in extra.items():
             args += [f"--{name.replace('_', '-')}", path]
         runtime.submit(stage, [*args, "--overwrite"] if params.overwrite else args, cfg, on_submitted=link_ray_job)
-        return read_manifest(Path(params.output_dir))
-    kwargs = {name: Path(path) for name, path in extra.items()}
-    result = runtime.run_job(stage, cfg, Path(params.input_dir), Path(params.output_dir), overwrite=params.overwrite,
-                             **kwargs)  # fmt: skip
+        return read_manifest(params.output_dir)
+    kwargs = {name: runtime.location(path) for name, path in extra.items()}
+    result = runtime.run_job(stage, cfg, params.input_dir, params.output_dir, overwrite=params.overwrite, **kwargs)
     return redact(result.manifest)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from contracts import storage
 from contracts.digests import file_digest, rows_digest
 from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
@@ -49,7 +51,7 @@ from pipelines import runtime
 from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
 from pipelines.runtime import JobResult
-from pipelines.sources import Source, discover, read_source
+from pipelines.sources import Source, discover, input_root, localize, read_source
 from pipelines.stages import CurateImagesSettings
 
 log = logging.getLogger(__name__)
@@ -104,14 +106,17 @@ def read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) ->
     """
     for item in items.to_pylist():
         source = Source(kind=item["kind"], path=item["path"], files=tuple(item["files"] or ()))
-        rows: list[dict] = []
-        for row in read_source(Path(root), source, max_bytes=cfg.max_bytes):
-            rows.append(row)
-            if len(rows) == chunk:
+        with tempfile.TemporaryDirectory(prefix="alcm-source-") as tmp:
+            # An object-store source is copied here first (one task, one shard): the readers take local files.
+            local = localize(root, source, Path(tmp)) if storage.is_uri(root) else Path(root)
+            rows: list[dict] = []
+            for row in read_source(local, source, max_bytes=cfg.max_bytes):
+                rows.append(row)
+                if len(rows) == chunk:
+                    yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)
+                    rows = []
+            if rows:
                 yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)
-                rows = []
-        if rows:
-            yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)
 
 
 def decode_rows(batch: pa.Table, *, cfg: DecodeConfig) -> pa.Table:
@@ -266,7 +271,7 @@ def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *,
     ``ray_config``: how to reach Ray (default: a local Ray)."""
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    input_dir, output_dir = _location(input_dir), _location(output_dir)
     cur = cfg.curate_images
     sources, ignored = discover(input_dir, folder_chunk=cur.folder_chunk)
     if not sources:
@@ -275,10 +280,14 @@ def run(cfg: CurateImagesSettings, input_dir: Path, output_dir: Path, *,
         return _run(cfg, ray_config or RayConfig(), input_dir, output_dir, out, sources, ignored, timings, t0)
 
 
+def _location(where: str | Path) -> str | Path:
+    """A URI as given, a local path resolved (a URI never becomes a Path: ``contracts.storage``)."""
+    return storage.normalize(where) if storage.is_uri(where) else Path(where).resolve()
+
+
 def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0) -> JobResult:
-    staging = out.dir
     cur = cfg.curate_images
-    root = input_dir if input_dir.is_dir() else input_dir.parent
+    root = input_root(input_dir)
     log.info("curating %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
     runtime.connect(ray_cfg)
     items = [{"kind": s.kind, "path": s.path, "files": list(s.files)} for s in sources]
@@ -330,12 +339,14 @@ def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0
     ]
     light = {"num_cpus": LIGHT_CPUS}
     kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(kept_cols, num_cpus=LIGHT_CPUS)
-    kept.write_parquet(str(staging / "kept"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
+    # Written where every node can write (the object-store attempt prefix, or the staging directory).
+    kept.write_parquet(out.path("kept"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
     audit = ds.drop_columns(["image"], num_cpus=LIGHT_CPUS)
-    audit.write_parquet(str(staging / "audit"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
+    audit.write_parquet(out.path("audit"), max_rows_per_file=cur.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
 
-    manifest = _manifest(cfg, input_dir, staging, sources, ignored, rows_read=len(meta), timings=timings, t0=t0)
+    manifest = _manifest(cfg, input_dir, out.location, sources, ignored, rows_read=len(meta), timings=timings,
+                         t0=t0)  # fmt: skip
     out.commit(manifest)
     log.info("curated %d rows → %s: %s", manifest.counts["input"], output_dir, manifest.counts["by_decision"])
     for reason, count in sorted(manifest.counts["by_reason"].items()):
@@ -343,11 +354,16 @@ def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0
     return JobResult(output=output_dir, manifest=manifest.to_dict())
 
 
-def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, t0) -> Manifest:
-    audit = pq.read_table(staging / "audit", columns=["id", "key", "decision", "reasons"])
+def _read_table(location: str, columns: list[str]) -> pa.Table:
+    fs, path = storage.filesystem(location)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def _manifest(cfg, input_dir, staging: str, sources, ignored, *, rows_read, timings, t0) -> Manifest:
+    audit = _read_table(storage.join(staging, "audit"), ["id", "key", "decision", "reasons"])
     kept = (
-        pq.read_table(staging / "kept", columns=["key", "sha256", "caption"])
-        if any((staging / "kept").glob("*.parquet"))
+        _read_table(storage.join(staging, "kept"), ["key", "sha256", "caption"])
+        if any(rel.endswith(".parquet") for rel, _ in storage.list_files(storage.join(staging, "kept")))
         else pa.table({"key": [], "sha256": [], "caption": []})
     )
     ids = audit.column("id").to_pylist()
@@ -364,11 +380,11 @@ def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, 
         raise RuntimeError(f"row accounting broken: {dict(decisions)} vs {rows_read} read, {len(kept_keys)} kept rows")
     digest = rows_digest(zip(kept_keys, kept.column("sha256").to_pylist(), kept.column("caption").to_pylist(),
                              strict=True))  # fmt: skip
-    root = input_dir if input_dir.is_dir() else input_dir.parent
+    root = input_root(input_dir)
     inputs = []
     for s in sources:
         if s.kind in ("parquet", "tar"):
-            inputs.append({"path": s.path, "kind": s.kind, "digest": file_digest(root / s.path)})
+            inputs.append({"path": s.path, "kind": s.kind, "digest": _digest(root, s.path)})
         elif s.kind == "folder":
             inputs.append(
                 {"path": s.path, "kind": "folder", "files": len(s.files), "digest": _files_digest(root, s.files)}
@@ -399,12 +415,19 @@ def _manifest(cfg, input_dir, staging, sources, ignored, *, rows_read, timings, 
     )  # fmt: skip
 
 
-def _files_digest(root: Path, files: tuple[str, ...]) -> str:
+def _digest(root: str | Path, rel: str) -> str:
+    """``sha256:`` of the input file ``rel`` under ``root`` (a directory or an object-store prefix; a source's
+    absolute local path as it is)."""
+    if storage.is_uri(root):
+        return "sha256:" + storage.sha256(storage.join(root, rel))
+    return file_digest(Path(root) / rel)
+
+
+def _files_digest(root: str | Path, files: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for rel in files:
-        p = root / rel
         try:
-            h.update(f"{rel}\0{file_digest(p)}\n".encode())
+            h.update(f"{rel}\0{_digest(root, rel)}\n".encode())
         except OSError:
             h.update(f"{rel}\0unreadable\n".encode())
     return "sha256:" + h.hexdigest()

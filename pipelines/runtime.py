@@ -37,6 +37,7 @@ from pathlib import Path
 
 import ray
 
+from contracts import storage
 from pipelines.config import Config, config_from_dict, load_config, to_dict
 from pipelines.data_config import RayConfig
 from pipelines.stages import stage
@@ -51,22 +52,37 @@ CONFIG_ENV = "ALCM_CONFIG"
 LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "idle_worker_killing_time_threshold_ms": 600_000}
 
 
+#: The jobs whose every input and output may be an object-store URI (``contracts.storage``).
+OBJECT_STORE_JOBS = ("curate_images",)
+
+
 @dataclass(frozen=True)
 class JobResult:
     """What a job returns: where its output is and the manifest it wrote (as written: redacted)."""
 
-    output: Path
+    output: Path | str
+    """The output directory, or its object-store URI."""
     manifest: dict
 
 
-def run_job(name: str, cfg: Config, input_dir: Path, output_dir: Path, *, overwrite: bool = False,
+def run_job(name: str, cfg: Config, input_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False,
             **inputs: Path | None) -> JobResult:  # fmt: skip
     """Run stage ``name``'s job here with its settings taken from the whole config ``cfg`` (and ``cfg.ray``);
     ``inputs``: the job's further input directories (``stage1=``, ``control_data=``, ...)."""
     s = stage(name)
+    uris = [str(w) for w in (input_dir, output_dir, *inputs.values()) if w is not None and storage.is_uri(w)]
+    if uris and name not in OBJECT_STORE_JOBS:
+        raise ValueError(f"{name}: {uris[0]} is an object-store location, and only {', '.join(OBJECT_STORE_JOBS)} "
+                         "read and write object stores so far; use a path (a mounted bucket or a shared volume)")
     job = importlib.import_module(s.job)
-    return job.run(s.settings_of(cfg), Path(input_dir), Path(output_dir), ray_config=cfg.ray, overwrite=overwrite,
-                   **inputs)
+    return job.run(s.settings_of(cfg), location(input_dir), location(output_dir), ray_config=cfg.ray,
+                   overwrite=overwrite, **inputs)  # fmt: skip
+
+
+def location(where: str | Path) -> str | Path:
+    """A job's input or output location: an object-store URI stays a string (``contracts.storage``: a URI never
+    passes through Path), anything else is a Path."""
+    return storage.normalize(where) if storage.is_uri(where) else Path(where)
 
 
 def connect(cfg: RayConfig | None = None) -> dict:
@@ -383,16 +399,15 @@ def job_main(
     ``extra_inputs``: further input directories of the job, option name (``stage1`` → ``--stage1``, passed to the
     job as the keyword ``stage1``) → help."""
     import argparse
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
-    parser.add_argument("--input", required=True, type=Path, help=input_help)
-    parser.add_argument("--output", required=True, type=Path, help=output_help)
+    parser.add_argument("--input", required=True, type=location, help=input_help)
+    parser.add_argument("--output", required=True, type=location, help=output_help)
     parser.add_argument("--config", default=None, help="profile name, YAML path or JSON; default $ALCM_CONFIG or toy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override key=value")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     for name, help_text in (extra_inputs or {}).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, default=None, help=help_text)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=location, default=None, help=help_text)
     args = parser.parse_args(argv)
     from contracts.redact import install_log_redaction
 
@@ -405,5 +420,5 @@ def job_main(
     except Exception as exc:  # noqa: BLE001 - reported through logging (redacted), not the raw traceback hook
         log.error("%s failed: %s", module, exc, exc_info=True)
         return 1
-    log.info("manifest: %s", result.output / "manifest.json")
+    log.info("manifest: %s", storage.join(result.output, "manifest.json"))
     return 0

@@ -33,6 +33,8 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contracts import storage
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -87,6 +89,8 @@ def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list
     """Walk ``root`` (a directory, or a single .parquet/.tar file) and return the sources to read, in sorted order,
     plus the relative paths of files that are not inputs (reported in the manifest, never silently dropped).
     """
+    if storage.is_uri(root):
+        return _discover_remote(str(root), folder_chunk=folder_chunk)
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"input {root} does not exist")
@@ -108,17 +112,25 @@ def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list
             if full.is_symlink() and not inside_root(root, full):
                 sources.append(Source("unsafe", rel))
                 continue
-            ext = full.suffix.lower()
-            if ext == ".parquet":
-                sources.append(Source("parquet", rel))
-            elif ext == ".tar":
-                sources.append(Source("tar", rel))
-            elif ext in IMAGE_EXTS:
-                folders[Path(rel).parent.as_posix()].append(rel)
-            elif ext in (".txt", ".json"):
-                continue  # sidecars, read with their image
-            else:
-                ignored.append(rel)
+            _classify(rel, sources, folders, ignored)
+    return _group(sources, folders, ignored, folder_chunk)
+
+
+def _classify(rel: str, sources: list[Source], folders: dict[str, list[str]], ignored: list[str]) -> None:
+    """File ``rel`` (relative to the input root) as a shard source, an image of a folder, a sidecar or ignored."""
+    ext = PurePosixPath(rel).suffix.lower()
+    if ext == ".parquet":
+        sources.append(Source("parquet", rel))
+    elif ext == ".tar":
+        sources.append(Source("tar", rel))
+    elif ext in IMAGE_EXTS:
+        folders[PurePosixPath(rel).parent.as_posix()].append(rel)
+    elif ext not in (".txt", ".json"):  # sidecars are read with their image
+        ignored.append(rel)
+
+
+def _group(sources: list[Source], folders: dict[str, list[str]], ignored: list[str],
+           folder_chunk: int) -> tuple[list[Source], list[str]]:  # fmt: skip
     if any(s.kind in ("parquet", "tar") for s in sources):
         # A root with shards is a shard dataset: loose images there are referenced files (``image_path``) or
         # strays, not a second input. They are reported as ignored, never silently curated twice.
@@ -129,6 +141,47 @@ def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list
             sources.append(Source("folder", folder, tuple(files[start : start + folder_chunk])))
     sources.sort(key=lambda s: (s.path, s.files[:1]))
     return sources, ignored
+
+
+def _discover_remote(root: str, *, folder_chunk: int) -> tuple[list[Source], list[str]]:
+    """:func:`discover` of an object-store prefix (or a single object): the same sources, from a listing (object
+    stores have no symlinks; names starting with ``.`` are skipped as on a file system)."""
+    if storage.is_file(root):
+        kind = {".parquet": "parquet", ".tar": "tar"}.get(PurePosixPath(root).suffix.lower())
+        if kind is None:
+            raise ValueError(f"input {root}: a single input file must be .parquet or .tar (or pass a prefix)")
+        return [Source(kind, root.rsplit("/", 1)[1])], []
+    files = storage.list_files(root)
+    if not files:
+        raise FileNotFoundError(f"input {root} does not exist or holds no files")
+    sources: list[Source] = []
+    ignored: list[str] = []
+    folders: dict[str, list[str]] = defaultdict(list)
+    for rel, _ in files:
+        if not any(part.startswith(".") for part in rel.split("/")):
+            _classify(rel, sources, folders, ignored)
+    return _group(sources, folders, ignored, folder_chunk)
+
+
+def input_root(location: str | Path) -> str | Path:
+    """The root that :func:`discover`'s source paths are relative to: the location, or a single file's folder."""
+    if storage.is_uri(location):
+        return str(location).rsplit("/", 1)[0] if storage.is_file(str(location)) else str(location)
+    location = Path(location)
+    return location if location.is_dir() else location.parent
+
+
+def localize(root: str, source: Source, into: Path) -> Path:
+    """Copy the files of one source under the object-store prefix ``root`` into the local directory ``into``
+    (same relative paths, a folder's caption sidecars too); return ``into``, the root to read the source from.
+    A shard is read whole anyway, so one read task copies it once; a missing sidecar is no error."""
+    for rel in source.files if source.kind == "folder" else (source.path,) if source.kind != "unsafe" else ():
+        storage.download(storage.join(root, rel), into / rel)
+        if source.kind == "folder":
+            sidecar = PurePosixPath(rel).with_suffix(".txt").as_posix()
+            if storage.is_file(storage.join(root, sidecar)):
+                storage.download(storage.join(root, sidecar), into / sidecar)
+    return into
 
 
 def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]:

@@ -1,6 +1,7 @@
 """Audit queries over registered dataset versions: why rows were dropped, and where one raw sample went.
 
-A dataset version's audit table (``audit/`` under its location, every input row with its decision and reasons, as
+A dataset version's audit table (``audit/`` under its location, a directory or an object-store output's committed
+attempt, every input row with its decision and reasons, as
 the curation and recaptioning jobs write it) answers both questions; the registry's lineage turns "which dataset
 versions kept this sample" into "which checkpoints were trained on it" (the takedown question).
 """
@@ -8,8 +9,9 @@ versions kept this sample" into "which checkpoints were trained on it" (the take
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
+from contracts import storage
+from contracts.publish import output_root
 from registry.store import DATASET, Entry, Registry, RegistryError
 
 #: Columns printed for example rows besides the score columns (every float column of the audit table).
@@ -23,10 +25,15 @@ def audit_table(entry: Entry, columns: list[str] | None = None, filter=None):
 
     if entry.kind != DATASET:
         raise RegistryError(f"{entry.ref} is a {entry.type}: audits are kept for datasets")
-    root = Path(entry.location) / "audit"
-    if "://" in entry.location or not root.is_dir():
-        raise RegistryError(f"{entry.ref}: no audit table at {root} (the dataset was moved or is not local)")
-    data = ds.dataset(root, format="parquet")
+    root = storage.join(output_root(entry.location), "audit")
+    try:
+        fs, path = storage.filesystem(root)
+        listed = any(rel.endswith(".parquet") for rel, _ in storage.list_files(root))
+    except OSError as exc:
+        raise RegistryError(f"{entry.ref}: its audit table at {root} cannot be read ({exc})") from exc
+    if not listed:
+        raise RegistryError(f"{entry.ref}: no audit table at {root} (the dataset was moved or deleted)")
+    data = ds.dataset(path, format="parquet", filesystem=fs)
     if columns is None:
         columns = [f.name for f in data.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(
             f.type) and not (pa.types.is_list(f.type) and pa.types.is_binary(f.type.value_type))]  # fmt: skip

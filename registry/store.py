@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contracts import storage
 from contracts.manifest import PROJECT_ROOT, read_manifest
 from registry import mlflow_view
 
@@ -160,16 +161,14 @@ def _inputs_of(manifest: dict) -> list[tuple[str, dict]]:
     return [("raw", info) for info in inputs if isinstance(info, dict)]
 
 
-def _input_output_dir(info: dict) -> Path | None:
-    """The job output an input record points at, when it is one (has a manifest whose digest matches)."""
+def _input_output_dir(info: dict) -> str | None:
+    """The job output an input record points at, when it is one (a directory or an object-store output whose
+    committed manifest has the recorded digest)."""
     path, digest = info.get("path"), info.get("digest")
-    if not path or not digest or "://" in str(path):
-        return None
-    candidate = Path(path)
-    if not (candidate / "manifest.json").is_file():
+    if not path or not digest or ("://" in str(path) and not storage.is_uri(path)):
         return None
     try:
-        return candidate if read_manifest(candidate).get("digest") == digest else None
+        return str(path) if read_manifest(path).get("digest") == digest else None
     except (OSError, ValueError):
         return None
 
@@ -235,11 +234,11 @@ class Registry:
     def register(self, output_dir: str | Path) -> Entry:
         """Register the job output at ``output_dir`` (its ``manifest.json``), after registering every input that
         is itself a job output. Idempotent: the same name and digest return the existing version."""
-        output_dir = Path(output_dir).resolve()
+        output_dir = storage.normalize(output_dir)  # a directory made absolute, or an object-store URI
         manifest = read_manifest(output_dir)
         for key in ("name", "digest", "kind"):
             if not manifest.get(key):
-                raise RegistryError(f"{output_dir / 'manifest.json'}: no {key!r}; not a job manifest")
+                raise RegistryError(f"{storage.join(output_dir, 'manifest.json')}: no {key!r}; not a job manifest")
         existing = self.find(manifest["name"], manifest["digest"])
         if existing is not None:
             return existing
@@ -252,7 +251,7 @@ class Registry:
                 parents.append(Parent(role, known.ref))
         with self._exclusive():
             existing = self.find(manifest["name"], manifest["digest"])  # registered while the parents were
-            return existing or self._create(manifest, str(output_dir), parents)
+            return existing or self._create(manifest, output_dir, parents)
 
     def _create(self, manifest: dict, location: str, parents: list[Parent]) -> Entry:
         """Create the run and the version, then keep the oldest version of this name and digest (see the module

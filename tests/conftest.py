@@ -69,3 +69,48 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """An S3-compatible object store over HTTP (moto's server mode), with the standard environment set for this
+    process and its children (``AWS_ENDPOINT_URL``, dummy keys, a region): a boto3 S3 client to make buckets."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("s3-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=(root / "s3.log").open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start:\n{(root / 's3.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "alcm-test-key", "AWS_SECRET_ACCESS_KEY": "alcm-test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    yield boto3.client("s3")
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
