@@ -89,9 +89,21 @@ def test_a_block_that_never_commits_publishes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_object_store_destination_is_refused_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="s3://bucket/out"), staged_output("s3://bucket/out"):
+def test_a_destination_of_an_unsupported_scheme_is_refused_before_any_work_naming_it(tmp_path):
+    with pytest.raises(OSError, match=r"ftp://host/out: unsupported location; use a local path or one of s3://"), \
+            staged_output("ftp://host/out"):  # fmt: skip
         pass
+
+
+def test_uris_never_pass_through_path_and_paths_are_made_absolute(tmp_path, monkeypatch):
+    from contracts import storage
+
+    monkeypatch.chdir(tmp_path)
+    assert storage.join("s3://bucket/out/", "kept", "part-0.parquet") == "s3://bucket/out/kept/part-0.parquet"
+    assert storage.normalize("s3://bucket/out/") == "s3://bucket/out"
+    assert storage.normalize("rel/out") == str(tmp_path / "rel" / "out")
+    assert storage.join("rel", "kept") == "rel/kept"
+    assert storage.is_uri("gs://b/x") and not storage.is_uri("/data/s3:/b")
 
 
 def test_storage_preflight_accepts_a_writable_root_and_leaves_no_probe(tmp_path):
