@@ -21,7 +21,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install lavis-env browser-env test lint unit integration demo serve bench video-ablations train-zoo clean-demo
+.PHONY: install lavis-env browser-env stack-env stack stack-down test lint unit integration demo serve bench \
+	video-ablations train-zoo clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,24 @@ browser-env:
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }; }
 	@test -x $(CHROMIUM) || { echo "error: $(CHROMIUM) is missing: apt-get install chromium chromium-driver"; exit 1; }
 
+# `make stack`: the production topology on localhost (Postgres, an S3 object store, the MLflow server, a Ray head and
+# worker, the Prefect server with a process work pool and its worker, every deployment registered); state, logs and
+# env.sh under $(STACK_DIR). `make stack-down` stops exactly what it started. Postgres is Debian's package.
+STACK_DIR ?= .stack
+PG_INITDB := /usr/lib/postgresql/15/bin/initdb
+stack-env:
+	@test -x $(PG_INITDB) || { echo "installing postgresql (apt) for make stack and its test"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$(SUDO) apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; }; }
+	@test -x $(PG_INITDB) || { echo "error: $(PG_INITDB) is missing: apt-get install postgresql"; exit 1; }
+
+stack: install stack-env
+	$(PY) infra/local/stack.py up --dir $(STACK_DIR)
+
+stack-down:
+	$(PY) infra/local/stack.py down --dir $(STACK_DIR)
+
 lint: install
 	$(VENV)/bin/ruff check .
 
@@ -62,10 +81,10 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-integration: install lavis-env browser-env
+integration: install lavis-env browser-env stack-env
 	$(PY) -m pytest -q tests/integration
 
-test: lint lavis-env browser-env
+test: lint lavis-env browser-env stack-env
 	$(PY) -m pytest -q tests/unit tests/integration
 
 # The UI: a Prefect server (SQLite under $(DEMO_DIR)/prefect) on 127.0.0.1:4200 serving every flow's deployment, and

@@ -8,6 +8,7 @@ data themselves, and jobs never write the registry.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pydantic import BaseModel, Field
@@ -32,6 +33,22 @@ def apply_env_defaults() -> None:
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     install_log_redaction()
+    forward_project_logs()
+
+
+def forward_project_logs() -> None:
+    """Send the project loggers' INFO records (a submitted Ray job's streamed log lines among them) to the Prefect
+    run's logs. ``PREFECT_LOGGING_EXTRA_LOGGERS`` only takes effect if set before Prefect configures logging (a
+    worker's flow-run process has configured it before the flow sets it), and even then leaves these loggers at the
+    root's WARNING level: here they get Prefect's API handler (once) and the INFO level."""
+    from prefect.logging.handlers import APILogHandler
+
+    for name in ENV_DEFAULTS["PREFECT_LOGGING_EXTRA_LOGGERS"].split(","):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+            logger.addHandler(APILogHandler())
 
 
 class JobParams(BaseModel):

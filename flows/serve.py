@@ -261,14 +261,20 @@ def run_services(s: ServeSettings, *, port: int = 4200, mlflow_port: int | None 
             print("stopped", flush=True)
 
 
-def deploy_to_pool(s: ServeSettings, pool: str, image: str | None = None) -> list[str]:
+def deploy_to_pool(s: ServeSettings, pool: str, image: str | None = None, working_dir: str | None = None) -> list[str]:
     """Register the same deployments with a work pool (on a cluster: the Kubernetes pool of
-    ``infra/prefect/k8s-work-pool.json``, whose jobs run the platform image) instead of serving them; return their
-    ids. The pool's workers then run the flow runs."""
+    ``infra/prefect/k8s-work-pool.json``, whose jobs run the platform image; on one machine: a process pool, whose
+    flow runs start in ``working_dir``, the project root holding the flows' entry points) instead of serving them;
+    return their ids. The pool's workers then run the flow runs."""
     from flows.common import apply_env_defaults
 
     apply_env_defaults()
-    return [str(d.apply(work_pool_name=pool, image=image)) for d in build_deployments(s)]
+    ids = []
+    for d in build_deployments(s):
+        if working_dir:
+            d.job_variables = {**(d.job_variables or {}), "working_dir": working_dir}
+        ids.append(str(d.apply(work_pool_name=pool, image=image)))
+    return ids
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,10 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", required=True, help="ServeSettings as JSON.")
     parser.add_argument("--pool", help="Register the deployments with this work pool instead of serving them.")
     parser.add_argument("--image", help="Container image of the pool's flow-run jobs (with --pool).")
+    parser.add_argument("--working-dir", help="Where a process pool's flow runs start (with --pool): the project root.")
     args = parser.parse_args(argv)
     settings = ServeSettings(**json.loads(args.settings))
     if args.pool:
-        ids = deploy_to_pool(settings, args.pool, args.image)
+        ids = deploy_to_pool(settings, args.pool, args.image, args.working_dir)
         print(f"registered {len(ids)} deployments with work pool {args.pool}")
     else:
         serve_deployments(settings)
