@@ -380,6 +380,8 @@ SERVE_WORK = typer.Option(..., "--work", help="Root of the outputs (and of WORK/
 RETRAIN_CRON = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (default: none).")
 RETRAIN_STAGES = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable).")
 TRIGGER = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard.")
+GPU_SLOTS = typer.Option(1, "--gpu-slots", min=1, help="Training and eval jobs that may run at once, from every run "
+                         "(the global concurrency limit alcm-gpu).")  # fmt: skip
 
 
 def _check_stages(stages: list[str], option: str) -> None:
@@ -406,6 +408,7 @@ def serve_cmd(
     retrain_cron: str = RETRAIN_CRON,
     stages: list[str] = RETRAIN_STAGES,
     trigger: bool = TRIGGER,
+    gpu_slots: int = GPU_SLOTS,
     profile: str = PROFILE,
     overrides: list[str] = SET,
 ) -> None:
@@ -413,11 +416,11 @@ def serve_cmd(
     Ctrl-C stops everything."""
     from flows.serve import run_services
 
-    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger)
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots)
     raise typer.Exit(run_services(settings, port=port, mlflow_port=mlflow_port or None, auth_string=auth_string))
 
 
-def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger):
+def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots):
     from flows.serve import ServeSettings
 
     config(profile, overrides)
@@ -434,6 +437,7 @@ def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stage
         retrain_cron=retrain_cron,
         retrain_stages=stages or None,
         trigger=trigger,
+        gpu_slots=gpu_slots,
     )
 
 
@@ -443,18 +447,22 @@ def deploy_cmd(
     data_root: Path = DATA_ROOT,
     work_dir: Path = SERVE_WORK,
     image: str = typer.Option(None, "--image", help="Container image of the flow-run jobs (infra/docker)."),
+    working_dir: Path = typer.Option(None, "--working-dir", help="With a process pool: where its flow "
+                                     "runs start, the project root holding the flows."),
     retrain_cron: str = RETRAIN_CRON,
     stages: list[str] = RETRAIN_STAGES,
     trigger: bool = TRIGGER,
+    gpu_slots: int = GPU_SLOTS,
     profile: str = PROFILE,
     overrides: list[str] = SET,
 ) -> None:
     """Register every flow's deployment (same defaults, limits, schedule and trigger as alcm serve) with a work pool
-    of the Prefect server at PREFECT_API_URL: the cluster's way to serve them."""
+    of the Prefect server at PREFECT_API_URL: the cluster's way to serve them. Also creates the global accelerator
+    limit (--gpu-slots)."""
     from flows.serve import deploy_to_pool
 
-    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger)
-    ids = deploy_to_pool(settings, pool, image)
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots)
+    ids = deploy_to_pool(settings, pool, image, str(working_dir.resolve()) if working_dir else None)
     typer.echo(f"registered {len(ids)} deployments with work pool {pool}")
 
 

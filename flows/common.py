@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pydantic import BaseModel, Field
 
@@ -86,15 +88,51 @@ def run_io_job(stage: str, cfg, params: IOJobParams) -> dict:
     from pipelines import runtime
 
     extra = params.extra_inputs()
-    if submits(params.submit, cfg):
-        args = ["--input", params.input_dir, "--output", params.output_dir]
-        for name, path in extra.items():
-            args += [f"--{name.replace('_', '-')}", path]
-        runtime.submit(stage, [*args, "--overwrite"] if params.overwrite else args, cfg, on_submitted=link_ray_job)
-        return read_manifest(params.output_dir)
-    kwargs = {name: runtime.location(path) for name, path in extra.items()}
-    result = runtime.run_job(stage, cfg, params.input_dir, params.output_dir, overwrite=params.overwrite, **kwargs)
+    with accelerator_slot(stage):
+        if submits(params.submit, cfg):
+            args = ["--input", params.input_dir, "--output", params.output_dir]
+            for name, path in extra.items():
+                args += [f"--{name.replace('_', '-')}", path]
+            args = [*args, "--overwrite"] if params.overwrite else args
+            runtime.submit(stage, args, cfg, on_submitted=link_ray_job)
+            return read_manifest(params.output_dir)
+        kwargs = {name: runtime.location(path) for name, path in extra.items()}
+        result = runtime.run_job(stage, cfg, params.input_dir, params.output_dir, overwrite=params.overwrite,
+                                 **kwargs)  # fmt: skip
     return redact(result.manifest)
+
+
+#: The Prefect global concurrency limit every accelerator job holds a slot of while it runs, whichever run started
+#: it (the UI, a schedule, an event, the CLI against the server): ``alcm serve`` and ``alcm deploy`` create it with
+#: ``--gpu-slots`` slots (default 1: one accelerator job at a time on the cluster).
+GPU_LIMIT = "alcm-gpu"
+
+
+@contextmanager
+def accelerator_slot(stage: str) -> Iterator[None]:
+    """Hold one slot of :data:`GPU_LIMIT` while stage ``stage``'s job runs, if the job uses the accelerators (the
+    training stages and evaluation); waiting for a slot is logged. Where the limit does not exist (an embedded
+    Prefect, no server), nothing is limited."""
+    from prefect.concurrency.sync import concurrency
+
+    from pipelines.stages import stage as stage_of
+
+    if not (stage_of(stage).training or stage == "evaluate"):
+        yield
+        return
+    logging.getLogger(__name__).info("%s: waiting for an accelerator slot (%s)", stage, GPU_LIMIT)
+    with concurrency(GPU_LIMIT, occupy=1):
+        yield
+
+
+def ensure_gpu_limit(slots: int) -> None:
+    """Create (or resize) :data:`GPU_LIMIT` on the Prefect server this process talks to."""
+    from prefect.client.orchestration import get_client
+
+    if slots < 1:
+        raise ValueError(f"gpu slots {slots}: must be ≥ 1")
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(GPU_LIMIT, slots)
 
 
 def submits(submit: bool | None, cfg) -> bool:

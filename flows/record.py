@@ -14,8 +14,15 @@ from flows.common import open_registry
 def record_output(output_dir: str) -> str:
     """Register a finished job output, after the job outputs it was made from; return its ``NAME@VERSION``.
     Idempotent: a re-run that produced the same content returns the same version."""
-    entry = open_registry().register(output_dir)
+    from prefect.artifacts import create_link_artifact
+
+    registry = open_registry()
+    entry = registry.register(output_dir)
     get_run_logger().info("registered %s (%s, %s)", entry.ref, entry.type, entry.digest)
+    url = registry.ui_url(entry)
+    if url:
+        create_link_artifact(link=url, link_text=f"{entry.ref} in MLflow", key=f"mlflow-{entry.name}".lower()[:100],
+                             description=f"The registered {entry.kind} version this run recorded.")  # fmt: skip
     return entry.ref
 
 

@@ -74,6 +74,8 @@ class RetrainParams(BaseModel):
                                 "cluster is configured (ray.dashboard_address or RAY_ADDRESS=http://head:8265).")
     new_data: str = Field("", description="The raw shard whose landing started this run (set by the new-data "
                           "trigger; empty for a manual or scheduled run).")  # fmt: skip
+    debounce_s: float = Field(0.0, ge=0, description="For a run started by new data: wait this long for more "
+                              "shards; a newer landing's run takes over, so a burst of shards starts one retrain.")
 
     def raw(self) -> dict[str, str]:
         """The raw inputs by the stage graph's source names (``raw:images``, ...)."""
@@ -139,6 +141,42 @@ def _link(work: Path, stage, out: Path) -> None:
     link.symlink_to(out.relative_to(work), target_is_directory=True)
 
 
+# ------------------------------------------------------------------------------------------------ new-data debounce
+
+
+def debounce(window_s: float) -> str | None:
+    """Debounce of new-data runs (this flow run was started by a landing event): the id of a run of the same
+    deployment started by a later landing, if there is one now or after ``window_s`` seconds; None means this run
+    is the latest and retrains. Several shards landing within the window thus start one retrain, the last one's
+    (it sees every shard); a run that waited for the deployment's concurrency slot finds its successors at once."""
+    from prefect.runtime import flow_run
+
+    newer = later_landing_run(flow_run.id, flow_run.deployment_id)
+    if newer is None and window_s > 0:
+        time.sleep(window_s)
+        newer = later_landing_run(flow_run.id, flow_run.deployment_id)
+    return newer
+
+
+def later_landing_run(run_id: str | None, deployment_id: str | None) -> str | None:
+    """The newest run of ``deployment_id`` created after run ``run_id`` by a landing event (``new_data`` set) and
+    not failed, crashed or cancelled; None if there is none (or this is no deployment run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    if not run_id or not deployment_id:
+        return None
+    with get_client(sync_client=True) as client:
+        mine = client.read_flow_run(run_id)
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(
+            any_=[deployment_id])), sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)  # fmt: skip
+    later = [r for r in runs if r.id != mine.id and r.created and mine.created and r.created > mine.created
+             and (r.parameters.get("params") or {}).get("new_data")
+             and not (r.state and r.state.type.value in ("FAILED", "CRASHED", "CANCELLED"))]  # fmt: skip
+    return str(max(later, key=lambda r: r.created).id) if later else None
+
+
 # ------------------------------------------------------------------------------------------------ the flow
 
 
@@ -151,6 +189,10 @@ def retrain_flow(params: RetrainParams) -> dict:
     cfg = load_config(params.profile, params.overrides)
     if params.new_data:
         logger.info("started by new data: %s", params.new_data)
+        newer = debounce(params.debounce_s)
+        if newer is not None:
+            logger.info("superseded: a later landing started run %s, which retrains on every shard", newer)
+            return {"superseded_by": newer, "new_data": params.new_data, "stages": [], "registered": {}}
     work = Path(params.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     raw = params.raw()

@@ -6,7 +6,9 @@ with working defaults:
 
 - job flows read the retrain flow's links (``WORK/curated-images``, ``WORK/distilled-video``, …) and write new
   directories ``WORK/ui/<flow>/{run}`` (``{run}`` becomes the flow run's name, see :func:`flows.record.with_run_name`);
-- training deployments (the three stages and the retrain) have a concurrency limit of 1: a second run waits;
+- training deployments (the three stages and the retrain) have a concurrency limit of 1: a second run waits; and
+  every training or eval job, whichever deployment, schedule, event or CLI run starts it, holds a slot of the
+  global accelerator limit ``alcm-gpu`` (``gpu_slots``, created here: ``flows.common.accelerator_slot``);
 - ``retrain-animatelcm`` has an optional cron schedule (off unless ``retrain_cron`` is set) and an event trigger:
   every ``alcm.data.landed`` event (``alcm ingest``) starts it on the raw root, naming the landed shard.
 
@@ -54,6 +56,12 @@ class ServeSettings:
     """Stages the retrain deployment runs by default (None: all)."""
     trigger: bool = True
     """Run the retrain deployment on every ``alcm.data.landed`` event."""
+    debounce_s: float = 120.0
+    """Seconds a new-data run waits for more landings before retraining (``flows.retrain.debounce``): shards landing
+    within it start one retrain."""
+    gpu_slots: int = 1
+    """Slots of the global accelerator limit (``flows.common.GPU_LIMIT``) every training and eval job holds one of,
+    whichever run started it: accelerator jobs that may run at once on the cluster."""
 
     def raw(self, kind: str) -> str:
         return str(Path(self.data_root).resolve() / RAW_LAYOUT[kind])
@@ -86,6 +94,7 @@ def trigger_parameters(s: ServeSettings) -> dict:
     """The retrain run's parameters when data lands: the deployment's defaults, naming the event's shard."""
     params = dict(default_parameters(s)["retrain-animatelcm"]["params"])
     params["new_data"] = "{{ event.payload.kind }}: {{ event.payload.shard }}"
+    params["debounce_s"] = s.debounce_s
     return {"params": params}
 
 
@@ -128,9 +137,10 @@ def serve_deployments(s: ServeSettings) -> None:
     """Serve every deployment from this process until interrupted (flow runs execute as its subprocesses)."""
     from prefect import serve
 
-    from flows.common import apply_env_defaults
+    from flows.common import apply_env_defaults, ensure_gpu_limit
 
     apply_env_defaults()
+    ensure_gpu_limit(s.gpu_slots)
     serve(*build_deployments(s), print_starting_message=True)
 
 
@@ -204,6 +214,8 @@ def run_services(s: ServeSettings, *, port: int = 4200, mlflow_port: int | None 
     work = Path(s.work_dir).resolve()
     (work / "prefect").mkdir(parents=True, exist_ok=True)
     env = service_env(s, port, auth_string)
+    if mlflow_port:
+        env["ALCM_MLFLOW_UI_URL"] = f"http://127.0.0.1:{mlflow_port}"  # the runs' links to their versions
     bin_dir = Path(sys.executable).parent
     services = Services()
 
@@ -266,9 +278,10 @@ def deploy_to_pool(s: ServeSettings, pool: str, image: str | None = None, workin
     ``infra/prefect/k8s-work-pool.json``, whose jobs run the platform image; on one machine: a process pool, whose
     flow runs start in ``working_dir``, the project root holding the flows' entry points) instead of serving them;
     return their ids. The pool's workers then run the flow runs."""
-    from flows.common import apply_env_defaults
+    from flows.common import apply_env_defaults, ensure_gpu_limit
 
     apply_env_defaults()
+    ensure_gpu_limit(s.gpu_slots)
     ids = []
     for d in build_deployments(s):
         if working_dir:

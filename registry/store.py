@@ -396,6 +396,13 @@ class Registry:
                                 f"{sorted({a for e in self._versions(f'name = {name!r}') for a in e.aliases})})"
                                 ) from exc  # fmt: skip
 
+    def ui_url(self, entry: Entry) -> str | None:
+        """The version's page in MLflow's UI: on the tracking server, or on the UI ``alcm serve`` runs beside the
+        embedded store (``ALCM_MLFLOW_UI_URL``); None when there is no UI to link to."""
+        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else None
+        base = base or os.environ.get("ALCM_MLFLOW_UI_URL")
+        return f"{base.rstrip('/')}/#/models/{entry.name}/versions/{entry.version}" if base else None
+
     def manifest(self, ref: str | Entry) -> dict:
         """The job manifest stored with a version."""
         entry = ref if isinstance(ref, Entry) else self.get(ref)
