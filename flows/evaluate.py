@@ -111,8 +111,7 @@ def evaluate_flow(params: EvaluateParams) -> dict:
         if params.promote:
             out["decision"] = run_gate(cfg, ref)
             report_md += "\n### Promotion gate\n\n" + decision_markdown(out["decision"]) + "\n"
-    plots = [f"- [{p}]({Path(params.output_dir).resolve().as_uri()}/{p})" for p in manifest["files"]
-             if p.startswith("plots/") or p.startswith("samples")]  # fmt: skip
+    plots = plot_links(manifest, params.output_dir, out["checkpoint"])
     create_markdown_artifact(
         key="eval-report",
         markdown=report_md + "\n### Files\n\n" + "\n".join(plots) + "\n",
@@ -120,6 +119,25 @@ def evaluate_flow(params: EvaluateParams) -> dict:
     )
     logger.info("eval report in %s: %s", params.output_dir, manifest["headline"])
     return out
+
+
+def plot_links(manifest: dict, report_dir: str, checkpoint: str | None) -> list[str]:
+    """The report's plots and samples as Markdown: served over HTTP by MLflow once the report is attached to a
+    registered checkpoint and an MLflow UI is reachable (images inline, so they open in the Prefect UI; a browser
+    blocks ``file://`` links from a web page), else links to the files where the job wrote them."""
+    files = [p for p in manifest["files"] if p.startswith(("plots/", "samples"))]
+    registry = open_registry() if checkpoint else None
+    entry = registry.get(checkpoint) if registry else None
+    lines = []
+    for p in files:
+        url = registry.artifact_url(entry, f"eval/{p}") if registry else None
+        if url is None:
+            lines.append(f"- [{p}]({Path(report_dir).resolve().as_uri()}/{p})")
+        elif p.endswith(".png"):
+            lines.append(f"- {p}\n\n  ![{p}]({url})")
+        else:
+            lines.append(f"- [{p}]({url})")
+    return lines
 
 
 @flow(name="promote-checkpoint")

@@ -396,12 +396,26 @@ class Registry:
                                 f"{sorted({a for e in self._versions(f'name = {name!r}') for a in e.aliases})})"
                                 ) from exc  # fmt: skip
 
+    def _ui_base(self) -> str | None:
+        """MLflow's UI as a browser reaches it: ``ALCM_MLFLOW_UI_URL`` (``alcm serve``'s UI beside the embedded
+        store, or a cluster's port-forward or Ingress), else an HTTP tracking server's URI; None if neither."""
+        base = os.environ.get("ALCM_MLFLOW_UI_URL")
+        if not base and self.tracking_uri.startswith(("http://", "https://")):
+            base = self.tracking_uri
+        return base.rstrip("/") if base else None
+
     def ui_url(self, entry: Entry) -> str | None:
-        """The version's page in MLflow's UI: on the tracking server, or on the UI ``alcm serve`` runs beside the
-        embedded store (``ALCM_MLFLOW_UI_URL``); None when there is no UI to link to."""
-        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else None
-        base = base or os.environ.get("ALCM_MLFLOW_UI_URL")
-        return f"{base.rstrip('/')}/#/models/{entry.name}/versions/{entry.version}" if base else None
+        """The version's page in MLflow's UI, or None when there is no UI to link to."""
+        base = self._ui_base()
+        return f"{base}/#/models/{entry.name}/versions/{entry.version}" if base else None
+
+    def artifact_url(self, entry: Entry, path: str) -> str | None:
+        """An HTTP URL that serves artifact ``path`` of the version's run (an eval plot under ``eval/``) from
+        MLflow's server, for a browser to open or a Markdown page to show; None when there is no UI."""
+        from urllib.parse import urlencode
+
+        base = self._ui_base()
+        return f"{base}/get-artifact?{urlencode({'path': path, 'run_uuid': entry.run_id})}" if base else None
 
     def manifest(self, ref: str | Entry) -> dict:
         """The job manifest stored with a version."""

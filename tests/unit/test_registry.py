@@ -293,3 +293,31 @@ def test_every_registry_and_audit_command_works_against_an_mlflow_server(mlflow_
     assert "cli-lora@1" in ok("audit", "sample", "a")
     missing = runner.invoke(app, ["registry", "show", "cli-lora@9"])
     assert missing.exit_code == 2 and "no such version" in missing.output
+
+
+def test_an_attached_reports_plot_is_served_over_http_by_the_mlflow_server(mlflow_server, tmp_path, monkeypatch):
+    import urllib.request
+
+    from flows.evaluate import plot_links
+
+    registry = Registry(mlflow_server)
+    data = curated(tmp_path / "curated", "plot-curated", "sha256:" + "7" * 64, ROWS)
+    ckpt = checkpoint(tmp_path / "ckpt", "plot-lora", "sha256:" + "8" * 64,
+                      {"dataset": {"name": "plot-curated", "digest": "sha256:" + "7" * 64, "path": str(data)}})
+    entry = registry.register(ckpt)
+    rep = report(tmp_path / "eval", ckpt, {"fvd@4": 1.0})
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    (rep / "plots").mkdir()
+    (rep / "plots" / "few_step.png").write_bytes(png)
+    registry.attach_eval(entry.ref, rep)
+    url = registry.artifact_url(entry, "eval/plots/few_step.png")
+    assert url.startswith(f"{mlflow_server}/get-artifact?")
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        assert answer.read() == png
+    # The eval flow's report artifact shows the plot inline from that URL, never as a file:// link.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    files = {"plots/few_step.png": "d1", "report.md": "d2"}
+    shown = plot_links({"files": files}, str(rep), entry.ref)
+    assert shown == [f"- plots/few_step.png\n\n  ![plots/few_step.png]({url})"]
+    unattached = plot_links({"files": files}, str(rep), None)
+    assert unattached == [f"- [plots/few_step.png]({rep.resolve().as_uri()}/plots/few_step.png)"]
