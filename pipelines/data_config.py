@@ -57,6 +57,9 @@ class RayConfig:
                                  "no limit)")  # fmt: skip
         if self.driver_num_cpus < 0:
             raise ValueError(f"driver_num_cpus={self.driver_num_cpus!r}: must be ≥ 0")
+        if any(v < 0 for v in self.driver_resources.values()) or {"CPU", "GPU"} & set(self.driver_resources):
+            raise ValueError(f"driver_resources={self.driver_resources!r}: custom resources ≥ 0 only (the driver's "
+                             "CPUs are driver_num_cpus)")  # fmt: skip
         for name in self.forward_env:
             if is_secret_env_name(name):
                 raise ValueError(f"forward_env: {name!r} holds a secret, and Ray shows a job's environment in its "

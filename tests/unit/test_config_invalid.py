@@ -170,14 +170,14 @@ AT_LEAST_ONE = (
 AT_LEAST_ZERO = (
     r"seed|images|videos|dancers|warmup_steps|max_failures|num_prompts|grid_prompts|caption_min_words|min_new_tokens"
     r"|phash_max_distance|weight_decay|grad_clip|replay_mb|control_scale|motion_scale|margin|motion_min|w_min"
-    r"|\w+_gpus|gpus_per_worker|resources"
+    r"|\w+_gpus|gpus_per_worker|resources|driver_resources|driver_num_cpus"
 )
 """Seeds, optional counts, GPUs, penalties and margins: -1 is invalid."""
 ABOVE_ZERO = (
-    r"\w+_cpus|cpus_per_worker|lr|timestep_scaling|sigma_data|huber_c|frame_folder_fps|startup_timeout_s"
-    r"|max_duration_s|repetition_penalty|alpha"
+    r"(?!driver_)\w+_cpus|cpus_per_worker|lr|timestep_scaling|sigma_data|huber_c|frame_folder_fps|startup_timeout_s"
+    r"|max_duration_s|repetition_penalty|alpha|job_timeout_s"
 )
-"""CPUs, rates, scales and timeouts: 0 and -1 are invalid."""
+"""CPUs, rates, scales and timeouts: 0 and -1 are invalid (a submitted driver may reserve no CPU: ≥ 0 above)."""
 CHOICES = (
     r"backend|arch|aggregation|source|scene_cut|dtype|prediction_type|init|loss|weighting|target|precision|lora_ema"
     r"|motion_init|fvd_extractor|fvd_reference|direction|device"
