@@ -28,11 +28,11 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A running ``mlflow server`` over HTTP (SQLite backend, artifacts served by the server, ``--allowed-hosts``
-    as ``infra/services/mlflow.yaml`` starts it): its tracking URI. Each test module that uses it registers under
-    its own names."""
+    as ``infra/services/mlflow.yaml`` starts it) for one test module: its tracking URI. Tests of a module that
+    uses it register under their own names."""
     import socket
     import subprocess
     import sys
