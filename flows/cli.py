@@ -380,6 +380,8 @@ SERVE_WORK = typer.Option(..., "--work", help="Root of the outputs (and of WORK/
 RETRAIN_CRON = typer.Option(None, "--retrain-cron", help="Cron schedule of the retrain deployment (default: none).")
 RETRAIN_STAGES = typer.Option([], "--retrain-stage", help="Stages a retrain runs by default (repeatable).")
 TRIGGER = typer.Option(True, "--trigger/--no-trigger", help="Retrain when alcm ingest lands a shard.")
+DEBOUNCE = typer.Option(120.0, "--debounce-s", min=0, help="A retrain started by new data waits this long for more "
+                        "landings; a later landing's run takes over (one retrain per burst).")
 GPU_SLOTS = typer.Option(1, "--gpu-slots", min=1, help="Training and eval jobs that may run at once, from every run "
                          "(the global concurrency limit alcm-gpu).")  # fmt: skip
 
@@ -408,6 +410,7 @@ def serve_cmd(
     retrain_cron: str = RETRAIN_CRON,
     stages: list[str] = RETRAIN_STAGES,
     trigger: bool = TRIGGER,
+    debounce_s: float = DEBOUNCE,
     gpu_slots: int = GPU_SLOTS,
     profile: str = PROFILE,
     overrides: list[str] = SET,
@@ -416,11 +419,13 @@ def serve_cmd(
     Ctrl-C stops everything."""
     from flows.serve import run_services
 
-    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots)
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, debounce_s,
+                               gpu_slots)
     raise typer.Exit(run_services(settings, port=port, mlflow_port=mlflow_port or None, auth_string=auth_string))
 
 
-def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots):
+def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, debounce_s,
+                               gpu_slots):
     from flows.serve import ServeSettings
 
     config(profile, overrides)
@@ -437,6 +442,7 @@ def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stage
         retrain_cron=retrain_cron,
         retrain_stages=stages or None,
         trigger=trigger,
+        debounce_s=debounce_s,
         gpu_slots=gpu_slots,
     )
 
@@ -452,6 +458,7 @@ def deploy_cmd(
     retrain_cron: str = RETRAIN_CRON,
     stages: list[str] = RETRAIN_STAGES,
     trigger: bool = TRIGGER,
+    debounce_s: float = DEBOUNCE,
     gpu_slots: int = GPU_SLOTS,
     profile: str = PROFILE,
     overrides: list[str] = SET,
@@ -461,7 +468,8 @@ def deploy_cmd(
     limit (--gpu-slots)."""
     from flows.serve import deploy_to_pool
 
-    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, gpu_slots)
+    settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, debounce_s,
+                               gpu_slots)
     ids = deploy_to_pool(settings, pool, image, str(working_dir.resolve()) if working_dir else None)
     typer.echo(f"registered {len(ids)} deployments with work pool {pool}")
 

@@ -149,12 +149,12 @@ def debounce(window_s: float) -> str | None:
     deployment started by a later landing, if there is one now or after ``window_s`` seconds; None means this run
     is the latest and retrains. Several shards landing within the window thus start one retrain, the last one's
     (it sees every shard); a run that waited for the deployment's concurrency slot finds its successors at once."""
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
-    newer = later_landing_run(flow_run.id, flow_run.deployment_id)
+    newer = later_landing_run(flow_run.id, deployment.id)
     if newer is None and window_s > 0:
         time.sleep(window_s)
-        newer = later_landing_run(flow_run.id, flow_run.deployment_id)
+        newer = later_landing_run(flow_run.id, deployment.id)
     return newer
 
 

@@ -194,12 +194,10 @@ def submit(
     A cluster with Ray's token authentication needs ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN`` or
     ``~/.ray/auth_token``) in this process's environment; Ray's client adds it to every request.
     """
-    from ray.job_submission import JobSubmissionClient
-
     address = address or cfg.ray.jobs_address()
     if not address:
         raise ValueError("submit: no Jobs API address; set ray.dashboard_address or RAY_ADDRESS=http://head:8265")
-    client = JobSubmissionClient(address)
+    client = jobs_client(address)
     entrypoint = " ".join(
         shlex.quote(a) for a in [sys.executable if _local(address) else "python", "-m", f"pipelines.{job}", *args]
     )
@@ -227,6 +225,15 @@ def submit(
 
 
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def jobs_client(address: str):
+    """A Jobs API client for ``address``. With ``RAY_AUTH_TOKEN`` set (a flow pod's Secret), its token goes in every
+    request's header: Ray otherwise sends the token this process loaded first, which need not be this cluster's."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
 
 
 def _attach_or_submit(client, base_id: str, entrypoint: str, cfg: Config, *, fresh: bool) -> tuple[str, bool]:

@@ -16,24 +16,31 @@ def test_accelerator_jobs_of_different_runs_take_turns_and_data_jobs_do_not_wait
 
     ensure_gpu_limit(1)
     events: list[tuple[str, str]] = []
-    inside = threading.Event()
+    ready = {name: threading.Event() for name in ("first", "second", "data")}
+    entered = {name: threading.Event() for name in ready}
 
     @flow(name="hold-accelerator")
     def hold(name: str, stage: str) -> None:
+        ready[name].set()
         with accelerator_slot(stage):
             events.append(("in", name))
-            inside.set()
-            time.sleep(2.0)
+            entered[name].set()
+            if name == "first":
+                # Held until the data job got in (it must not need the slot) and the second is about to ask for
+                # it; then a moment more, so that a second let in beside the first would show in the order.
+                entered["data"].wait(120)
+                ready["second"].wait(120)
+                time.sleep(1.0)
             events.append(("out", name))
 
     first = threading.Thread(target=hold, args=("first", "distill_video"))
     first.start()
-    inside.wait(60)
+    entered["first"].wait(120)
     second = threading.Thread(target=hold, args=("second", "evaluate"))
     second.start()
     hold("data", "curate_images")  # while the first holds the only slot
-    first.join(120)
-    second.join(120)
+    first.join(300)
+    second.join(300)
     assert events.index(("in", "data")) < events.index(("out", "first"))  # did not wait for the slot
     assert events.index(("out", "first")) < events.index(("in", "second"))  # waited for it
     with get_client(sync_client=True) as client:

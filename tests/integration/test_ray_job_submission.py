@@ -41,8 +41,11 @@ def cluster(tmp_path_factory):
     logs = tmp_path_factory.mktemp("ray-cluster")
     # The cluster's token, as a Kubernetes Secret gives it to the Ray pods and the flow pods (infra/): the nodes
     # started here, this process's client and the CLI below all read it from the environment.
+    # Ray caches a process's token once loaded: if this session's local Ray already loaded the user's token file,
+    # the cluster here uses that token too.
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    os.environ["RAY_AUTH_TOKEN"] = token_file.read_text().strip() if token_file.is_file() else secrets.token_hex(32)
     gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",

@@ -103,7 +103,7 @@ def served(tmp_path_factory):
     write_image_dataset(raw / "images", generate_image_records(5151, 160), rows_per_shard=80)
     work.mkdir()
     port = _free_port()
-    proc = _start_serve(raw, work, port, "--mlflow-port", "0", "--retrain-stage", "curate_images")
+    proc = _start_serve(raw, work, port, "--mlflow-port", "0", "--retrain-stage", "curate_images", "--debounce-s", "1")
     url = f"http://127.0.0.1:{port}"
     try:
         deployments = _wait("the served deployments", lambda: _served(url), 180, 2)
