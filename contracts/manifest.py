@@ -168,16 +168,36 @@ def files_map(root: str | Path, dirs: tuple[str, ...] | None = None) -> dict[str
             if f.is_file()}  # fmt: skip
 
 
-def verify_files(out_dir: Path, manifest: dict[str, Any] | None = None) -> int:
+def output_root(location: str | Path, manifest: dict | None = None) -> str:
+    """Where a committed output's files are: the attempt prefix its manifest's ``storage_root`` names on an object
+    store (relative to the output, or a whole URI: a link to another output, :func:`contracts.publish.link_output`),
+    the directory itself for a path."""
+    if not storage.is_uri(location):
+        return str(location)
+    if manifest is None:
+        try:
+            manifest = read_manifest(location)
+        except FileNotFoundError:
+            manifest = {}
+    root = manifest.get("storage_root")
+    if not root:
+        return str(location)
+    return root if storage.is_uri(root) else storage.join(location, root)
+
+
+def verify_files(out_dir: str | Path, manifest: dict[str, Any] | None = None) -> int:
     """Check every file a manifest lists (``files``: relative path → sha256 hex) against its bytes; return how many
     were checked. Raises :class:`IntegrityError` naming the file and both digests, so a flipped byte or a truncated
     copy is caught when a later stage loads the output, not as a wrong model downstream. A manifest without a
-    per-file map checks nothing here."""
-    out_dir = Path(out_dir)
+    per-file map checks nothing here. ``out_dir`` may be a committed object-store output (its files are read where
+    its manifest says, streamed)."""
     manifest = read_manifest(out_dir) if manifest is None else manifest
     files = manifest.get("files")
     if not isinstance(files, dict):
         return 0
+    if storage.is_uri(out_dir):
+        return _verify_remote(str(out_dir), manifest, files)
+    out_dir = Path(out_dir)
     for rel, expected in sorted(files.items()):
         path = out_dir / rel
         if not path.is_file():
@@ -190,14 +210,35 @@ def verify_files(out_dir: Path, manifest: dict[str, Any] | None = None) -> int:
     return len(files)
 
 
-def check_listed(input_dir: Path, manifest: dict, files: list[Path]) -> None:
+def _verify_remote(location: str, manifest: dict, files: dict[str, str]) -> int:
+    root = output_root(location, manifest)
+    present = dict(storage.list_files(root))
+    for rel, expected in sorted(files.items()):
+        where = storage.join(root, rel)
+        if rel not in present:
+            raise IntegrityError(f"{where} is missing: {storage.join(location, MANIFEST)} lists it (sha256:{expected})")
+        actual = storage.sha256(where)
+        if actual != expected:
+            raise IntegrityError(f"{where}: content digest sha256:{actual} does not match sha256:{expected} recorded "
+                                 f"in {storage.join(location, MANIFEST)}; the object changed after the job wrote it")
+    return len(files)
+
+
+def check_listed(input_dir: str | Path, manifest: dict, files: list[str] | list[Path]) -> None:
     """Refuse data files the dataset's manifest does not list (added after the job published it, so its digest and
     audit do not cover them); a manifest without a per-file map lists nothing to check against."""
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         return
-    extra = [f for f in files if f.relative_to(input_dir).as_posix() not in listed]
+    rels = [_relative(input_dir, manifest, f) for f in files]
+    extra = [rel for rel in rels if rel not in listed]
     if extra:
-        names = ", ".join(f.relative_to(input_dir).as_posix() for f in extra[:5])
+        names = ", ".join(extra[:5])
         raise IntegrityError(f"{input_dir}: {len(extra)} data file(s) not listed in its manifest.json ({names}): "
                              "added after the job published the dataset, so its digest and audit do not cover them")
+
+
+def _relative(location: str | Path, manifest: dict, file: str | Path) -> str:
+    if storage.is_uri(location):
+        return str(file)[len(output_root(location, manifest).rstrip("/")) + 1:]
+    return Path(file).relative_to(location).as_posix()

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from contracts import storage
-from contracts.manifest import MANIFEST, Manifest, write_manifest
+from contracts.manifest import MANIFEST, Manifest, output_root, write_manifest
 
 
 class Publisher(Protocol):
@@ -270,8 +270,9 @@ class ObjectStorePublisher:
         storage.write_bytes(storage.join(dest, MANIFEST), (json.dumps({**written, "storage_root": root}, indent=2,
                                                                       sort_keys=True) + "\n").encode())  # fmt: skip
         storage.delete_tree(storage.join(dest, ATTEMPTS, f"{attempt}.owner"))
-        if previous and previous.get("storage_root") and previous["storage_root"] != root:
-            storage.delete_tree(storage.join(dest, previous["storage_root"]))
+        old_root = (previous or {}).get("storage_root")
+        if old_root and old_root != root and not storage.is_uri(old_root):  # a link's root is another output's
+            storage.delete_tree(storage.join(dest, old_root))
         shutil.rmtree(staging, ignore_errors=True)
         self._attempts.pop(staging, None)
         return dest
@@ -291,13 +292,33 @@ def _committed_manifest(dest: str) -> dict | None:
         return None
 
 
-def output_root(location: str | Path, manifest: dict | None = None) -> str:
-    """Where a committed output's files are: the attempt prefix its manifest names on an object store, the
-    directory itself for a path."""
-    if not storage.is_uri(location):
-        return str(location)
-    root = (manifest or _committed_manifest(str(location)) or {}).get("storage_root")
-    return storage.join(location, root) if root else str(location)
+def link_output(target: str | Path, link: str | Path) -> str:
+    """Make ``link`` name the committed output ``target`` (what the retrain flow's ``WORK/<output>`` entries are).
+
+    On a file system a relative symlink. On an object store, which has no links, a copy of ``target``'s manifest
+    at ``link/manifest.json`` whose ``storage_root`` is the whole URI of ``target``'s files and ``link_to`` names
+    ``target``: one PUT switches it, and every reader (datasets, checkpoints, the registry, audit queries) reads the
+    link as the output itself. A real output already at ``link`` is refused, not replaced."""
+    if storage.is_uri(target) != storage.is_uri(link):
+        raise ValueError(f"cannot link {link} to {target}: both must be paths or both object-store URIs")
+    if not storage.is_uri(link):
+        link, target = Path(link), Path(target)
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            raise FileExistsError(f"{link} exists and is not a link to an output; move it away")
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+        return str(link)
+    link, target = storage.normalize(link), storage.normalize(target)
+    current = _committed_manifest(link)
+    if current is not None and not current.get("link_to"):
+        raise FileExistsError(f"{link} holds an output of its own, not a link to one; move it away")
+    manifest = _committed_manifest(target)
+    if manifest is None:
+        raise FileNotFoundError(f"cannot link {link} to {target}: it has no committed manifest.json")
+    pointer = {**manifest, "storage_root": output_root(target, manifest), "link_to": target}
+    storage.write_bytes(storage.join(link, MANIFEST), (json.dumps(pointer, indent=2, sort_keys=True) + "\n").encode())
+    return link
 
 
 def collect_leftovers(destination: str, *, keep: str | None = None) -> list[str]:

@@ -46,6 +46,11 @@ def join(location: str | os.PathLike, *parts: str) -> str:
     return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts if p)])
 
 
+def basename(location: str | os.PathLike) -> str:
+    """The last component of a path or URI (``s3://b/runs/x/`` → ``x``)."""
+    return str(location).rstrip("/").rsplit("/", 1)[-1] if is_uri(location) else Path(location).name
+
+
 def normalize(location: str | os.PathLike) -> str:
     """A URI as given (without a trailing ``/``), a local path made absolute."""
     check_scheme(str(location))
@@ -119,6 +124,22 @@ def list_files(location: str) -> list[tuple[str, int]]:
         raise StorageError(f"{location}: cannot be listed ({exc})") from exc
     root = root.rstrip("/") + "/"
     return sorted((i.path[len(root):], i.size) for i in infos
+                  if i.type == pafs.FileType.File and i.path.startswith(root))  # fmt: skip
+
+
+def listing(location: str) -> list[tuple[str, int, int]]:
+    """Every object under the prefix ``location`` (or the object itself): (path relative to it, size, modification
+    time in ns), sorted by path; nothing is read."""
+    fs, root = filesystem(location)
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            return [(root.rsplit("/", 1)[-1], info.size, info.mtime_ns or 0)]
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except Exception as exc:  # noqa: BLE001
+        raise StorageError(f"{location}: cannot be listed ({exc})") from exc
+    root = root.rstrip("/") + "/"
+    return sorted((i.path[len(root):], i.size, i.mtime_ns or 0) for i in infos
                   if i.type == pafs.FileType.File and i.path.startswith(root))  # fmt: skip
 
 

@@ -18,13 +18,16 @@ from flows.cli_common import (
     PROFILE,
     SET,
     SUBMIT,
+    at,
     check_io,
     config,
     existing,
     fail,
     io_params,
+    location,
     print_counts,
     print_outputs,
+    read_text,
 )
 from flows.cli_registry import audit_app, lineage, registry_app
 from flows.common import apply_env_defaults
@@ -141,8 +144,8 @@ def curate_images(
 
 @curate_app.command("videos")
 def curate_videos(
-    input_dir: Path = typer.Option(..., "--input", help="Video files with .txt captions, webdataset tars, sequences."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
+    input_dir: str = typer.Option(..., "--input", help="Video files with .txt captions, webdataset tars, sequences."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for kept/, audit/, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,
@@ -162,8 +165,8 @@ def curate_videos(
 
 @app.command("recaption")
 def recaption(
-    input_dir: Path = typer.Option(..., "--input", help="TikTok-style sequences, video files or webdataset tars."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for captioned/, audit/, manifest.json."),
+    input_dir: str = typer.Option(..., "--input", help="TikTok-style sequences, video files or webdataset tars."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for captioned/, audit/, manifest.json."),
     backend: str = typer.Option(None, "--backend", help="transformers or lavis (default: the profile's)."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
@@ -186,8 +189,8 @@ def recaption(
 
 @distill_app.command("image")
 def distill_image(
-    input_dir: Path = typer.Option(..., "--input", help="Curated image dataset (kept/ + manifest.json)."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for lora/, preview.png, manifest.json."),
+    input_dir: str = typer.Option(..., "--input", help="Curated image dataset (kept/ + manifest.json)."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for lora/, preview.png, manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,
@@ -204,17 +207,17 @@ def distill_image(
     metrics = manifest["metrics"]
     typer.echo(f"stage 1: {manifest['counts']['encoded']} images, step {metrics.get('step')}, "
                f"loss {metrics.get('loss', float('nan')):.5f}")  # fmt: skip
-    typer.echo(f"LoRA:       {output_dir / 'lora'}")
+    typer.echo(f"LoRA:       {at(output_dir, 'lora')}")
     if manifest.get("preview"):
-        typer.echo(f"preview:    {output_dir / 'preview.png'}")
-    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+        typer.echo(f"preview:    {at(output_dir, 'preview.png')}")
+    typer.echo(f"manifest:   {at(output_dir, 'manifest.json')}")
 
 
 @distill_app.command("video")
 def distill_video(
-    input_dir: Path = typer.Option(..., "--input", help="Curated video dataset (kept/ + manifest.json)."),
-    stage1_dir: Path = typer.Option(None, "--stage1", help="Stage 1's output (its LoRA); not needed with init none."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for motion_adapter/, pipeline/, manifest."),
+    input_dir: str = typer.Option(..., "--input", help="Curated video dataset (kept/ + manifest.json)."),
+    stage1_dir: str = typer.Option(None, "--stage1", help="Stage 1's output (its LoRA); not needed with init none."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for motion_adapter/, pipeline/, manifest."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,
@@ -232,19 +235,19 @@ def distill_video(
     metrics = manifest["metrics"]
     typer.echo(f"stage 2: {manifest['counts']['encoded']} clips, step {metrics.get('step')}, "
                f"loss {metrics.get('loss', float('nan')):.5f}, init {manifest['export']['init']}")  # fmt: skip
-    typer.echo(f"pipeline:   {output_dir / 'pipeline'}")
-    typer.echo(f"motion:     {output_dir / 'motion_adapter'}")
+    typer.echo(f"pipeline:   {at(output_dir, 'pipeline')}")
+    typer.echo(f"motion:     {at(output_dir, 'motion_adapter')}")
     if manifest.get("preview"):
-        typer.echo(f"preview:    {output_dir / 'preview.png'}")
-    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+        typer.echo(f"preview:    {at(output_dir, 'preview.png')}")
+    typer.echo(f"manifest:   {at(output_dir, 'manifest.json')}")
 
 
 @app.command("adapt")
 def adapt_adapters(
-    input_dir: Path = typer.Option(..., "--input", help="Stage 2's output (manifest.json + pipeline/)."),
-    control_data: Path = typer.Option(None, "--control-data", help="Recaptioned dancers with pose frames (control)."),
-    video_data: Path = typer.Option(None, "--video-data", help="Curated video dataset (image-to-video)."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for the adapters and manifest.json."),
+    input_dir: str = typer.Option(..., "--input", help="Stage 2's output (manifest.json + pipeline/)."),
+    control_data: str = typer.Option(None, "--control-data", help="Recaptioned dancers with pose frames (control)."),
+    video_data: str = typer.Option(None, "--video-data", help="Curated video dataset (image-to-video)."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for the adapters and manifest.json."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,
@@ -265,7 +268,7 @@ def adapt_adapters(
         typer.echo(f"{adapter}: {r['counts']['encoded']} clips, step {r['metrics'].get('step')}, loss {loss:.5f} "
                    f"-> {', '.join(r['export']['files'])}")  # fmt: skip
     typer.echo(f"outputs:    {output_dir}")
-    typer.echo(f"manifest:   {output_dir / 'manifest.json'}")
+    typer.echo(f"manifest:   {at(output_dir, 'manifest.json')}")
 
 
 @app.command("export")
@@ -278,7 +281,7 @@ def export_pipeline(
         "--personalize",
         help="An SD-family UNet directory (or a pipeline with unet/) whose spatial weights to use.",
     ),
-    output_dir: Path = typer.Option(..., "--output", help="New pipeline directory."),
+    output_dir: str = typer.Option(..., "--output", help="New pipeline directory."),
 ) -> None:
     """Swap the spatial weights of an AnimateLCM pipeline for a personalised image model's (motion modules and
     LCM-LoRA kept), as the paper's "personalised models"."""
@@ -300,8 +303,8 @@ def export_pipeline(
 
 @app.command("evaluate")
 def evaluate_checkpoint(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A stage-1 or stage-2 output directory."),
-    output_dir: Path = typer.Option(..., "--output", help="New directory for the report."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A stage-1 or stage-2 output directory."),
+    output_dir: str = typer.Option(..., "--output", help="New directory for the report."),
     profile: str = PROFILE,
     overrides: list[str] = SET,
     submit: bool | None = SUBMIT,
@@ -319,8 +322,9 @@ def evaluate_checkpoint(
     params = io_params(EvaluateParams, checkpoint, output_dir, profile, overrides, submit, overwrite,
                         record=register, promote=promote)  # fmt: skip
     out = evaluate_flow(params)
-    typer.echo((output_dir / "report.md").read_text())
-    typer.echo(f"report:     {output_dir / 'report.md'} (report.json, plots/, {out['manifest']['files'][-1]})")
+    typer.echo(read_text(at(output_dir, "report.md")))
+    typer.echo(f"report:     {at(output_dir, 'report.md')} (report.json, plots/, "
+               f"{out['manifest']['files'][-1]})")  # fmt: skip
     if out["checkpoint"]:
         typer.echo(f"registered: {out['checkpoint']} (alias candidate)")
     _echo_gate(out["decision"], "gate:       ")
@@ -339,10 +343,10 @@ def _echo_gate(decision: dict | None, label: str) -> None:
 
 @app.command("retrain")
 def retrain(
-    images: Path = typer.Option(..., "--images", help="Raw image-text data (Parquet shards, tars or images)."),
-    videos: Path = typer.Option(..., "--videos", help="Raw text-video data (video files with captions, tars)."),
-    dancers: Path = typer.Option(..., "--dancers", help="TikTok-style dance sequences (pose control adapter)."),
-    work_dir: Path = typer.Option(..., "--work", help="Root of the stages' outputs and links."),
+    images: str = typer.Option(..., "--images", help="Raw image-text data (Parquet shards, tars or images)."),
+    videos: str = typer.Option(..., "--videos", help="Raw text-video data (video files with captions, tars)."),
+    dancers: str = typer.Option(..., "--dancers", help="TikTok-style dance sequences (pose control adapter)."),
+    work_dir: str = typer.Option(..., "--work", help="Root of the stages' outputs and links."),
     stages: list[str] = typer.Option([], "--stage", help="Run only these stages (repeatable); default: all."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Run the promotion gate after the eval."),
     profile: str = PROFILE,
@@ -355,12 +359,11 @@ def retrain(
     from pipelines.stages import STAGES
 
     config(profile, overrides)
-    for option, path in (("--images", images), ("--videos", videos), ("--dancers", dancers)):
-        if not path.exists():
-            fail(f"{option} {path} does not exist")
+    images, videos, dancers = (existing(o, p) for o, p in (("--images", images), ("--videos", videos),
+                                                             ("--dancers", dancers)))  # fmt: skip
     _check_stages(stages, "--stage")
-    params = RetrainParams(images=str(images.resolve()), videos=str(videos.resolve()), dancers=str(dancers.resolve()),
-                           work_dir=str(work_dir.resolve()), stages=stages or [s.name for s in STAGES], promote=promote,
+    params = RetrainParams(images=images, videos=videos, dancers=dancers, work_dir=location(work_dir),
+                           stages=stages or [s.name for s in STAGES], promote=promote,
                            profile=profile, overrides=list(overrides), submit=submit)  # fmt: skip
     summary = retrain_flow(params)
     typer.echo(f"{'stage':<15}{'status':<15}{'wall s':>8}  output")
@@ -429,14 +432,16 @@ def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stage
     from flows.serve import ServeSettings
 
     config(profile, overrides)
-    if not data_root.is_dir():
+    if isinstance(data_root, Path) and not data_root.is_dir():
         fail(f"--data-root {data_root} is not a directory (alcm toy data --out {data_root} makes one)")
+    if isinstance(data_root, str):  # alcm deploy: a path or an object-store URI
+        data_root = existing("--data-root", data_root)
     _check_stages(stages, "--retrain-stage")
     if retrain_cron is not None and len(retrain_cron.split()) != 5:
         fail(f"--retrain-cron {retrain_cron!r}: expected five cron fields, e.g. '0 3 * * *'")
     return ServeSettings(
-        data_root=str(data_root.resolve()),
-        work_dir=str(work_dir.resolve()),
+        data_root=location(data_root),
+        work_dir=location(work_dir),
         profile=profile,
         overrides=list(overrides),
         retrain_cron=retrain_cron,
@@ -450,8 +455,9 @@ def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stage
 @app.command("deploy")
 def deploy_cmd(
     pool: str = typer.Option(..., "--pool", help="Work pool (e.g. animatelcm-k8s) that runs the flow runs."),
-    data_root: Path = DATA_ROOT,
-    work_dir: Path = SERVE_WORK,
+    data_root: str = typer.Option(..., "--data-root", help="Raw-data root (images/parquet, videos/wds, dancers): a "
+                                  "path or an object-store URI."),
+    work_dir: str = typer.Option(..., "--work", help="Root of the outputs: a path or an object-store URI."),
     image: str = typer.Option(None, "--image", help="Container image of the flow-run jobs (infra/docker)."),
     working_dir: Path = typer.Option(None, "--working-dir", help="With a process pool: where its flow "
                                      "runs start, the project root holding the flows."),

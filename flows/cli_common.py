@@ -87,10 +87,43 @@ SUBMIT = typer.Option(None, "--submit/--local", help="Submit as a Ray job to the
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a non-empty output directory.")
 
 
-def existing(option: str, path: Path | None) -> str | None:
-    """``path`` made absolute, or exit 2 naming ``option`` if it does not exist (None stays None)."""
-    if path is None:
+def location(where: str | Path) -> str:
+    """A location argument as flows take it: a path made absolute, an object-store URI as given."""
+    from contracts import storage
+
+    try:
+        return storage.normalize(where)
+    except storage.StorageError as exc:
+        fail(str(exc))
+
+
+def at(output: str | Path, rel: str) -> str:
+    """Where file ``rel`` of a published output is (under its committed attempt on an object store);
+    ``manifest.json`` is always at the output itself."""
+    from contracts import storage
+    from contracts.manifest import output_root
+
+    return storage.join(output if rel == "manifest.json" else output_root(str(output)), rel)
+
+
+def read_text(location: str) -> str:
+    from contracts import storage
+
+    return storage.read_bytes(location).decode()
+
+
+def existing(option: str, location: str | Path | None) -> str | None:
+    """``location`` made absolute (an object-store URI as given), or exit 2 naming ``option`` if it does not exist
+    or cannot be reached (None stays None)."""
+    from contracts import storage
+
+    if location is None:
         return None
-    if not path.exists():
-        fail(f"{option} {path} does not exist")
-    return str(path.resolve())
+    try:
+        storage.check_scheme(str(location))
+        found = storage.exists(str(location)) if storage.is_uri(location) else Path(location).exists()
+    except storage.StorageError as exc:
+        fail(str(exc))
+    if not found:
+        fail(f"{option} {location} does not exist")
+    return storage.normalize(location)

@@ -18,6 +18,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
+from contracts import storage
+from contracts.manifest import output_root
 from flows.common import IOJobParams, apply_env_defaults, open_registry, run_io_job
 from flows.record import record_output, with_run_name
 from pipelines.config import Config, load_config
@@ -103,7 +105,7 @@ def evaluate_flow(params: EvaluateParams) -> dict:
     cfg = load_config(params.profile, params.overrides)
     manifest = run_eval_job(cfg, params)
     out = {"manifest": manifest, "checkpoint": None, "decision": None}
-    report_md = (Path(params.output_dir) / "report.md").read_text()
+    report_md = storage.read_bytes(storage.join(output_root(params.output_dir), "report.md")).decode()
     if params.record:
         ref = record_output(params.input_dir)
         out["checkpoint"] = attach_report(ref, params.output_dir)
@@ -132,7 +134,8 @@ def plot_links(manifest: dict, report_dir: str, checkpoint: str | None) -> list[
     for p in files:
         url = registry.artifact_url(entry, f"eval/{p}") if registry else None
         if url is None:
-            lines.append(f"- [{p}]({Path(report_dir).resolve().as_uri()}/{p})")
+            root = output_root(report_dir)
+            lines.append(f"- [{p}]({root if storage.is_uri(root) else Path(root).resolve().as_uri()}/{p})")
         elif p.endswith(".png"):
             lines.append(f"- {p}\n\n  ![{p}]({url})")
         else:

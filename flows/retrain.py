@@ -21,6 +21,10 @@ settings: the config sections it reads, profile included) and the code version. 
 finds it and skips the stage; changing one input or one setting a stage reads changes the keys of that stage and of
 everything downstream of it, and only those re-run. ``WORK/<output>`` links point at the latest output of each stage.
 
+Object storage: ``work_dir`` and the raw inputs may be object-store URIs. A raw prefix's listing digest is taken from
+the listing (no object is read), outputs are committed on the store (:mod:`contracts.publish`), and the links are
+one ``manifest.json`` each naming the target (:func:`contracts.publish.link_output`).
+
 Retries: a stage is retried (twice, with backoff) only on infrastructure errors — lost Ray workers or actors,
 connection and timeout errors, other OS errors — never on a bad config, a missing input or bad data
 (:func:`is_infrastructure_error`).
@@ -38,7 +42,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
-from contracts.manifest import code_version, read_manifest
+from contracts import storage
+from contracts.manifest import code_version, output_root, read_manifest
+from contracts.publish import link_output
 from flows.common import apply_env_defaults, run_io_job
 from flows.curate import CurateImagesParams
 from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
@@ -86,7 +92,16 @@ class RetrainParams(BaseModel):
 
 
 def listing_digest(root: str | Path) -> str:
-    """``sha256:`` of a raw input's file listing (relative path, size, modification time), sorted."""
+    """``sha256:`` of a raw input's file listing (relative path, size, modification time), sorted; an object-store
+    prefix is listed, nothing is read."""
+    if storage.is_uri(root):
+        files = storage.listing(str(root))
+        if not files:
+            raise FileNotFoundError(f"raw input {root} does not exist or holds no files")
+        h = hashlib.sha256()
+        for rel, size, mtime_ns in files:
+            h.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+        return "sha256:" + h.hexdigest()
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"raw input {root} does not exist")
@@ -124,7 +139,7 @@ def run_stage(stage: str, cfg: Config, params) -> dict:
     return run_io_job(stage, cfg, params)
 
 
-def _params(stage, p: RetrainParams, out: Path, outs: dict[str, Path]):
+def _params(stage, p: RetrainParams, out: str, outs: dict[str, str]):
     """The stage's flow parameters: its inputs from the raw data or the upstream outputs, its output ``out``."""
     raw = p.raw()
     inputs = {i.option: raw[i.source] if i.source in raw else str(outs[i.source]) for i in stage.inputs}
@@ -132,13 +147,11 @@ def _params(stage, p: RetrainParams, out: Path, outs: dict[str, Path]):
                                    submit=p.submit, overwrite=True)  # fmt: skip
 
 
-def _link(work: Path, stage, out: Path) -> None:
-    link = work / stage.output
-    if link.is_symlink():
-        link.unlink()
-    elif link.exists():
-        raise FileExistsError(f"{link} exists and is not the link to the latest {stage.name} output; move it away")
-    link.symlink_to(out.relative_to(work), target_is_directory=True)
+def _link(work: str, stage, out: str) -> None:
+    try:
+        link_output(out, storage.join(work, stage.output))
+    except FileExistsError as exc:
+        raise FileExistsError(f"{exc} (WORK/{stage.output} is the link to the latest {stage.name} output)") from None
 
 
 # ------------------------------------------------------------------------------------------------ new-data debounce
@@ -193,12 +206,13 @@ def retrain_flow(params: RetrainParams) -> dict:
         if newer is not None:
             logger.info("superseded: a later landing started run %s, which retrains on every shard", newer)
             return {"superseded_by": newer, "new_data": params.new_data, "stages": [], "registered": {}}
-    work = Path(params.work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    work = storage.normalize(params.work_dir)
+    if not storage.is_uri(work):
+        Path(work).mkdir(parents=True, exist_ok=True)
     raw = params.raw()
     chosen = needed(params.stages)  # a chosen stage needs its upstream outputs, run or cached
     code = code_version()
-    outs: dict[str, Path] = {}
+    outs: dict[str, str] = {}
     digests: dict[str, str] = {}
     rows: list[dict] = []
     registered: dict[str, str] = {}
@@ -209,9 +223,9 @@ def retrain_flow(params: RetrainParams) -> dict:
         main = stage.inputs[0].source
         inputs = {"raw": listing_digest(raw[main])} if main in raw else {u: digests[u] for u in stage.upstream}
         key = stage.key(cfg, inputs, code)
-        out = work / "runs" / stage.name / key[:16]
+        out = storage.join(work, "runs", stage.name, key[:16])
         t = time.monotonic()
-        if (out / "manifest.json").is_file():
+        if storage.is_file(storage.join(out, "manifest.json")):
             status = "cached"
             logger.info("%s: cached (%s)", stage.name, out)
         elif stage.name not in params.stages:
@@ -230,7 +244,8 @@ def retrain_flow(params: RetrainParams) -> dict:
             registered[stage.name] = attach_report(ref, str(out))
         else:
             registered[stage.name] = record_output(str(out))
-        rows.append({"stage": stage.name, "status": status, "seconds": seconds, "output": str(work / stage.output),
+        rows.append({"stage": stage.name, "status": status, "seconds": seconds,
+                     "output": storage.join(work, stage.output),
                      "registered": registered[stage.name]})  # fmt: skip
     decision = None
     if params.promote and "evaluate" in outs:
@@ -242,8 +257,9 @@ def retrain_flow(params: RetrainParams) -> dict:
         "total_s": total,
         "jobs_s": in_jobs,
         "outside_jobs_s": total - in_jobs,
-        "work_dir": str(work),
-        "report": str(work / BY_NAME["evaluate"].output / "report.md") if "evaluate" in outs else None,
+        "work_dir": work,
+        "report": storage.join(output_root(storage.join(work, BY_NAME["evaluate"].output)), "report.md")
+        if "evaluate" in outs else None,
         "checkpoint": registered.get("evaluate"),
         "registered": registered,
         "decision": decision,

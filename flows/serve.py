@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from contracts import storage
 from pipelines.stages import BY_NAME, STAGES
 
 #: Where each raw input lives under a raw-data root (the layout ``alcm toy data --out ROOT`` writes).
@@ -64,26 +65,27 @@ class ServeSettings:
     whichever run started it: accelerator jobs that may run at once on the cluster."""
 
     def raw(self, kind: str) -> str:
-        return str(Path(self.data_root).resolve() / RAW_LAYOUT[kind])
+        return storage.join(storage.normalize(self.data_root), RAW_LAYOUT[kind])
 
 
 def default_parameters(s: ServeSettings) -> dict[str, dict]:
     """Each flow's default parameters (flow name → parameters) in the served deployments: a stage's flow reads the
     raw data or the retrain flow's link to its upstream output (the stage graph's inputs) and writes
     ``WORK/ui/<flow>/{run}``."""
-    work = Path(s.work_dir).resolve()
+    work = storage.normalize(s.work_dir)
     common = {"profile": s.profile, "overrides": list(s.overrides)}
 
     def where(source: str) -> str:
-        return s.raw(source.removeprefix("raw:")) if source.startswith("raw:") else str(work / BY_NAME[source].output)
+        return s.raw(source.removeprefix("raw:")) if source.startswith("raw:") else \
+            storage.join(work, BY_NAME[source].output)  # fmt: skip
 
     defaults = {
         stage.flow: {"params": {**common, **{i.option: where(i.source) for i in stage.inputs},
-                                "output_dir": str(work / "ui" / stage.flow / "{run}")}}
+                                "output_dir": storage.join(work, "ui", stage.flow, "{run}")}}
         for stage in STAGES
     }  # fmt: skip
     retrain = {**common, "images": s.raw("images"), "videos": s.raw("videos"), "dancers": s.raw("dancers"),
-               "work_dir": str(work)}  # fmt: skip
+               "work_dir": work}  # fmt: skip
     if s.retrain_stages:
         retrain["stages"] = list(s.retrain_stages)
     return {**defaults, "promote-checkpoint": {"params": {**common, "checkpoint": "toy-animatelcm-t2v@candidate"}},

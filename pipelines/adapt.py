@@ -47,15 +47,18 @@ def encode_spec(cfg: AdaptSettings, adapter: str) -> EncodeSpec:
                       resolution=a.resolution, frames=a.frames, control=adapter == "control")  # fmt: skip
 
 
-def build_task(teacher, consistency, adapt, *, adapter: str, pipeline_dir: str):
+def build_task(teacher, consistency, adapt, *, adapter: str, stage2: str):
     """The stage-3 Task on this worker's device (importable target of ``functools.partial``): the stage-2 pipeline's
-    UNet with its LCM-LoRA fused is the frozen base."""
+    UNet with its LCM-LoRA fused is the frozen base (``stage2``: its output, a path or an object-store URI copied to
+    this worker's node first, :func:`contracts.mirror.local_copy`)."""
+    from contracts.mirror import local_copy
     from models.export import load_animatelcm_pipeline, pipeline_schedule
     from models.factory import build_teacher, with_schedule
     from models.stage3 import AdapterConsistencyTask
     from pipelines.train_loop import worker_device
 
     device = worker_device()
+    pipeline_dir = str(local_copy(stage2) / "pipeline")
     parts = with_schedule(build_teacher(teacher, device=device), pipeline_schedule(pipeline_dir))  # stage 2's
     unet = load_animatelcm_pipeline(pipeline_dir, fuse_lora=True, device=str(device)).unet
     return AdapterConsistencyTask(
@@ -74,7 +77,7 @@ def run(cfg: AdaptSettings, input_dir: Path, output_dir: Path, *, control_data: 
     job = StageJob(STAGE, cfg, output_dir, overwrite=overwrite)
     given = {"control_data": control_data, "video_data": video_data}
     with job.step("checks"):
-        stage2_dir = Path(input_dir).resolve()
+        stage2_dir = runtime.input_location(input_dir)
         stage2 = read_checkpoint(stage2_dir, stage="distill_video", needs=("pipeline/model_index.json",),
                                  option="--input", what="stage 2's output (alcm distill video)")  # fmt: skip
         datasets = {}
@@ -93,11 +96,11 @@ def run(cfg: AdaptSettings, input_dir: Path, output_dir: Path, *, control_data: 
             data = job.encode(encode_spec(cfg, adapter), dataset, teacher, section=a, option=option,
                               step=f"{adapter}_encode")  # fmt: skip
             make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, a, adapter=adapter,
-                                          pipeline_dir=str(stage2_dir / "pipeline"))  # fmt: skip
+                                          stage2=str(stage2_dir))  # fmt: skip
             identity = {"stage2": stage2["digest"], "dataset": dataset.digest, "teacher": teacher.digests,
                         "adapter": adapter, "control_init": control_init}  # fmt: skip
             trained = job.train(make_task, data, a.train, inputs=identity, export_into=out.dir,
-                                label=f"{adapter}-{job.output_dir.name}", keep_description=False,
+                                label=f"{adapter}-{job.output_name}", keep_description=False,
                                 step=f"{adapter}_train")  # fmt: skip
             results[adapter] = {"dataset": dataset.record(), "counts": data.counts, "export": trained.export,
                                 "run": trained.run, "metrics": trained.metrics, "latent_cache": data.cache}  # fmt: skip

@@ -48,11 +48,13 @@ def encode_spec(cfg: DistillVideoSettings) -> EncodeSpec:
                       resolution=v.resolution, frames=v.frames, text=v.precompute_text)  # fmt: skip
 
 
-def build_task(teacher, consistency, video, *, stage1_lora: str | None):
+def build_task(teacher, consistency, video, *, stage1: str | None):
     """The stage-2 Task on this worker's device (importable target of ``functools.partial``), on the motion
-    module's noise schedule."""
+    module's noise schedule. ``stage1``: stage 1's output (a path, or an object-store URI copied to this worker's
+    node first, :func:`contracts.mirror.local_copy`)."""
     import torch
 
+    from contracts.mirror import local_copy
     from models.factory import build_teacher, with_schedule
     from models.lora import read_diffusers_lora
     from models.stage2 import VideoConsistencyTask
@@ -63,7 +65,7 @@ def build_task(teacher, consistency, video, *, stage1_lora: str | None):
     parts = with_schedule(parts, motion_schedule(video.motion_adapter_dir, video.beta_schedule))
     return VideoConsistencyTask(
         parts, load_motion_adapter(video.motion_adapter_dir, dtype=getattr(torch, teacher.dtype)), consistency,
-        stage1_lora=read_diffusers_lora(stage1_lora) if stage1_lora else None,
+        stage1_lora=read_diffusers_lora(str(local_copy(stage1) / STAGE1_LORA)) if stage1 else None,
         lora=teacher.lora, init=video.init, decoupled=video.decoupled, lora_ema=video.lora_ema,
         motion_init=video.motion_init, ema_decay=video.ema_decay, gradient_checkpointing=video.gradient_checkpointing,
     )  # fmt: skip
@@ -122,7 +124,7 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
             if stage1 is None:
                 raise ValueError(f"distill_video.init={v.init!r} needs --stage1 (stage 1's output directory), or "
                                  "init: none")  # fmt: skip
-            stage1 = Path(stage1).resolve()
+            stage1 = runtime.input_location(stage1)
             stage1_manifest = read_checkpoint(stage1, stage="distill_image", needs=(STAGE1_LORA,), option="--stage1",
                                               what="stage 1's output")  # fmt: skip
         teacher = read_teacher(cfg.teacher)
@@ -130,8 +132,8 @@ def run(cfg: DistillVideoSettings, input_dir: Path, output_dir: Path, *, stage1:
         schedule = motion_schedule(v.motion_adapter_dir, v.beta_schedule)
     with job.output(v.train, ray_config) as out:
         data = job.encode(encode_spec(cfg), dataset, teacher, section=v)
-        stage1_lora = str(stage1 / STAGE1_LORA) if stage1_manifest else None
-        make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, v, stage1_lora=stage1_lora)
+        make_task = functools.partial(build_task, cfg.teacher, cfg.consistency, v,
+                                      stage1=str(stage1) if stage1_manifest else None)  # fmt: skip
         identity = {"dataset": dataset.digest, "teacher": teacher.digests, "motion_adapter": motion,
                     "stage1": stage1_manifest["digest"] if stage1_manifest else None}  # fmt: skip
         trained = job.train(make_task, data, v.train, inputs=identity, export_into=out.dir)

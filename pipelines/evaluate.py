@@ -47,9 +47,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from contracts import storage
 from contracts.digests import tree_digest
 from contracts.evalset import PROMPTS, item_seed, read_reference
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
+from contracts.mirror import local_copy
 from contracts.publish import staged_output
 from contracts.report import tables
 from pipelines import runtime
@@ -75,16 +77,18 @@ class EvalResult(JobResult):
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def read_checkpoint(path: Path) -> tuple[dict, str]:
-    """A checkpoint's manifest and its kind (``image`` or ``video``); raises naming what is wrong."""
+def read_checkpoint(location: str | Path) -> tuple[dict, str]:
+    """A checkpoint's manifest and its kind (``image`` or ``video``); raises naming what is wrong. An object-store
+    checkpoint is checked in its local copy (:func:`contracts.mirror.local_copy`, what the evaluators load)."""
+    path = local_copy(location)
     manifest = read_manifest(path)
     kind = EVALUATED.get(canonical(manifest.get("stage")) or "")
     if manifest.get("kind") != "checkpoint" or kind is None:
-        raise ValueError(f"--input {path}: a {manifest.get('kind')} ({manifest.get('stage', 'no stage')}); evaluate "
-                         "a stage-1 (alcm distill image) or stage-2 (alcm distill video) output")  # fmt: skip
+        raise ValueError(f"--input {location}: a {manifest.get('kind')} ({manifest.get('stage', 'no stage')}); "
+                         "evaluate a stage-1 (alcm distill image) or stage-2 (alcm distill video) output")  # fmt: skip
     needed = path / ("lora/pytorch_lora_weights.safetensors" if kind == "image" else "pipeline/model_index.json")
     if not needed.is_file():
-        raise FileNotFoundError(f"--input {path}: {needed.relative_to(path)} is missing")
+        raise FileNotFoundError(f"--input {location}: {needed.relative_to(path)} is missing")
     verify_files(path, manifest)
     return manifest, kind
 
@@ -188,7 +192,7 @@ class Evaluator:
         torch.set_num_threads(e.torch_threads)
         self.cfg, self.kind = cfg, kind
         self.device = "cuda" if e.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
-        ckpt, teacher_root = Path(checkpoint), cfg.teacher.pretrained_dir
+        ckpt, teacher_root = local_copy(checkpoint), cfg.teacher.pretrained_dir  # on this actor's node
         # the teacher's dtype (fp16 for sd15) on a GPU; CPU kernels want float32
         dtype = getattr(torch, cfg.teacher.dtype) if self.device == "cuda" else torch.float32
         if kind == "image":
@@ -405,7 +409,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
 
     t0 = time.monotonic()
     e = cfg.evaluate
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    input_dir, output_dir = runtime.input_location(input_dir), runtime.input_location(output_dir)
     ckpt_manifest, kind = read_checkpoint(input_dir)
     recorded = (ckpt_manifest.get("inputs") or {}).get("teacher", {}).get("digests")
     digests = teacher_digests(cfg.teacher)
@@ -434,7 +438,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
         actor_cls = ray.remote(num_cpus=e.cpus_per_worker, num_gpus=e.gpus_per_worker)(Evaluator)
         actors = [actor_cls.remote(cfg, str(input_dir), kind, motion_dir, frames, size) for _ in range(workers)]
         shards = [items[w::workers] for w in range(workers)]
-        log.info("evaluating %s (%s) on %d items × %s with %d actors", input_dir.name, kind, len(items),
+        log.info("evaluating %s (%s) on %d items × %s with %d actors", storage.basename(input_dir), kind, len(items),
                  {m: list(s) for m, s in methods_of(cfg, kind).items()}, workers)  # fmt: skip
         pending = {a.run.remote(shard, grid): w for w, (a, shard) in enumerate(zip(actors, shards, strict=True))}
         results_by_worker: dict[int, dict] = {}
@@ -501,9 +505,9 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
             config=to_dict(cfg), code_version=code_version(), files=[p.relative_to(staging).as_posix() for p in files],
             timings=timings, extra={"headline": report["headline"]},
         )  # fmt: skip
-        out.commit(manifest)
-    log.info("eval report: %s (%s)", output_dir / "report.md", json.dumps(report["headline"]))
-    return EvalResult(output=output_dir, manifest=manifest.to_dict(), report=report)
+        where = out.commit(manifest)
+    log.info("eval report: %s (%s)", storage.join(where, "report.md"), json.dumps(report["headline"]))
+    return EvalResult(output=where, manifest=manifest.to_dict(), report=report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ another resolution, other weights or other data encode anew.
 A cache is ``<cache_dir>/<key>/`` with ``data/part-NNNNN.parquet`` (one row per input row, in the dataset's order:
 the tensor columns and ``error``, "" when the row encoded, else ``reason: detail``) and ``cache.json`` (the counts
 by reason, the tensor columns written). It is written in a temporary directory renamed into place, so a concurrent
-run publishing the same key first wins and a killed run leaves no partial cache. The rows are written by the driver
+run publishing the same key first wins and a killed run leaves no partial cache. ``cache_dir`` may be an object-store
+URI: the cache is encoded locally, uploaded, and committed by writing ``cache.json`` last; the training workers'
+read tasks read it from there on any node. The rows are written by the driver
 in the dataset's order (:func:`write_in_order`): the order of a cache is the order the stages train in.
 
 Clips: the first ``frames`` frames of a clip, latents (C, F, h, w); images: latents (C, h, w). Captions: the text
@@ -28,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -40,6 +43,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
+from contracts import storage
 from contracts.digests import json_digest
 from filters.decode import DecodeConfig, decode_image
 from pipelines.config import to_dict
@@ -251,11 +255,13 @@ def _counts(reasons: Counter) -> dict:
     return {"rows": rows, "encoded": rows - sum(failed.values()), "failed": failed}
 
 
-def encode_cached(spec: EncodeSpec, files: list[Path], key: str, *, cache_dir: str, pool: EncodePool
-                  ) -> tuple[Path, dict]:  # fmt: skip
+def encode_cached(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, cache_dir: str, pool: EncodePool
+                  ) -> tuple[Path | str, dict]:  # fmt: skip
     """Encode the rows of ``files`` into ``cache_dir/<key>/`` unless it is there (see the module docstring); return
     its data directory and description (``cache.json``, with ``hit``: True when the cache was there and nothing was
-    encoded)."""
+    encoded). ``cache_dir`` may be an object-store URI (:func:`_encode_to_store`)."""
+    if storage.is_uri(cache_dir):
+        return _encode_to_store(spec, files, key, cache_dir=storage.normalize(cache_dir), pool=pool)
     root = Path(cache_dir) / key
     data_dir = root / "data"
     meta_file = root / "cache.json"
@@ -266,32 +272,7 @@ def encode_cached(spec: EncodeSpec, files: list[Path], key: str, *, cache_dir: s
     tmp = root.parent / f".{key}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        t = time.monotonic()
-        ds = ray.data.read_parquet([str(f) for f in files], columns=spec.columns)
-        # The cache keeps the dataset's row order (this dataset's own context: reads copy the global one), so the
-        # training data order, and with it the trained weights, do not depend on which encode actor finished first.
-        ds.context.execution_options.preserve_order = True
-        encoded = ds.map_batches(
-            Encoder,
-            fn_constructor_args=(spec, int(pool.cpus), pool.gpus > 0),
-            batch_size=pool.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool.actors),
-            num_cpus=pool.cpus,
-            num_gpus=pool.gpus,
-        )
-        written = write_in_order(encoded, tmp / "data")
-        errors = pq.read_table(tmp / "data", columns=["error"]).column("error").to_pylist()
-        if len(errors) != written:
-            raise RuntimeError(f"latent cache {tmp}: wrote {written} rows, read back {len(errors)}")
-        names = pq.read_schema(cache_files(tmp / "data")[0]).names
-        meta = {
-            "key": key,
-            "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
-            "columns": [c for c in CACHED_TENSORS if c in names],
-            "seconds": round(time.monotonic() - t, 1),
-        }
-        (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta = _encode(spec, files, key, tmp, pool)
         try:
             os.rename(tmp, root)
         except OSError:
@@ -305,6 +286,58 @@ def encode_cached(spec: EncodeSpec, files: list[Path], key: str, *, cache_dir: s
     log.info("encoded %d rows into %s in %.1f s (failed: %s)", meta["counts"]["encoded"], root, meta["seconds"],
              meta["counts"]["failed"] or "none")  # fmt: skip
     return data_dir, {**meta, "hit": False}
+
+
+def _encode_to_store(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, cache_dir: str,
+                     pool: EncodePool) -> tuple[str, dict]:  # fmt: skip
+    """:func:`encode_cached` into an object-store prefix: encoded in a local temporary directory, its files
+    uploaded to ``cache_dir/<key>/``, ``cache.json`` written last (a cache without it is unfinished and encoded
+    again; the files are deterministic, so two runs writing one key write the same bytes)."""
+    root = storage.join(cache_dir, key)
+    meta_file = storage.join(root, "cache.json")
+    if storage.is_file(meta_file):
+        meta = json.loads(storage.read_bytes(meta_file))
+        log.info("latent cache hit: %s (%d rows encoded)", root, meta["counts"]["encoded"])
+        return storage.join(root, "data"), {**meta, "hit": True}
+    with tempfile.TemporaryDirectory(prefix="alcm-latents-") as tmp:
+        meta = _encode(spec, files, key, Path(tmp), pool)
+        storage.delete_tree(storage.join(root, "data"))  # an unfinished attempt's files
+        storage.upload_tree(Path(tmp), root, skip=("cache.json",))
+        storage.write_bytes(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    log.info("encoded %d rows into %s in %.1f s (failed: %s)", meta["counts"]["encoded"], root, meta["seconds"],
+             meta["counts"]["failed"] or "none")  # fmt: skip
+    return storage.join(root, "data"), {**meta, "hit": False}
+
+
+def _encode(spec: EncodeSpec, files: list[Path] | list[str], key: str, tmp: Path, pool: EncodePool) -> dict:
+    """Encode the rows of ``files`` into ``tmp/data`` in their order and write ``tmp/cache.json``; return it."""
+    t = time.monotonic()
+    ds = ray.data.read_parquet([str(f) for f in files], columns=spec.columns)
+    # The cache keeps the dataset's row order (this dataset's own context: reads copy the global one), so the
+    # training data order, and with it the trained weights, do not depend on which encode actor finished first.
+    ds.context.execution_options.preserve_order = True
+    encoded = ds.map_batches(
+        Encoder,
+        fn_constructor_args=(spec, int(pool.cpus), pool.gpus > 0),
+        batch_size=pool.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool.actors),
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus,
+    )
+    written = write_in_order(encoded, tmp / "data")
+    errors = pq.read_table(tmp / "data", columns=["error"]).column("error").to_pylist()
+    if len(errors) != written:
+        raise RuntimeError(f"latent cache {tmp}: wrote {written} rows, read back {len(errors)}")
+    names = pq.read_schema(cache_files(tmp / "data")[0]).names
+    meta = {
+        "key": key,
+        "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
+        "columns": [c for c in CACHED_TENSORS if c in names],
+        "seconds": round(time.monotonic() - t, 1),
+    }
+    (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def write_in_order(ds: ray.data.Dataset, out_dir: Path, max_file_bytes: int = CACHE_FILE_BYTES) -> int:
@@ -334,15 +367,19 @@ def write_in_order(ds: ray.data.Dataset, out_dir: Path, max_file_bytes: int = CA
     return rows
 
 
-def cache_files(data_dir: Path) -> list[Path]:
-    """A cache's Parquet files in their order."""
-    files = sorted(Path(data_dir).glob("*.parquet"))
+def cache_files(data_dir: Path | str) -> list[Path] | list[str]:
+    """A cache's Parquet files in their order (URIs for a cache on an object store)."""
+    if storage.is_uri(data_dir):
+        files = [storage.join(data_dir, rel) for rel, _ in storage.list_files(str(data_dir))
+                 if rel.endswith(".parquet") and "/" not in rel]  # fmt: skip
+    else:
+        files = sorted(Path(data_dir).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"latent cache {data_dir}: no Parquet files")
     return files
 
 
-def cached_dataset(data_dir: Path, columns: list[str]) -> ray.data.Dataset:
+def cached_dataset(data_dir: Path | str, columns: list[str]) -> ray.data.Dataset:
     """The encoded rows of a cache (``error == ""``), tensor ``columns`` only, in the cache's order, read with
     light tasks."""
     ds = ray.data.read_parquet([str(f) for f in cache_files(data_dir)], columns=["error", *columns],
@@ -351,10 +388,11 @@ def cached_dataset(data_dir: Path, columns: list[str]) -> ray.data.Dataset:
     return ds.filter(expr=col("error") == "").select_columns(columns)
 
 
-def training_data(spec: EncodeSpec, files: list[Path], key: str, *, cache_dir: str, pool: EncodePool) -> TrainingData:
+def training_data(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, cache_dir: str,
+                  pool: EncodePool) -> TrainingData:  # fmt: skip
     """The encoded rows of ``files`` from the cache ``cache_dir/<key>`` (encoded first if it is not there)."""
     data_dir, meta = encode_cached(spec, files, key, cache_dir=cache_dir, pool=pool)
-    cache = {"path": str(data_dir.parent), "key": key, "seconds": meta["seconds"], "hit": meta["hit"]}
+    cache = {"path": str(data_dir)[: -len("/data")], "key": key, "seconds": meta["seconds"], "hit": meta["hit"]}
     return TrainingData(cached_dataset(data_dir, meta["columns"]), meta["counts"], cache)
 
 

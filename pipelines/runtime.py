@@ -52,10 +52,6 @@ CONFIG_ENV = "ALCM_CONFIG"
 LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "idle_worker_killing_time_threshold_ms": 600_000}
 
 
-#: The jobs whose every input and output may be an object-store URI (``contracts.storage``).
-OBJECT_STORE_JOBS = ("curate_images",)
-
-
 @dataclass(frozen=True)
 class JobResult:
     """What a job returns: where its output is and the manifest it wrote (as written: redacted)."""
@@ -68,12 +64,10 @@ class JobResult:
 def run_job(name: str, cfg: Config, input_dir: str | Path, output_dir: str | Path, *, overwrite: bool = False,
             **inputs: Path | None) -> JobResult:  # fmt: skip
     """Run stage ``name``'s job here with its settings taken from the whole config ``cfg`` (and ``cfg.ray``);
-    ``inputs``: the job's further input directories (``stage1=``, ``control_data=``, ...)."""
+    ``inputs``: the job's further input directories (``stage1=``, ``control_data=``, ...). Every location may be
+    a path or an object-store URI (:mod:`contracts.storage`)."""
     s = stage(name)
-    uris = [str(w) for w in (input_dir, output_dir, *inputs.values()) if w is not None and storage.is_uri(w)]
-    if uris and name not in OBJECT_STORE_JOBS:
-        raise ValueError(f"{name}: {uris[0]} is an object-store location, and only {', '.join(OBJECT_STORE_JOBS)} "
-                         "read and write object stores so far; use a path (a mounted bucket or a shared volume)")
+    inputs = {k: None if w is None else location(w) for k, w in inputs.items()}
     job = importlib.import_module(s.job)
     return job.run(s.settings_of(cfg), location(input_dir), location(output_dir), ray_config=cfg.ray,
                    overwrite=overwrite, **inputs)  # fmt: skip
@@ -83,6 +77,11 @@ def location(where: str | Path) -> str | Path:
     """A job's input or output location: an object-store URI stays a string (``contracts.storage``: a URI never
     passes through Path), anything else is a Path."""
     return storage.normalize(where) if storage.is_uri(where) else Path(where)
+
+
+def input_location(where: str | Path) -> str | Path:
+    """An input as jobs record it and hand it to their workers: a URI as it is, a path made absolute."""
+    return storage.normalize(where) if storage.is_uri(where) else Path(where).resolve()
 
 
 def connect(cfg: RayConfig | None = None) -> dict:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from contracts import storage
 from contracts.digests import json_digest, sha256_file
 from contracts.manifest import (
     Manifest,
@@ -44,9 +45,11 @@ from contracts.manifest import (
     checkpoint_digest,
     code_version,
     files_map,
+    output_root,
     read_manifest,
     verify_files,
 )
+from contracts.mirror import local_copy
 from contracts.publish import StagedOutput, staged_output
 from models.teacher_config import TeacherConfig
 from pipelines import runtime
@@ -69,11 +72,12 @@ PREVIEW_FIELDS = ("preview_prompts", "preview_steps")
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset a stage reads: where it is, its manifest, its Parquet files in order."""
+    """A dataset a stage reads: where it is (a path or a committed object-store output), its manifest, its Parquet
+    files in order (paths, or URIs that Ray Data's read tasks read directly on any node)."""
 
-    path: Path
+    path: Path | str
     manifest: dict
-    files: list[Path]
+    files: list[Path] | list[str]
 
     @property
     def digest(self) -> str:
@@ -85,42 +89,64 @@ class Dataset:
         return {"name": m.get("name"), "digest": m["digest"], "version": m.get("version"), "path": str(self.path)}
 
 
-def read_dataset(path: Path, *, columns: tuple[str, ...], what: str, option: str = "--input") -> Dataset:
+def read_dataset(path: str | Path, *, columns: tuple[str, ...], what: str, option: str = "--input") -> Dataset:
     """The dataset at ``path`` (``kept/*.parquet`` or, for recaptioned sets, ``captioned/*.parquet``, plus
-    ``manifest.json``), checked as the module docstring says; errors name ``option``, the path and ``what`` was
-    expected."""
-    path = Path(path).resolve()  # training workers may run elsewhere: an absolute path
-    if not path.is_dir():
-        raise FileNotFoundError(f"{option} {path} does not exist ({what})")
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(f"{option} {path}: no manifest.json; expected {what}")
+    ``manifest.json``; a directory or an object-store URI), checked as the module docstring says; errors name
+    ``option``, the path and ``what`` was expected."""
+    if storage.is_uri(path):
+        path = storage.normalize(path)
+        if not storage.is_file(storage.join(path, "manifest.json")):
+            raise FileNotFoundError(f"{option} {path}: no committed manifest.json; expected {what}")
+    else:
+        path = Path(path).resolve()  # training workers may run elsewhere: an absolute path
+        if not path.is_dir():
+            raise FileNotFoundError(f"{option} {path} does not exist ({what})")
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{option} {path}: no manifest.json; expected {what}")
     manifest = read_manifest(path)
     if "digest" not in manifest:
         raise ValueError(f"{option} {path}: manifest.json has no dataset digest; re-run the job that wrote it")
     verify_files(path, manifest)
-    files = sorted((path / "kept").glob("*.parquet")) or sorted((path / "captioned").glob("*.parquet"))
+    files = _parquet_files(path, manifest)
     if not files:
         raise FileNotFoundError(f"{option} {path}: no kept/*.parquet or captioned/*.parquet (the dataset kept no "
                                 "rows?)")  # fmt: skip
     check_listed(path, manifest, files)
-    names = pq.read_schema(files[0]).names
+    fs, first = storage.filesystem(str(files[0]))
+    names = pq.read_schema(first, filesystem=fs).names
     missing = [c for c in columns if c not in names]
     if missing:
         raise ValueError(f"{option} {path}: the Parquet files lack column(s) {missing}; expected {what}")
     return Dataset(path, manifest, files)
 
 
-def read_checkpoint(path: Path, *, stage: str, needs: tuple[str, ...], option: str, what: str) -> dict:
+def _parquet_files(path: str | Path, manifest: dict) -> list[Path] | list[str]:
+    if not storage.is_uri(path):
+        return sorted((path / "kept").glob("*.parquet")) or sorted((path / "captioned").glob("*.parquet"))
+    root = output_root(path, manifest)
+    for top in ("kept", "captioned"):
+        found = [storage.join(root, top, rel) for rel, _ in storage.list_files(storage.join(root, top))
+                 if rel.endswith(".parquet") and "/" not in rel]  # fmt: skip
+        if found:
+            return found
+    return []
+
+
+def read_checkpoint(path: str | Path, *, stage: str, needs: tuple[str, ...], option: str, what: str) -> dict:
     """The manifest of ``stage``'s output at ``path`` (``needs``: files it must hold, relative to it), its files
-    checked against their recorded digests; errors name ``option`` and ``what`` was expected."""
-    path = Path(path).resolve()
-    if not (path / "manifest.json").is_file() or not all((path / n).is_file() for n in needs):
+    checked against their recorded digests; errors name ``option`` and ``what`` was expected. An object-store
+    output is checked in its local copy (:func:`contracts.mirror.local_copy`, which the loaders read)."""
+    if storage.is_uri(path):
+        local = local_copy(path) if storage.is_file(storage.join(path, "manifest.json")) else None
+    else:
+        local = Path(path).resolve()
+    if local is None or not (local / "manifest.json").is_file() or not all((local / n).is_file() for n in needs):
         raise FileNotFoundError(f"{option} {path}: expected {what} (manifest.json and {', '.join(needs)})")
-    manifest = read_manifest(path)
+    manifest = read_manifest(local)
     if canonical(manifest.get("stage")) != stage:
         raise ValueError(f"{option} {path}: manifest stage is {manifest.get('stage')!r}, not {stage}'s; expected "
                          f"{what}")  # fmt: skip
-    verify_files(path, manifest)
+    verify_files(local, manifest)
     return manifest
 
 
@@ -184,7 +210,8 @@ class StageJob:
 
     def __init__(self, stage: str, settings: Any, output_dir: Path, *, overwrite: bool = False) -> None:
         self.stage, self.settings = stage, settings
-        self.output_dir = Path(output_dir).resolve()
+        self.output_dir = storage.normalize(output_dir) if storage.is_uri(output_dir) else Path(output_dir).resolve()
+        self.output_name = storage.basename(self.output_dir)
         self.overwrite = overwrite
         self.timings: dict[str, float] = {}
         self.loss_history: dict[str, list[list[float]]] = {}
@@ -236,7 +263,7 @@ class StageJob:
 
         if self._out is None:
             raise RuntimeError("StageJob.train runs inside StageJob.output (the export goes into the staged output)")
-        label = label or self.output_dir.name
+        label = label or self.output_name
         cfg = dataclasses.replace(train, name=run_name(self.settings, self.stage, label, inputs))
         scratch = self._out.dir / f".export-{label}"  # inside the staged output: a failed job leaves nothing
         log.info("%s: run %s under %s, %d steps on %d workers", self.stage, cfg.name, cfg.storage_path, cfg.steps,

@@ -64,6 +64,7 @@ from typing import Any
 
 from contracts import storage
 from contracts.manifest import PROJECT_ROOT, read_manifest
+from contracts.mirror import local_copy
 from registry import mlflow_view
 
 log = logging.getLogger(__name__)
@@ -456,7 +457,7 @@ class Registry:
         entry = self.get(ref)
         if entry.kind != CHECKPOINT:
             raise RegistryError(f"{entry.ref} is a {entry.type}, not a checkpoint: only checkpoints are evaluated")
-        report_dir = Path(report_dir)
+        report_dir = local_copy(report_dir)  # an object-store report is read from its local copy
         report_manifest = read_manifest(report_dir)
         report = json.loads((report_dir / "report.json").read_text())
         if report["checkpoint"]["digest"] != entry.digest:

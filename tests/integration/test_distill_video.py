@@ -264,3 +264,49 @@ def test_the_distill_video_flow_publishes_its_summary(stage2, videos_with_a_brok
 
     found = asyncio.run(artifacts())
     assert found and "Stage 2" in found[-1].data and m["inputs"]["dataset"]["digest"] in found[-1].data
+
+
+def _upload(s3, local: Path, bucket: str, prefix: str) -> str:
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        s3.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(local).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def test_stage2_on_object_storage_trains_the_same_weights(stage2, videos_with_a_broken_clip, stage1_dir, motion_dir,
+                                                          s3_server, tmp_path):  # fmt: skip
+    """Dataset, stage-1 checkpoint, latent cache and output on S3 (moto's server, reached with only the standard
+    AWS_* environment; the job in its own process with its own Ray, as a submitted job runs): the same rows, the
+    inputs recorded as their URIs, the cache committed by its cache.json, and the same motion weights as the run on
+    local files."""
+    import os
+    import subprocess
+    import sys
+
+    from contracts import storage
+    from contracts.manifest import output_root, read_manifest
+
+    s3_server.create_bucket(Bucket="stage2")
+    data = _upload(s3_server, videos_with_a_broken_clip[0], "stage2", "curated")
+    stage1 = _upload(s3_server, stage1_dir[0], "stage2", "stage1")
+    out = "s3://stage2/checkpoints/stage2"
+    overrides = [o for o in _overrides(tmp_path, motion_dir) if ".cache_dir=" not in o]
+    args = [sys.executable, "-m", "pipelines.distill_video", "--input", data, "--stage1", stage1, "--output", out,
+            "--config", "toy", *(a for o in [*overrides, "distill_video.cache_dir=s3://stage2/cache"]
+                                 for a in ("--set", o))]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALCM_", "RAY_ADDRESS"))}
+    env["ALCM_MIRROR_DIR"] = str(tmp_path / "mirror")
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    local, _ = stage2
+    m = read_manifest(out)
+    assert m["counts"] == local.manifest["counts"]
+    assert m["inputs"]["dataset"]["path"] == data and m["inputs"]["stage1"]["path"] == stage1
+    assert m["inputs"]["dataset"]["digest"] == local.manifest["inputs"]["dataset"]["digest"]
+    assert m["latent_cache"]["path"].startswith("s3://stage2/cache/") and not m["latent_cache"]["hit"]
+    assert storage.is_file(storage.join(m["latent_cache"]["path"], "cache.json"))
+    weights = [rel for rel in m["files"] if rel.startswith("motion_adapter/") and rel.endswith(".safetensors")]
+    assert weights and all(m["files"][rel] == local.manifest["files"][rel] for rel in weights)
+    root = output_root(out)
+    assert {rel for rel, _ in storage.list_files(root)} == set(m["files"]) | {"manifest.json"}
+    assert storage.sha256(storage.join(root, weights[0])) == m["files"][weights[0]]
+    assert (tmp_path / "mirror").is_dir()  # the stage-1 LoRA was loaded from its verified local copy

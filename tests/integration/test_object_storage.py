@@ -126,9 +126,67 @@ def test_a_killed_writer_leaves_nothing_published_and_the_next_job_collects_its_
     assert json.loads(storage.read_bytes(f"{dest}/manifest.json"))["digest"] == "sha256:3"
 
 
-def test_jobs_not_yet_on_object_storage_refuse_a_uri_naming_it(bucket):
-    from pipelines.config import load_config
-    from pipelines.runtime import run_job
+def _commit(dest: str, files: dict[str, bytes], **fields) -> None:
+    from contracts.digests import sha256_file
 
-    with pytest.raises(ValueError, match=r"distill_image: s3://alcm-data/x is an object-store location"):
-        run_job("distill_image", load_config("toy"), f"{bucket}/x", "/tmp/never")
+    with staged_output(dest, overwrite=True) as out:
+        for rel, data in files.items():
+            (out.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out.dir / rel).write_bytes(data)
+        listed = {rel: sha256_file(out.dir / rel) for rel in files}
+        out.commit({"name": "t", "kind": "checkpoint", "digest": "sha256:" + "a" * 64, "files": listed, **fields})
+
+
+def test_a_link_reads_as_the_output_it_names_and_never_replaces_a_real_one(bucket):
+    from contracts.publish import link_output
+
+    target, link = f"{bucket}/work/runs/x/k1", f"{bucket}/work/latest"
+    _commit(target, {"lora/w.bin": b"weights"})
+    link_output(target, link)
+    manifest = read_manifest(link)
+    assert manifest["link_to"] == target and manifest["digest"] == read_manifest(target)["digest"]
+    assert output_root(link) == output_root(target)  # readers follow it to the target's attempt
+    assert storage.read_bytes(storage.join(output_root(link), "lora/w.bin")) == b"weights"
+    assert _files(link) == {"manifest.json"}  # one object, no copy of the files
+    with pytest.raises(FileExistsError, match="holds an output of its own"):
+        link_output(target, f"{bucket}/work/runs/x/k1")
+    # Overwriting the link's own location by a job never deletes the target's files.
+    _commit(link, {"other.txt": b"replaced"})
+    assert storage.read_bytes(storage.join(output_root(target), "lora/w.bin")) == b"weights"
+
+
+def test_a_local_copy_is_verified_made_once_and_made_anew_after_an_overwrite(bucket, tmp_path, monkeypatch):
+    from contracts.manifest import IntegrityError, verify_files
+    from contracts.mirror import local_copy
+
+    monkeypatch.setenv("ALCM_MIRROR_DIR", str(tmp_path / "mirror"))
+    dest = f"{bucket}/checkpoints/c1"
+    _commit(dest, {"lora/w.bin": b"v1", "pipeline/model_index.json": b"{}"})
+    first = local_copy(dest)
+    assert (first / "lora/w.bin").read_bytes() == b"v1"
+    assert read_manifest(first)["digest"] == read_manifest(dest)["digest"]
+    assert local_copy(dest) == first and verify_files(dest) == 2
+    _commit(dest, {"lora/w.bin": b"v2", "pipeline/model_index.json": b"{}"})
+    second = local_copy(dest)
+    assert second != first and (second / "lora/w.bin").read_bytes() == b"v2"
+    # A changed object is caught naming it, whether read in place or copied.
+    storage.write_bytes(storage.join(output_root(dest), "lora/w.bin"), b"tampered")
+    with pytest.raises(IntegrityError, match="lora/w.bin: content digest"):
+        verify_files(dest)
+    storage.delete_tree(str(second))
+    with pytest.raises(IntegrityError, match="lora/w.bin"):
+        local_copy(dest)
+    assert not any(p.name.startswith(".") for p in (tmp_path / "mirror").iterdir())  # no half copy left
+
+
+def test_a_raw_prefix_listing_digest_changes_with_a_new_object_and_reads_nothing(bucket):
+    from flows.retrain import listing_digest
+
+    prefix = f"{bucket}/listing/raw"
+    storage.write_bytes(f"{prefix}/a.parquet", b"1")
+    before = listing_digest(prefix)
+    assert listing_digest(prefix) == before
+    storage.write_bytes(f"{prefix}/b/c.tar", b"2")
+    assert listing_digest(prefix) != before
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        listing_digest(f"{bucket}/listing/missing")
