@@ -15,6 +15,10 @@ Stages and where they run:
 4. **write**: ``kept/*.parquet`` (kept clips with frame bytes and scores), ``audit/*.parquet`` (every clip, no
    frame bytes), then ``manifest.json``, all into a staging directory renamed into place at the end.
 
+The input and the output may be object-store URIs (``s3://bucket/prefix``): sources are discovered from a listing
+and each read task copies its one source to a temporary directory (:mod:`pipelines.video_ingest`); the tables are
+written under the output's attempt prefix and committed by writing its manifest last (:mod:`contracts.publish`).
+
 Invariant (checked before publishing): every input appears in the audit (``parent_id``), every clip once, and
 kept + rejected + quarantined = clips.
 """
@@ -28,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from contracts import storage
 from contracts.digests import rows_digest
 from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
@@ -44,7 +48,13 @@ from pipelines.data_config import RayConfig
 from pipelines.recaption import candidate_positions
 from pipelines.runtime import JobResult
 from pipelines.stages import CurateVideosSettings
-from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, inputs_with_digests
+from pipelines.video_ingest import (
+    CutPolicy,
+    discover_inputs,
+    ingest_dataset,
+    inputs_with_digests,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +183,12 @@ KEPT_COLUMNS = [
 """Columns of ``kept/*.parquet``."""
 
 
-def run(cfg: CurateVideosSettings, input_dir: Path, output_dir: Path, *,
+def run(cfg: CurateVideosSettings, input_dir: str | Path, output_dir: str | Path, *,
         ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
     """Curate the text-video inputs under ``input_dir`` into ``output_dir`` (see the module docstring).
     ``ray_config``: how to reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    input_dir, output_dir = runtime.input_location(input_dir), runtime.input_location(output_dir)
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
         return _run(cfg, ray_config or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
@@ -186,7 +196,7 @@ def run(cfg: CurateVideosSettings, input_dir: Path, output_dir: Path, *,
 
 def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,
          t0) -> JobResult:  # fmt: skip
-    staging = out.dir
+    staging = out.location  # written where every node can write: the object-store attempt prefix, or the staging dir
     vc = cfg.curate_videos
     timings: dict[str, float] = {}
     log.info("curating videos: %d sources under %s (%d other files ignored)", len(sources), input_dir, len(ignored))
@@ -220,9 +230,9 @@ def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_
     kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(
         KEPT_COLUMNS, num_cpus=LIGHT_CPUS
     )
-    kept.write_parquet(str(staging / "kept"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
+    kept.write_parquet(out.path("kept"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
     audit = ds.drop_columns(["frames", "control"], num_cpus=LIGHT_CPUS)
-    audit.write_parquet(str(staging / "audit"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
+    audit.write_parquet(out.path("audit"), max_rows_per_file=vc.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
     manifest.files = files_map(staging, ("kept", "audit"))
@@ -236,12 +246,8 @@ def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_
 
 
 def _manifest(cfg: CurateVideosSettings, input_dir, root, staging, sources, ignored, *, timings, t0) -> Manifest:
-    audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
-    kept = (
-        pq.read_table(staging / "kept", columns=["key", "caption", "frame_indices"])
-        if any((staging / "kept").glob("*.parquet"))
-        else pa.table({"key": [], "caption": [], "frame_indices": []})
-    )
+    audit = read_table(storage.join(staging, "audit"), ["id", "parent_id", "key", "decision", "reasons"])
+    kept = read_table(storage.join(staging, "kept"), ["key", "caption", "frame_indices"])
     decisions = check_accounting(audit.column("id").to_pylist(), audit.column("decision").to_pylist(),
                                  kept.column("key").to_pylist())  # fmt: skip
     reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)

@@ -14,6 +14,10 @@ Stages and where they run:
    frame bytes: decision, reasons, error), then ``manifest.json``; all into a staging directory renamed into
    place at the end.
 
+The input and the output may be object-store URIs (``s3://bucket/prefix``): sources are discovered from a listing
+and each read task copies its one source to a temporary directory (:mod:`pipelines.video_ingest`); the tables are
+written under the output's attempt prefix and committed by writing its manifest last (:mod:`contracts.publish`).
+
 Every input row is accounted for: each appears in the audit (as one clip, or one per scene-cut segment when the
 input was split), and captioned + rejected + quarantined clips = audit rows (checked before publishing).
 """
@@ -26,9 +30,9 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from contracts import storage
 from contracts.digests import rows_digest
 from contracts.manifest import Manifest, code_version, files_map
 from contracts.publish import staged_output
@@ -41,7 +45,14 @@ from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
 from pipelines.runtime import JobResult
 from pipelines.stages import RecaptionSettings
-from pipelines.video_ingest import CutPolicy, discover_inputs, ingest_dataset, inputs_with_digests, meta_json
+from pipelines.video_ingest import (
+    CutPolicy,
+    discover_inputs,
+    ingest_dataset,
+    inputs_with_digests,
+    meta_json,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +187,12 @@ CAPTIONED_COLUMNS = [
 """Columns of ``captioned/*.parquet``."""
 
 
-def run(cfg: RecaptionSettings, input_dir: Path, output_dir: Path, *,
+def run(cfg: RecaptionSettings, input_dir: str | Path, output_dir: str | Path, *,
         ray_config: RayConfig | None = None, overwrite: bool = False) -> JobResult:  # fmt: skip
     """Recaption the clips under ``input_dir`` into ``output_dir`` (see the module docstring). ``ray_config``: how to
     reach Ray (default: a local Ray)."""
     t0 = time.monotonic()
-    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    input_dir, output_dir = runtime.input_location(input_dir), runtime.input_location(output_dir)
     root, sources, ignored = discover_inputs(input_dir, cfg.video)
     with staged_output(output_dir, overwrite=overwrite) as out:
         return _run(cfg, ray_config or RayConfig(), input_dir, root, output_dir, out, sources, ignored, t0)
@@ -189,7 +200,7 @@ def run(cfg: RecaptionSettings, input_dir: Path, output_dir: Path, *,
 
 def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir, out, sources, ignored,
          t0) -> JobResult:  # fmt: skip
-    staging = out.dir
+    staging = out.location  # written where every node can write: the object-store attempt prefix, or the staging dir
     rc = cfg.recaption
     timings: dict[str, float] = {}
     log.info("recaptioning %d sources under %s with %s (%s)", len(sources), input_dir, cfg.captioner.name,
@@ -225,9 +236,9 @@ def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir
     kept = ds.filter(expr=f"decision == '{KEPT}'", num_cpus=LIGHT_CPUS).select_columns(
         CAPTIONED_COLUMNS, num_cpus=LIGHT_CPUS
     )
-    kept.write_parquet(str(staging / "captioned"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
+    kept.write_parquet(out.path("captioned"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
     audit = ds.drop_columns(["frames", "control"], num_cpus=LIGHT_CPUS)
-    audit.write_parquet(str(staging / "audit"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
+    audit.write_parquet(out.path("audit"), max_rows_per_file=rc.rows_per_file, ray_remote_args=light)
     timings["write_s"] = time.monotonic() - t
     manifest = _manifest(cfg, input_dir, root, staging, sources, ignored, timings=timings, t0=t0)
     manifest.files = files_map(staging, ("captioned", "audit"))
@@ -239,13 +250,8 @@ def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir
 
 
 def _manifest(cfg: RecaptionSettings, input_dir, root, staging, sources, ignored, *, timings, t0) -> Manifest:
-    audit = pq.read_table(staging / "audit", columns=["id", "parent_id", "key", "decision", "reasons"])
-    has_kept = any((staging / "captioned").glob("*.parquet"))
-    kept = (
-        pq.read_table(staging / "captioned", columns=["key", "caption", "frame_indices", "parent_id"])
-        if has_kept
-        else pa.table({"key": [], "caption": [], "frame_indices": [], "parent_id": []})
-    )
+    audit = read_table(storage.join(staging, "audit"), ["id", "parent_id", "key", "decision", "reasons"])
+    kept = read_table(storage.join(staging, "captioned"), ["key", "caption", "frame_indices", "parent_id"])
     decisions = check_accounting(audit.column("id").to_pylist(), audit.column("decision").to_pylist(),
                                  kept.column("key").to_pylist())  # fmt: skip
     reasons = Counter(r for rs in audit.column("reasons").to_pylist() for r in rs)

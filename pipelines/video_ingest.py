@@ -16,6 +16,11 @@ For each raw row of :mod:`pipelines.video_sources` (a video file's bytes, or a T
    the same resize/crop as the frames, stored with the clip (``control``), or from a pluggable pose annotator.
 
 Bad data never raises: a row that cannot be read becomes a quarantined clip with its reason and error text.
+
+Inputs and outputs may be object-store URIs (``s3://...``, :mod:`contracts.storage`): sources are discovered from a
+listing, each read task copies the files of its one source into a temporary directory
+(:func:`pipelines.video_sources.localize`) and reads them there with the local readers; the jobs write their tables
+to the staged output's location (the attempt prefix on an object store) and read them back with :func:`read_table`.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
+from contracts import storage
 from contracts.digests import file_digest
 from filters.video_rules import detect_cuts, motion_score, split_segments
 from models.pose import PoseConfig, build_pose_annotator, default_limb_width, parse_pose_json, render_pose
@@ -46,7 +54,8 @@ from models.video_io import (
     video_info,
 )
 from pipelines.config import ClipConfig
-from pipelines.video_sources import VideoSource, discover_videos, read_video_source
+from pipelines.sources import input_root
+from pipelines.video_sources import VideoSource, discover_videos, localize, read_video_source
 
 log = logging.getLogger(__name__)
 
@@ -260,27 +269,32 @@ def to_table(rows: list[dict]) -> pa.Table:
 def read_ingest(
     items: pa.Table, *, root: str, cfg: ClipConfig, cuts: CutPolicy, pose: PoseConfig, chunk: int
 ) -> Iterator[pa.Table]:
-    """Ray Data task: read each source of ``items`` and ingest its rows, yielding tables of up to ``chunk`` clips."""
+    """Ray Data task: read each source of ``items`` and ingest its rows, yielding tables of up to ``chunk`` clips.
+    ``root``: the input root, a directory or an object-store prefix (each source is then copied to a temporary
+    directory first: one task, one source; the clip rows carry bytes, never paths into it)."""
     annotator = build_pose_annotator(pose) if pose.source == "annotator" else None
     rows: list[dict] = []
     for item in items.to_pylist():
         source = VideoSource(kind=item["kind"], path=item["path"], items=tuple(item["items"] or ()))
-        for raw in read_video_source(Path(root), source, max_bytes=cfg.max_bytes):
-            rows.extend(ingest_row(Path(root), raw, cfg, cuts, pose, annotator))
-            if len(rows) >= chunk:
-                yield to_table(rows)
-                rows = []
+        with tempfile.TemporaryDirectory(prefix="alcm-video-source-") as tmp:
+            local = localize(root, source, Path(tmp)) if storage.is_uri(root) else Path(root)
+            for raw in read_video_source(local, source, max_bytes=cfg.max_bytes):
+                rows.extend(ingest_row(local, raw, cfg, cuts, pose, annotator))
+                if len(rows) >= chunk:
+                    yield to_table(rows)
+                    rows = []
     if rows:
         yield to_table(rows)
 
 
-def discover_inputs(input_dir: Path, cfg: ClipConfig) -> tuple[Path, list[VideoSource], list[str]]:
-    """The video sources under ``input_dir`` (a directory, a video file or a tar) with the root they are read from
-    and the files that are not inputs; raises naming the directory when there is nothing to read."""
+def discover_inputs(input_dir: str | Path, cfg: ClipConfig) -> tuple[str | Path, list[VideoSource], list[str]]:
+    """The video sources under ``input_dir`` (a directory, a video file or a tar; or an object-store prefix or
+    object) with the root they are read from and the files that are not inputs; raises naming the location when
+    there is nothing to read."""
     sources, ignored = discover_videos(input_dir, chunk=cfg.chunk)
     if not sources:
         raise FileNotFoundError(f"input {input_dir}: no videos, tars or TikTok-style frame sequences found")
-    return (input_dir if input_dir.is_dir() else input_dir.parent), sources, ignored
+    return input_root(input_dir), sources, ignored
 
 
 def source_items(sources: list[VideoSource]) -> list[dict]:
@@ -289,7 +303,7 @@ def source_items(sources: list[VideoSource]) -> list[dict]:
 
 
 def ingest_dataset(
-    root: Path,
+    root: str | Path,
     sources: list[VideoSource],
     cfg: ClipConfig,
     *,
@@ -316,23 +330,54 @@ def meta_json(value: dict) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def inputs_with_digests(root: Path, sources) -> list[dict]:
-    """Manifest ``inputs``: each source with a content digest of what it read."""
+def read_table(location: str | Path, columns: list[str]) -> pa.Table:
+    """``columns`` of the Parquet files under ``location`` (a directory or an object-store prefix); an empty table
+    of those columns when it holds none (a job that kept no clip writes no file)."""
+    if not any(rel.endswith(".parquet") for rel, _ in storage.list_files(str(location))):
+        return pa.table({c: [] for c in columns})
+    fs, path = storage.filesystem(str(location))
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def inputs_with_digests(root: str | Path, sources) -> list[dict]:
+    """Manifest ``inputs``: each source with a content digest of what it read (the same for a directory and for an
+    object-store prefix holding the same files)."""
     out = []
     for s in sources:
         if s.kind == "tar":
-            out.append({"path": s.path, "kind": s.kind, "digest": file_digest(root / s.path)})
+            out.append({"path": s.path, "kind": s.kind, "digest": _digest(root, s.path)})
         elif s.kind in ("video", "tiktok"):
             h = hashlib.sha256()
-            for rel in s.items:
-                p = root / rel
-                files = sorted(q for q in p.rglob("*") if q.is_file() and not q.is_symlink()) if p.is_dir() else [p]
-                for f in files:
-                    try:
-                        h.update(f"{f.relative_to(root).as_posix()}\0{file_digest(f)}\n".encode())
-                    except OSError:
-                        h.update(f"{f.relative_to(root).as_posix()}\0unreadable\n".encode())
+            for rel in _item_files(root, s.kind, s.items):
+                try:
+                    h.update(f"{rel}\0{_digest(root, rel)}\n".encode())
+                except OSError:
+                    h.update(f"{rel}\0unreadable\n".encode())
             out.append({"path": s.path, "kind": s.kind, "items": len(s.items), "digest": "sha256:" + h.hexdigest()})
         else:
             out.append({"path": s.path, "kind": s.kind, "digest": None})
     return out
+
+
+def _item_files(root: str | Path, kind: str, items: tuple[str, ...]) -> Iterator[str]:
+    """The files of each item (a video file; every file under a sequence directory), relative to ``root``, in the
+    order of a sorted local walk."""
+    for rel in items:
+        if not storage.is_uri(root):
+            p = Path(root) / rel
+            files = sorted(q for q in p.rglob("*") if q.is_file() and not q.is_symlink()) if p.is_dir() else [p]
+            yield from (f.relative_to(root).as_posix() for f in files)
+        elif kind == "tiktok":
+            prefix = root if rel == "." else storage.join(root, rel)
+            under = [PurePosixPath(rel, f).as_posix() for f, _ in storage.list_files(prefix)]
+            yield from sorted(under, key=lambda f: PurePosixPath(f).parts)
+        else:
+            yield rel
+
+
+def _digest(root: str | Path, rel: str) -> str:
+    """``sha256:`` of the input file ``rel`` under ``root`` (a directory or an object-store prefix; a source's
+    absolute local path as it is)."""
+    if storage.is_uri(root):
+        return "sha256:" + storage.sha256(storage.join(root, rel))
+    return file_digest(Path(root) / rel)

@@ -18,6 +18,10 @@ the input root (absolute, ``..``, symlinks, devices) are never opened; tar membe
 extracted. Files that are none of the above are returned by :func:`discover_videos` as ignored, never dropped
 silently. This module only reads bytes and lists files: decoding (and ``undecodable``) is the decode stage's job.
 
+The root may be an object-store prefix (``s3://...``, :mod:`contracts.storage`): :func:`discover_videos` finds the
+same sources from a listing, and :func:`localize` copies the files of one source into a local directory, which the
+same readers then read, so a prefix gives the same rows as a local copy of it.
+
 A row's ``id`` is ``<label>#<index>`` with a six-digit index: the sequence directory or the video file (index 0),
 or the tar with the reading-order index of the row in it; ids are unique and sort in reading order.
 """
@@ -34,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from contracts import storage
 from pipelines.sources import caption_text, inside_root, unsafe_member
 
 log = logging.getLogger(__name__)
@@ -147,26 +152,22 @@ def _sequence_of(rel_dir: str, sequences: set[str]) -> str | None:
     return None
 
 
-def discover_videos(root: Path, *, chunk: int = 64) -> tuple[list[VideoSource], list[str]]:
+def discover_videos(root: Path | str, *, chunk: int = 64) -> tuple[list[VideoSource], list[str]]:
     """Walk ``root`` (a directory, or a single video file or .tar) and return the sources to read, in sorted order,
     plus the relative paths of files that are not inputs (reported in the manifest, never silently dropped).
 
-    Video files and TikTok sequences are grouped per directory into chunks of at most ``chunk`` items.
+    Video files and TikTok sequences are grouped per directory into chunks of at most ``chunk`` items. ``root`` may
+    be an object-store prefix (or a single object): the same sources, from a listing (:func:`_discover_remote`).
     """
-    root = Path(root)
     if chunk < 1:
         raise ValueError(f"chunk={chunk}: must be >= 1")
+    if storage.is_uri(root):
+        return _discover_remote(str(root), chunk=chunk)
+    root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"input {root} does not exist")
     if root.is_file():
-        ext = root.suffix.lower()
-        if ext == ".tar":
-            return [VideoSource("tar", str(root))], []
-        if ext in VIDEO_EXTS:
-            return [VideoSource("video", str(root), (str(root),))], []
-        raise ValueError(
-            f"input {root}: a single input file must be a video ({', '.join(VIDEO_EXTS)}) or .tar (or pass a directory)"
-        )
+        return _single_source(str(root), str(root)), []
     sources: list[VideoSource] = []
     ignored: list[str] = []
     videos: dict[str, list[str]] = defaultdict(list)
@@ -216,6 +217,13 @@ def discover_videos(root: Path, *, chunk: int = 64) -> tuple[list[VideoSource], 
                 continue  # sidecars, read with their video
             else:
                 ignored.append(rel)
+    return _chunked(root, sources, ignored, seq_groups, videos, chunk)
+
+
+def _chunked(root: Path | str, sources: list[VideoSource], ignored: list[str], seq_groups: dict[str, list[str]],
+             videos: dict[str, list[str]], chunk: int) -> tuple[list[VideoSource], list[str]]:  # fmt: skip
+    """``sources`` plus the sequences (per parent directory) and video files (per directory) in chunks of at most
+    ``chunk``, all sorted; the ignored files sorted."""
     for parent, seqs in seq_groups.items():
         for start in range(0, len(seqs), chunk):
             sources.append(VideoSource("tiktok", parent, tuple(seqs[start : start + chunk])))
@@ -224,15 +232,98 @@ def discover_videos(root: Path, *, chunk: int = 64) -> tuple[list[VideoSource], 
             sources.append(VideoSource("video", folder, tuple(files[start : start + chunk])))
     sources.sort(key=lambda s: (s.path, s.kind, s.items[:1]))
     ignored.sort()
-    log.info(
-        "found %d video sources (%d sequences, %d video files) and %d ignored files under %s",
-        len(sources),
-        len(sequences),
-        sum(len(v) for v in videos.values()),
-        len(ignored),
-        root,
-    )
+    n_seqs, n_videos = sum(len(v) for v in seq_groups.values()), sum(len(v) for v in videos.values())
+    log.info("found %d video sources (%d sequences, %d video files) and %d ignored files under %s", len(sources),
+             n_seqs, n_videos, len(ignored), root)  # fmt: skip
     return sources, ignored
+
+
+def _single_source(location: str, ref: str) -> list[VideoSource]:
+    """The one source of a root that is a single file, named ``ref`` (its local path, or an object's name)."""
+    ext = PurePosixPath(ref).suffix.lower()
+    if ext == ".tar":
+        return [VideoSource("tar", ref)]
+    if ext in VIDEO_EXTS:
+        return [VideoSource("video", ref, (ref,))]
+    raise ValueError(f"input {location}: a single input file must be a video ({', '.join(VIDEO_EXTS)}) or .tar (or "
+                     "pass a directory)")  # fmt: skip
+
+
+def _discover_remote(root: str, *, chunk: int) -> tuple[list[VideoSource], list[str]]:
+    """:func:`discover_videos` of an object-store prefix (or a single object), from one listing: a "directory" is a
+    key prefix, there are no symlinks, and names starting with ``.`` are skipped as on a file system."""
+    if storage.is_file(root):
+        return _single_source(root, root.rsplit("/", 1)[1]), []
+    files = [rel for rel, _ in storage.list_files(root) if not any(p.startswith(".") for p in rel.split("/"))]
+    if not files:
+        raise FileNotFoundError(f"input {root} does not exist or holds no files")
+    sequences = _remote_sequences(files)
+    sources: list[VideoSource] = []
+    ignored: list[str] = []
+    videos: dict[str, list[str]] = defaultdict(list)
+    seq_groups: dict[str, list[str]] = defaultdict(list)
+    for seq in sorted(sequences, key=lambda d: PurePosixPath(d).parts):
+        seq_groups[PurePosixPath(seq).parent.as_posix()].append(seq)
+    for rel in files:
+        rel_dir = PurePosixPath(rel).parent.as_posix()
+        seq = _sequence_of(rel_dir, sequences)
+        ext = PurePosixPath(rel).suffix.lower()
+        if seq is not None:
+            if not _is_sequence_part(PurePosixPath(rel).relative_to(seq).parts):
+                ignored.append(rel)
+        elif ext == ".tar":
+            sources.append(VideoSource("tar", rel))
+        elif ext in VIDEO_EXTS:
+            videos[rel_dir].append(rel)
+        elif ext not in _SIDECAR_EXTS:  # sidecars are read with their video
+            ignored.append(rel)
+    return _chunked(root, sources, ignored, seq_groups, videos, chunk)
+
+
+def _remote_sequences(files: list[str]) -> set[str]:
+    """The sequence directories (relative, ``.`` for the root) among listed ``files``: the prefixes with keys under
+    ``PREFIX/images/``, outermost first as in a top-down walk (a prefix inside a sequence is part of it)."""
+    candidates = set()
+    for rel in files:
+        parts = rel.split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part == "images":
+                candidates.add("/".join(parts[:i]) or ".")
+    return {d for d in candidates if not any(p.as_posix() in candidates for p in PurePosixPath(d).parents)}
+
+
+def localize(root: str, source: VideoSource, into: Path) -> Path:
+    """Copy the files one source reads from the object-store prefix ``root`` to ``into/<root's last name>`` (a
+    sequence at the root is keyed by that name); return that directory, to read the source from. A tar is copied
+    whole, a video with its sidecars, a sequence with its frames, poses, masks and caption (``densepose/``, only
+    checked for presence, as an empty folder). The reader checks sizes after, as for a local copy of the prefix."""
+    (local := into / (storage.basename(root) or "root")).mkdir(parents=True, exist_ok=True)
+    if source.kind == "tar":
+        storage.download(storage.join(root, source.path), local / source.path)
+    elif source.kind == "video":
+        for rel in source.items:
+            storage.download(storage.join(root, rel), local / rel)
+            for ext in _SIDECAR_EXTS:
+                sidecar = PurePosixPath(rel).with_suffix(ext).as_posix()
+                if storage.is_file(storage.join(root, sidecar)):
+                    storage.download(storage.join(root, sidecar), local / sidecar)
+    elif source.kind == "tiktok":
+        for seq in source.items:
+            _localize_sequence(root, seq, local)
+    elif source.kind != "unsafe":
+        raise ValueError(f"unknown video source kind {source.kind!r}; expected tiktok, video, tar or unsafe")
+    return local
+
+
+def _localize_sequence(root: str, seq: str, local: Path) -> None:
+    """Copy what the sequence reader reads of sequence ``seq`` under ``root`` to ``local/seq``."""
+    prefix = root if seq == "." else storage.join(root, seq)
+    for rel, _ in storage.list_files(prefix):
+        parts = tuple(rel.split("/"))
+        if parts[0] == "densepose" and len(parts) > 1:
+            (local / seq / "densepose").mkdir(parents=True, exist_ok=True)
+        elif _is_sequence_part(parts):
+            storage.download(storage.join(prefix, rel), local / seq / rel)
 
 
 def read_video_source(root: Path, source: VideoSource, *, max_bytes: int) -> Iterator[dict]:
