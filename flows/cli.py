@@ -287,6 +287,9 @@ def export_pipeline(
     LCM-LoRA kept), as the paper's "personalised models"."""
     from models.personalize import personalize as swap
 
+    if "://" in output_dir:
+        fail(f"--output {output_dir}: alcm export writes a local diffusers directory (what diffusers loads); write it "
+             "to a path and copy it to the object store")  # fmt: skip
     for option, path in (("--pipeline", pipeline_dir), ("--personalize", personalize)):
         if not path.exists():
             fail(f"{option} {path} does not exist")

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,16 +171,21 @@ class Services:
                     proc.wait()
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, name: str, timeout: float = 120.0) -> None:
-    """Poll ``url`` until it answers 200; fail naming ``name`` if its process exits or the time runs out."""
+def wait_healthy(url: str, proc: subprocess.Popen, name: str, timeout: float = 120.0,
+                 ok: tuple[int, ...] = (200,)) -> None:  # fmt: skip
+    """Poll ``url`` until it answers with a status in ``ok``; fail naming ``name`` if its process exits or the time
+    runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with code {proc.returncode} before answering {url}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                if r.status in ok:
                     return
+        except urllib.error.HTTPError as exc:  # an answer all the same (e.g. 401 from a server with auth on)
+            if exc.code in ok:
+                return
         except OSError:
             pass
         time.sleep(0.5)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,10 +132,26 @@ def optimizer_state_bytes(engine) -> int:
     )
 
 
+def worker_logging() -> None:
+    """Send this worker process's project log lines (rank 0's progress, resumes, errors) to its stderr at INFO.
+
+    Ray forwards a worker's stderr to the job's driver, whose log a submitted job streams to the Prefect run; but a
+    Ray worker process has no logging handler, so without this every INFO line (the progress) would be dropped."""
+    logger = logging.getLogger("pipelines")
+    if not any(getattr(h, "_alcm_worker", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._alcm_worker = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # a handler on the root (if Ray adds one) would print each line twice
+
+
 def _worker(config: dict) -> None:
     """One Ray Train worker: build the Task, wrap it in DeepSpeed, resume, train ``cfg.steps`` optimiser steps."""
     import torch
 
+    worker_logging()
     cfg: TrainConfig = config["train"]
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(cfg.seed)  # every rank builds the same Task: the same random inits, the same EMA targets

@@ -37,8 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,21 +121,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def wait_http(url: str, name: str, proc: subprocess.Popen, timeout: float = 180.0, ok=(200,)) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                if r.status in ok:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{name} did not answer {url} within {timeout:.0f} s")
+    from flows.serve import wait_healthy
+
+    wait_healthy(url, proc, name, timeout, ok=tuple(ok))
 
 
 def up(home: Path, ports: dict[str, int]) -> dict[str, str]:

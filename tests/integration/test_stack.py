@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "infra" / "local" / "stack.py"
 
 #: Runs in a client process with the stack's environment: trigger a deployment run through the Prefect API, wait
-#: for it to end (or, with CANCEL, cancel it once its Ray job runs) and print what the run left as JSON.
+#: for it to end (or, with CANCEL, cancel it once its Ray job runs) and print what the run left as JSON. Arguments:
+#: the deployment, its params (JSON), a string naming the Ray job to follow (in its entrypoint), wait or cancel.
 CLIENT = r'''
 import asyncio, json, os, sys, time
 from prefect import get_client
@@ -27,19 +28,17 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 from ray.job_submission import JobSubmissionClient
 
-output, cancel = sys.argv[1], sys.argv[2] == "cancel"
-params = {"input_dir": "s3://alcm-data/raw/images", "output_dir": output, "profile": "toy",
-          "overrides": ["curate_images.scorer_actors=1"]}
-run = run_deployment("curate-images/platform", parameters={"params": params}, timeout=0)
+deployment, params, match, cancel = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4] == "cancel"
+run = run_deployment(deployment, parameters={"params": params}, timeout=0)
 jobs = JobSubmissionClient(os.environ["RAY_ADDRESS"])
 
 def job_of(status=None):
-    return next((j for j in jobs.list_jobs() if output in j.entrypoint
+    return next((j for j in jobs.list_jobs() if match in j.entrypoint
                  and (status is None or str(j.status.value) == status)), None)
 
 async def follow():
     async with get_client() as client:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1200
         if cancel:
             while job_of("RUNNING") is None:
                 assert time.monotonic() < deadline, "the Ray job never ran"
@@ -53,7 +52,11 @@ async def follow():
             assert time.monotonic() < deadline, "the Ray job never ended"
             await asyncio.sleep(1)
             job = job_of()
-        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        logs, page = [], None
+        while page is None or len(page) == 200:  # the API returns at most 200 lines a call
+            page = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                          limit=200, offset=len(logs))
+            logs += page
         artifacts = await client.read_artifacts()
         return {"state": state.type.value, "logs": [entry.message for entry in logs],
                 "job": job and {"id": job.submission_id, "status": str(job.status.value)},
@@ -88,9 +91,13 @@ def stack(tmp_path_factory, toy_images):
     assert "stopped postgres" in down.stdout and "stopped ray-head" in down.stdout
 
 
-def client_run(stack: dict, output: str, mode: str) -> dict:
-    run = subprocess.run([sys.executable, "-c", CLIENT, output, mode], env=stack, capture_output=True, text=True,
-                         timeout=900, cwd=ROOT)  # fmt: skip
+def client_run(stack: dict, output: str, mode: str, *, deployment: str = "curate-images/platform",
+               params: dict | None = None, match: str | None = None) -> dict:  # fmt: skip
+    """Run ``deployment`` (default: image curation of the raw shards into ``output``) through the API."""
+    params = params or {"input_dir": "s3://alcm-data/raw/images", "output_dir": output, "profile": "toy",
+                        "overrides": ["curate_images.scorer_actors=1"]}  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", CLIENT, deployment, json.dumps(params), match or output, mode],
+                         env=stack, capture_output=True, text=True, timeout=1500, cwd=ROOT)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -138,3 +145,39 @@ def test_cancelling_a_run_through_the_api_stops_its_ray_job(stack):
     assert result["job"]["status"] == "STOPPED"
     assert any(f"stopped Ray job {result['job']['id']}" in line for line in result["logs"]), result["logs"][-20:]
     assert read_in(stack, f"storage.exists({out + '/manifest.json'!r})") is False
+
+
+def test_the_retrain_deployment_trains_on_object_storage_with_worker_progress_in_the_prefect_log(stack, toy_images):
+    """The retrain deployment with its work directory, raw data, latent cache and Ray Train checkpoints on the
+    object store: image curation, then stage 1 trained by Ray Train workers on the cluster; the workers' progress
+    lines reach the Prefect run's log while the job runs, the stage outputs are committed and linked on the store,
+    and both versions are on the MLflow server with stage 1's parent."""
+    work = "s3://alcm-data/work"
+    params = {"images": "s3://alcm-data/raw/images", "videos": "s3://alcm-data/raw/videos",
+              "dancers": "s3://alcm-data/raw/dancers", "work_dir": work, "profile": "toy",
+              "stages": ["curate_images", "distill_image"], "promote": False,
+              "overrides": ["curate_images.scorer_actors=1", "distill_image.train.steps=4",
+                            "distill_image.train.log_every=1", "distill_image.train.checkpoint_every=2",
+                            "distill_image.preview_prompts=[]", "distill_image.cache_dir=s3://alcm-data/cache",
+                            "distill_image.train.storage_path=s3://alcm-data/ray-runs"]}  # fmt: skip
+    result = client_run(stack, work, "wait", deployment="retrain-animatelcm/platform", params=params,
+                        match="pipelines.distill_image")  # fmt: skip
+    assert result["state"] == "COMPLETED", result["logs"][-30:]
+    job = result["job"]
+    assert job["status"] == "SUCCEEDED" and job["id"].startswith("alcm-distill-image-")
+    progress = [line for line in result["logs"] if line.startswith(f"[{job['id']}] ") and "step " in line
+                and " loss " in line]  # fmt: skip
+    assert len(progress) >= 4, [line for line in result["logs"] if "loss" in line or "Worker" in line][-30:]
+    stage1 = read_in(stack, f"read_manifest({work + '/distilled-image'!r})")
+    curated = read_in(stack, f"read_manifest({work + '/curated-images'!r})")
+    assert stage1["link_to"].startswith(f"{work}/runs/distill_image/") and stage1["metrics"]["step"] == 4
+    assert stage1["inputs"]["dataset"]["path"] == curated["link_to"]
+    assert stage1["latent_cache"]["path"].startswith("s3://alcm-data/cache/")
+    assert stage1["run"]["checkpoint"].startswith("alcm-data/ray-runs/") or \
+        stage1["run"]["checkpoint"].startswith("s3://alcm-data/ray-runs/")  # fmt: skip
+    lora = f"{stage1['storage_root']}/lora/pytorch_lora_weights.safetensors"  # the link names the target's attempt
+    assert stage1["storage_root"].startswith(f"{stage1['link_to']}/_attempts/")
+    assert read_in(stack, f"storage.sha256({lora!r})") == stage1["files"]["lora/pytorch_lora_weights.safetensors"]
+    (checkpoint,) = read_in(stack, "[(e.location, [p.ref for p in e.parents]) for e in Registry().list('checkpoint')]")
+    (dataset,) = read_in(stack, "[(e.ref, e.location) for e in Registry().list('dataset')]")
+    assert checkpoint == [stage1["link_to"], [dataset[0]]] and dataset[1] == curated["link_to"]
