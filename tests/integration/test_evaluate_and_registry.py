@@ -181,3 +181,40 @@ def test_unknown_references_fail_with_a_clear_message(chain):
 
     result = CliRunner().invoke(app, ["lineage", "no-such-model@1"])
     assert result.exit_code == 2 and "no registered dataset or checkpoint named 'no-such-model'" in result.output
+
+
+def test_alcm_evaluate_reads_the_checkpoint_from_and_writes_the_report_to_s3(chain, s3_server, tmp_path):
+    """A stage-1 checkpoint on S3 (moto's server, only the standard AWS_* environment): ``alcm evaluate`` in its own
+    process loads it from a verified local copy, writes the report to the store, and records both in the registry
+    by URI; the figures are those of the evaluation of the same checkpoint on local files."""
+    import os
+    import subprocess
+    import sys
+
+    from contracts import storage
+    from contracts.manifest import output_root, read_manifest
+    from registry.store import Registry
+
+    s3_server.create_bucket(Bucket="evals")
+    local = chain["ckpt"][0]
+    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+        s3_server.upload_file(str(f), "evals", f"checkpoints/s1-a/{f.relative_to(local).as_posix()}")
+    ckpt, out = "s3://evals/checkpoints/s1-a", "s3://evals/reports/s1-a"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALCM_", "RAY_ADDRESS", "PREFECT_API"))}
+    env.update(ALCM_REGISTRY_DIR=str(tmp_path / "registry"), ALCM_MIRROR_DIR=str(tmp_path / "mirror"))
+    args = [str(Path(sys.executable).parent / "alcm"), "evaluate", "--checkpoint", ckpt, "--output", out,
+            *(a for o in EVAL for a in ("--set", o))]  # fmt: skip
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(storage.read_bytes(storage.join(output_root(out), "report.json")))
+    expected = json.loads((chain["tmp"] / "eval-a" / "report.json").read_text())
+    assert report["checkpoint"]["path"] == ckpt and report["checkpoint"]["digest"] == expected["checkpoint"]["digest"]
+    for method, per in expected["results"].items():
+        for steps, r in per.items():
+            for metric in ("fid", "fid_teacher", "latent_mse", "clipsim"):
+                assert report["results"][method][steps][metric] == pytest.approx(r[metric], rel=1e-5, abs=1e-7), \
+                    (method, steps, metric)  # fmt: skip
+    manifest = read_manifest(out)
+    assert manifest["inputs"]["checkpoint"]["path"] == ckpt and f"report:     {out}/_attempts/" in run.stdout
+    (entry,) = Registry(f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}").list("checkpoint")
+    assert entry.location == ckpt and entry.evaluated
