@@ -28,22 +28,36 @@ def pytest_unconfigure(config) -> None:
     shutil.rmtree(_REGISTRY_DIR, ignore_errors=True)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_or_fail(url: str, proc, name: str, log_file, timeout: float) -> None:
+    """Wait until ``url`` answers (:func:`flows.serve.wait_healthy`); fail the fixture with the server's log if not."""
+    from flows.serve import wait_healthy
+
+    try:
+        wait_healthy(url, proc, name, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        proc.kill()
+        pytest.fail(f"{name} did not start ({exc}):\n{log_file.read_text()[-3000:]}")
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A running ``mlflow server`` over HTTP (SQLite backend, artifacts served by the server, ``--allowed-hosts``
     as ``infra/services/mlflow.yaml`` starts it) for one test module: its tracking URI. Tests of a module that
     uses it register under their own names."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
@@ -53,16 +67,7 @@ def mlflow_server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    _wait_or_fail(f"{url}/health", proc, "mlflow server", root / "server.log", 120)
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -75,31 +80,17 @@ def mlflow_server(tmp_path_factory):
 def s3_server(tmp_path_factory):
     """An S3-compatible object store over HTTP (moto's server mode), with the standard environment set for this
     process and its children (``AWS_ENDPOINT_URL``, dummy keys, a region): a boto3 S3 client to make buckets."""
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
     root = tmp_path_factory.mktemp("s3-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     server = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=(root / "s3.log").open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start:\n{(root / 's3.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+    _wait_or_fail(url, proc, "moto_server", root / "s3.log", 60)
     env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "alcm-test-key", "AWS_SECRET_ACCESS_KEY": "alcm-test-secret",
            "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
     before = {k: os.environ.get(k) for k in env}
