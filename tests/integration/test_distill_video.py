@@ -272,16 +272,28 @@ def _upload(s3, local: Path, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
-def test_stage2_on_object_storage_trains_the_same_weights(stage2, videos_with_a_broken_clip, stage1_dir, motion_dir,
-                                                          s3_server, tmp_path):  # fmt: skip
-    """Dataset, stage-1 checkpoint, latent cache and output on S3 (moto's server, reached with only the standard
-    AWS_* environment; the job in its own process with its own Ray, as a submitted job runs): the same rows, the
-    inputs recorded as their URIs, the cache committed by its cache.json, and the same motion weights as the run on
-    local files."""
+def _run_module(job: str, args: list[str], overrides: list[str], tmp: Path) -> None:
+    """``python -m pipelines.<job>`` in its own process with its own Ray (as a submitted job runs), the standard
+    AWS_* environment only."""
     import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALCM_", "RAY_ADDRESS"))}
+    env["ALCM_MIRROR_DIR"] = str(tmp / "mirror")
+    cmd = [sys.executable, "-m", f"pipelines.{job}", *args, "--config", "toy", *(a for o in overrides
+                                                                                 for a in ("--set", o))]  # fmt: skip
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_stages_2_and_3_on_object_storage_train_the_same_weights(stage2, stage3, videos_with_a_broken_clip, stage1_dir,
+                                                                 recaptioned, motion_dir, s3_server,
+                                                                 tmp_path):  # fmt: skip
+    """Dataset, stage-1 checkpoint, latent cache and output on S3 (moto's server, reached with only the standard
+    AWS_* environment), each job in its own process with its own Ray: stage 2 keeps the same rows, records its
+    inputs as their URIs, commits its cache by cache.json and trains the same motion weights as on local files;
+    stage 3 then reads stage 2's output and the dancers from S3 and trains the same control adapter."""
     from contracts import storage
     from contracts.manifest import output_root, read_manifest
 
@@ -290,13 +302,8 @@ def test_stage2_on_object_storage_trains_the_same_weights(stage2, videos_with_a_
     stage1 = _upload(s3_server, stage1_dir[0], "stage2", "stage1")
     out = "s3://stage2/checkpoints/stage2"
     overrides = [o for o in _overrides(tmp_path, motion_dir) if ".cache_dir=" not in o]
-    args = [sys.executable, "-m", "pipelines.distill_video", "--input", data, "--stage1", stage1, "--output", out,
-            "--config", "toy", *(a for o in [*overrides, "distill_video.cache_dir=s3://stage2/cache"]
-                                 for a in ("--set", o))]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALCM_", "RAY_ADDRESS"))}
-    env["ALCM_MIRROR_DIR"] = str(tmp_path / "mirror")
-    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _run_module("distill_video", ["--input", data, "--stage1", stage1, "--output", out],
+                [*overrides, "distill_video.cache_dir=s3://stage2/cache"], tmp_path)  # fmt: skip
     local, _ = stage2
     m = read_manifest(out)
     assert m["counts"] == local.manifest["counts"]
@@ -310,3 +317,14 @@ def test_stage2_on_object_storage_trains_the_same_weights(stage2, videos_with_a_
     assert {rel for rel, _ in storage.list_files(root)} == set(m["files"]) | {"manifest.json"}
     assert storage.sha256(storage.join(root, weights[0])) == m["files"][weights[0]]
     assert (tmp_path / "mirror").is_dir()  # the stage-1 LoRA was loaded from its verified local copy
+
+    dancers = _upload(s3_server, Path(recaptioned.output), "stage2", "dancers")
+    adapters = "s3://stage2/checkpoints/adapters"
+    overrides = [o for o in _overrides(tmp_path, motion_dir, "adapt", steps=2) if ".cache_dir=" not in o]
+    _run_module("adapt", ["--input", out, "--control-data", dancers, "--output", adapters],
+                [*overrides, "adapt.cache_dir=s3://stage2/cache", "adapt.adapters=[control]"], tmp_path)  # fmt: skip
+    m3 = read_manifest(adapters)
+    assert m3["inputs"]["stage2"] == {"digest": m["digest"], "name": m["name"], "path": out}
+    assert m3["inputs"]["control_dataset"]["path"] == dancers and set(m3["adapters"]) == {"control"}
+    control = [rel for rel in m3["files"] if rel.startswith("controlnet/") and rel.endswith(".safetensors")]
+    assert control and all(m3["files"][rel] == stage3.manifest["files"][rel] for rel in control)
