@@ -179,5 +179,6 @@ def test_the_retrain_deployment_trains_on_object_storage_with_worker_progress_in
     assert stage1["storage_root"].startswith(f"{stage1['link_to']}/_attempts/")
     assert read_in(stack, f"storage.sha256({lora!r})") == stage1["files"]["lora/pytorch_lora_weights.safetensors"]
     (checkpoint,) = read_in(stack, "[(e.location, [p.ref for p in e.parents]) for e in Registry().list('checkpoint')]")
-    (dataset,) = read_in(stack, "[(e.ref, e.location) for e in Registry().list('dataset')]")
-    assert checkpoint == [stage1["link_to"], [dataset[0]]] and dataset[1] == curated["link_to"]
+    # Its parent is the dataset version of that content (the first test's run curated the same rows: one version).
+    datasets = read_in(stack, "{e.digest: e.ref for e in Registry().list('dataset')}")
+    assert checkpoint == [stage1["link_to"], [datasets[curated["digest"]]]]
