@@ -5,7 +5,10 @@ A prompt set is either a YAML file (a list of prompts: strings or ``{caption: ..
 
     prompts.yaml        the prompts, in order (each ``{caption: ...}``; other fields are kept for people)
     reference/NNNNN.png one reference render per evaluation item (item N: prompt N // videos_per_prompt, noise
-                        seed number N % videos_per_prompt), a video as its frames side by side
+                        seed number N % videos_per_prompt), a video as its frames side by side: set A, what
+                        the methods' samples are compared with
+    reference_b/...     optionally, set B: other renders of the same items (drawn independently of set A);
+                        set A against set B is the floor of the set-level figures
     manifest.json       kind ``eval-set``: the ``seed``, ``videos_per_prompt``, ``frames`` and ``size`` the renders
                         were made for, and the digest of every file
 
@@ -25,6 +28,7 @@ import numpy as np
 
 PROMPTS = "prompts.yaml"
 REFERENCE = "reference"
+REFERENCE_B = "reference_b"
 KINDS = ("image", "video")
 
 
@@ -33,28 +37,36 @@ def item_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def reference_file(root: Path, index: int) -> Path:
-    """Where item ``index``'s reference render is in the set at ``root``."""
-    return Path(root) / REFERENCE / f"{index:05d}.png"
+def reference_file(root: Path, index: int, which: str = REFERENCE) -> Path:
+    """Where item ``index``'s reference render is in set ``which`` (A: ``reference``, B: ``reference_b``) of the
+    prompt set at ``root``."""
+    if which not in (REFERENCE, REFERENCE_B):
+        raise ValueError(f"reference set {which!r}: choose {REFERENCE} or {REFERENCE_B}")
+    return Path(root) / which / f"{index:05d}.png"
 
 
-def write_reference(root: Path, index: int, frames: np.ndarray) -> Path:
+def has_set_b(root: Path | None) -> bool:
+    """Whether the prompt set at ``root`` has a second reference set (for the floor)."""
+    return root is not None and (Path(root) / REFERENCE_B).is_dir()
+
+
+def write_reference(root: Path, index: int, frames: np.ndarray, which: str = REFERENCE) -> Path:
     """Save item ``index``'s reference render (uint8 (F, H, W, 3); F = 1 for an image) as one PNG, frames side by
     side."""
     from PIL import Image
 
-    path = reference_file(root, index)
+    path = reference_file(root, index, which)
     path.parent.mkdir(parents=True, exist_ok=True)
     f, h, w, _ = frames.shape
     Image.fromarray(frames.transpose(1, 0, 2, 3).reshape(h, f * w, 3)).save(path, optimize=True)
     return path
 
 
-def read_reference(root: Path, index: int, size: int) -> np.ndarray:
-    """Item ``index``'s reference render: uint8 (F, size, size, 3)."""
+def read_reference(root: Path, index: int, size: int, which: str = REFERENCE) -> np.ndarray:
+    """Item ``index``'s reference render in set ``which``: uint8 (F, size, size, 3)."""
     from PIL import Image
 
-    path = reference_file(root, index)
+    path = reference_file(root, index, which)
     if not path.is_file():
         raise FileNotFoundError(f"prompt set {root}: no reference render {path.name} for item {index}")
     strip = np.asarray(Image.open(path).convert("RGB"))

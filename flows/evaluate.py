@@ -61,12 +61,10 @@ def attach_report(checkpoint_ref: str, report_dir: str) -> str:
 
 
 def gate_rules(cfg: Config, stage: str):
-    """The promotion rules for a checkpoint of ``stage``."""
+    """The promotion rules for a checkpoint of ``stage``: (rules against production, rules against the teacher)."""
     kind = EVALUATED.get(canonical(stage) or "")
-    if kind == "video":
-        return list(cfg.promotion.video)
-    if kind == "image":
-        return list(cfg.promotion.image)
+    if kind in ("video", "image"):
+        return list(getattr(cfg.promotion, kind)), list(getattr(cfg.promotion, f"{kind}_teacher"))
     raise ValueError(f"no promotion rules for stage {stage!r}; choose a checkpoint of {', '.join(EVALUATED)}")
 
 
@@ -77,13 +75,20 @@ def run_gate(cfg: Config, checkpoint_ref: str) -> dict:
 
     registry = open_registry()
     entry = registry.get(checkpoint_ref)
-    return promote(registry, entry.ref, gate_rules(cfg, entry.tags.get("alcm.stage", "")))
+    rules, teacher_rules = gate_rules(cfg, entry.tags.get("alcm.stage", ""))
+    return promote(registry, entry.ref, rules, teacher_rules)
 
 
 def decision_markdown(decision: dict) -> str:
     """The gate's decision as a short table."""
     lines = [f"**{'promoted' if decision['promoted'] else 'not promoted'}**: {decision['candidate']} "
              f"(production before: {decision['production_before'] or 'none'}) — {decision['reason']}"]  # fmt: skip
+    if decision.get("teacher_checks"):
+        lines += ["", "| against the teacher | candidate | teacher | passed |", "|---|---|---|---|"]
+        for c in decision["teacher_checks"]:
+            lines.append(f"| {c['metric']} vs {c['against']} ({c['direction']}, intervals "
+                         f"{'separated' if c['separated'] else 'not required apart'}) | {_with_ci(c, 'candidate')} | "
+                         f"{_with_ci(c, 'teacher')} | {'yes' if c['passed'] else 'no: ' + c['why']} |")  # fmt: skip
     if decision["checks"]:
         lines += ["", "| rule | candidate | production | passed |", "|---|---|---|---|"]
         for c in decision["checks"]:
@@ -92,6 +97,13 @@ def decision_markdown(decision: dict) -> str:
                 f"{c['production']:.4g} | {'yes' if c['passed'] else 'no'} |"
             )
     return "\n".join(lines)
+
+
+def _with_ci(check: dict, side: str) -> str:
+    value, ci = check[side], check[f"{side}_ci"]
+    if value is None:
+        return "–"
+    return f"{value:.4g}" + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "")
 
 
 @flow(name=EVALUATE.flow)

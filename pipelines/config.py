@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from contracts.gate import DIRECTIONS, GateRule
+from contracts.gate import DIRECTIONS, TEACHER_SAMPLERS, GateRule, TeacherRule
 from filters.decode import DecodeConfig
 from models.captioner_config import CaptionerConfig, GenerationConfig
 from models.consistency_config import ConsistencyConfig
@@ -160,10 +160,17 @@ def _check_gate_rule(v: dict[str, Any]) -> None:
         raise ValueError(f"margin={v['margin']!r}: must be ≥ 0 (how much better than production, in metric units)")
 
 
+def _check_teacher_rule(v: dict[str, Any]) -> None:
+    _check_gate_rule({**v, "margin": 0.0})
+    if v["against"] not in TEACHER_SAMPLERS:
+        raise ValueError(f"against={v['against']!r}: choose one of {', '.join(TEACHER_SAMPLERS)}")
+
+
 LOADER_CHECKS: dict[type, Callable[[dict[str, Any]], None]] = {
     GenerationConfig: _check_generation,
     CaptionerConfig: _check_captioner,
     GateRule: _check_gate_rule,
+    TeacherRule: _check_teacher_rule,
 }
 """Checks run on a component owned by another module (given all its field values) before it is built: ones it
 lacks (a seed ≥ 0 like every other seed, min ≤ max, a strict device), or ones whose own message does not name the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.gate import GateRule
+from contracts.gate import GateRule, TeacherRule
 
 EVAL_TEACHER_METHODS = ("ddim", "dpmsolver++")
 FVD_EXTRACTORS = ("toy_clip", "i3d")
@@ -57,6 +57,8 @@ class EvaluateConfig:
     """GPUs per actor (1 on a GPU cluster)."""
     torch_threads: int = 1
     """torch threads per actor (CPU)."""
+    bootstrap: int = 200
+    """Bootstrap replicates of every figure's 95% interval (each set resampled); 0: no intervals."""
 
     def __post_init__(self) -> None:
         for name in ("student_steps", "teacher_steps"):
@@ -84,7 +86,7 @@ class EvaluateConfig:
             raise ValueError(f"fvd_reference=real needs reference renders, and prompts={self.prompts!r} is a prompt "
                              "list; give a prompt-set directory, or use fvd_reference: teacher")  # fmt: skip
         # seed: the noise seeds and the toy prompts come from numpy generators, which reject negative seeds.
-        for name in ("num_prompts", "seed", "grid_prompts"):
+        for name in ("num_prompts", "seed", "grid_prompts", "bootstrap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 0")
         for name in ("videos_per_prompt", "workers", "torch_threads"):
@@ -114,6 +116,11 @@ class PromotionConfig:
     """Rules for video checkpoints (stage 2): metric@steps of the eval headline, direction, margin."""
     image: tuple[GateRule, ...] = (GateRule("fid@4", "lower", 0.0), GateRule("clipsim@4", "higher", 0.0))
     """Rules for image checkpoints (stage 1)."""
+    video_teacher: tuple[TeacherRule, ...] = (TeacherRule("fvd@4"),)
+    """Absolute rules for video checkpoints, on their own report: beat the teacher's sampler at the same steps (with
+    separated intervals); they hold for the first candidate too. ``[]``: none."""
+    image_teacher: tuple[TeacherRule, ...] = (TeacherRule("fid@4"),)
+    """Absolute rules for image checkpoints."""
 
     def __post_init__(self) -> None:
         for name in ("video", "image"):

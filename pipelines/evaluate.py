@@ -18,6 +18,8 @@ Metrics per method and step count (the report says which extractor and reference
   ground-truth renders of the toy prompts (``fvd_reference: real``) or the teacher's ``reference_steps`` DDIM output
   (``teacher``); features from ``fvd_extractor`` (``toy_clip``: the scorer CLIP's image tower, frames pooled over
   time; ``i3d``: a TorchScript I3D);
+- ``kid``: the kernel inception distance of the same features to the same reference (unbiased at small N, where a
+  Fréchet distance is not; :mod:`models.eval_stats`);
 - ``fvd_teacher`` / ``fid_teacher``: the same against the teacher's ``reference_steps`` DDIM output;
 - ``latent_mse``: mean squared distance of the final latents to the teacher's ``reference_steps`` DDIM latents from
   the same noise (meaningful at 1 step: multistep consistency sampling re-noises and leaves the ODE path);
@@ -27,9 +29,18 @@ Metrics per method and step count (the report says which extractor and reference
   ``evaluate.torch_threads`` threads, while the other actors run; ``peak_mem_mb``: CUDA peak allocation on a GPU,
   else the actors' resident-set high-water mark; ``unet_evals``: UNet evaluations per sample (CFG doubles them).
 
+Every figure has its 95% percentile bootstrap interval (``ci95``, ``evaluate.bootstrap`` replicates; each set
+resampled independently, with the evaluation's seed) and the number of samples (``n``). When the prompt set has a
+second reference set (``reference_b/``, :mod:`contracts.evalset`), ``floor`` holds the Fréchet distance and KID of
+reference set A against set B: what two draws of the real distribution score at this N, below which no method can
+go. Set A is drawn by the world's renderer, not from the samplers' noise, so the reference is unpaired from the
+methods; the teacher reference (``fvd_reference: teacher``, and every ``*_teacher`` figure) is still the teacher's
+output from the methods' own seeds, and ``latent_mse`` is paired on purpose (valid at 1 step).
+
 Outputs: ``report.json`` (everything above, plus ``headline``: the checkpoint's own figures as ``metric@steps``, the
-keys the promotion gate reads), ``report.md`` (a table per metric: rows = method, columns = steps),
-``plots/<metric>.png`` (metric vs steps per method), ``samples.gif`` (videos) or ``samples.png`` (images): a grid
+keys the promotion gate reads), ``report.md`` (a table per metric: rows = method, columns = steps, each
+cell the figure and its interval; the floor as a last row), ``plots/<metric>.png`` (metric vs steps per method, the
+intervals as error bars, the floor as a dashed line), ``samples.gif`` (videos) or ``samples.png`` (images): a grid
 of ``grid_prompts`` prompts (rows) × the checkpoint at each student step, then the teacher at each teacher step
 with DDIM (columns), and ``manifest.json`` (kind ``eval-report``).
 """
@@ -49,7 +60,7 @@ import ray
 
 from contracts import storage
 from contracts.digests import tree_digest
-from contracts.evalset import PROMPTS, item_seed, read_reference
+from contracts.evalset import PROMPTS, REFERENCE, REFERENCE_B, has_set_b, item_seed, read_reference
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.mirror import local_copy
 from contracts.publish import staged_output
@@ -273,9 +284,12 @@ class Evaluator:
 # ------------------------------------------------------------------------------------------------ aggregation
 
 
-def references(prompt_set: PromptSet, items: list[dict], frames: int | None) -> list[np.ndarray]:
-    """The set's reference render of every item (uint8 (F, H, W, 3)), checked to have the frames sampled."""
-    renders = [read_reference(prompt_set.reference, it["index"], prompt_set.settings["size"]) for it in items]
+def references(prompt_set: PromptSet, items: list[dict], frames: int | None, *, which: str = REFERENCE
+               ) -> list[np.ndarray]:  # fmt: skip
+    """The set's reference render of every item (uint8 (F, H, W, 3)), checked to have the frames sampled;
+    ``which``: set A (``reference/``) or set B (``reference_b/``)."""
+    size = prompt_set.settings["size"]
+    renders = [read_reference(prompt_set.reference, it["index"], size, which=which) for it in items]
     if frames is not None and renders[0].shape[0] != frames:
         raise ValueError(f"the prompt set {prompt_set.reference} renders {renders[0].shape[0]} frames, the checkpoint "
                          f"samples {frames} (evaluate.frames): make a set for {frames} (alcm toy eval-set --frames "
@@ -283,8 +297,11 @@ def references(prompt_set: PromptSet, items: list[dict], frames: int | None) -> 
     return renders
 
 
-def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None) -> dict:
-    """Per method × steps metrics from the actors' per-item results (see the module docstring)."""
+def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[dict], real: np.ndarray | None
+              ) -> dict:  # fmt: skip
+    """Per method × steps metrics from the actors' per-item results (see the module docstring), each with its 95%
+    bootstrap interval (``ci95``, ``evaluate.bootstrap`` replicates) and the number of samples (``n``)."""
+    from models.eval_stats import bootstrap, kid, mean_interval
     from models.evaluation import frechet_distance
 
     e, fd = cfg.evaluate, FD[kind]
@@ -303,26 +320,48 @@ def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[
             rows = [merged[(method, steps)][i] for i in order]
             feats = np.stack([r["feature"] for r in rows])
             guided = method != STUDENT[kind] and guidance_of(cfg) != 1.0
+            per_sample = {m: np.array([r[m] for r in rows], dtype=np.float64)
+                          for m in ("latent_mse", "clipsim", *(["temporal"] if kind == "video" else []))}  # fmt: skip
+            latency = np.array([r["latency_s"] for r in rows])
             figures = {
                 fd: frechet_distance(feats, reference_feats),
+                "kid": kid(feats, reference_feats),
                 f"{fd}_teacher": frechet_distance(feats, teacher_feats),
-                "latent_mse": float(np.mean([r["latent_mse"] for r in rows])),
-                "clipsim": float(np.mean([r["clipsim"] for r in rows])),
-                "latency_s": float(np.median([r["latency_s"] for r in rows])),
+                **{m: float(np.mean(v)) for m, v in per_sample.items()},
+                "latency_s": float(np.median(latency)),
                 "peak_mem_mb": float(max(s["peak_mem_mb"][(method, steps)] for s in shards)),
                 "unet_evals": steps * (2 if guided else 1),
             }
-            if kind == "video":
-                figures["temporal"] = float(np.mean([r["temporal"] for r in rows]))
+            n = e.bootstrap
+            figures["ci95"] = {
+                fd: bootstrap(frechet_distance, feats, reference_feats, n=n, seed=e.seed),
+                "kid": bootstrap(kid, feats, reference_feats, n=n, seed=e.seed),
+                f"{fd}_teacher": bootstrap(frechet_distance, feats, teacher_feats, n=n, seed=e.seed),
+                **{m: mean_interval(v, n=n, seed=e.seed) for m, v in per_sample.items()},
+                "latency_s": bootstrap(lambda v: float(np.median(v)), latency, n=n, seed=e.seed),
+            }
+            figures["n"] = len(rows)
             results[method][steps] = figures
     return results
+
+
+def floor_of(cfg: EvaluateSettings, kind: str, real: np.ndarray, real_b: np.ndarray) -> dict:
+    """The set-level figures of the prompt set's reference set A against its set B (disjoint renders of the same
+    prompts): the value two samples of the real distribution get, which no method can beat at this N."""
+    from models.eval_stats import bootstrap, kid
+    from models.evaluation import frechet_distance
+
+    n, seed = cfg.evaluate.bootstrap, cfg.evaluate.seed
+    return {FD[kind]: frechet_distance(real_b, real), "kid": kid(real_b, real), "n": len(real_b),
+            "ci95": {FD[kind]: bootstrap(frechet_distance, real_b, real, n=n, seed=seed),
+                     "kid": bootstrap(kid, real_b, real, n=n, seed=seed)}}  # fmt: skip
 
 
 def headline_of(kind: str, results: dict) -> dict[str, float]:
     """The checkpoint's own figures, ``metric@steps`` (what the promotion gate and ``alcm registry list`` read)."""
     out = {}
     for steps, figures in results[STUDENT[kind]].items():
-        for metric in (FD[kind], "clipsim", "latent_mse", "temporal", "latency_s"):
+        for metric in (FD[kind], "kid", "clipsim", "latent_mse", "temporal", "latency_s"):
             if metric in figures and not math.isnan(figures[metric]):
                 out[f"{metric}@{steps}"] = round(float(figures[metric]), 6)
     return out
@@ -342,6 +381,11 @@ def markdown(report: dict) -> str:
         f"{setup['frames'] or 1} frame(s) at {setup['size']}×{setup['size']}",
         f"- {setup['fd']}: {setup['extractor']}; reference: {setup['reference']}",
         f"- teacher CFG guidance_scale {setup['guidance_scale']:g}; the checkpoint samples without CFG",
+        *([f"- N = {setup['n']} samples per method and step count; [lo, hi]: {setup['intervals']}"]
+          if "n" in setup else []),
+        *(["- floor (reference set A against set B): " + ", ".join(
+            f"{m} {report['floor'][m]:.4g}" for m in (setup["fd"], "kid") if m in report["floor"])]
+          if report.get("floor") else []),
         f"- speed-up of the checkpoint at 4 steps over teacher DDIM {setup['reference_steps']} (CFG): "
         + (f"{report['speedup'].get('4', float('nan')):.1f}×" if "4" in report["speedup"] else "n/a"),
     ]
@@ -366,7 +410,17 @@ def write_plots(report: dict, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
         for method, per in report["results"].items():
             steps = sorted(int(s) for s in per)
-            ax.plot(steps, [per[str(s)][metric] for s in steps], marker="o", label=method)
+            values = [per[str(s)][metric] for s in steps]
+            bars = [(per[str(s)].get("ci95") or {}).get(metric) for s in steps]
+            if all(b is not None and b[0] == b[0] for b in bars):  # error bars: the 95% intervals
+                err = [[v - b[0] for v, b in zip(values, bars, strict=True)],
+                       [b[1] - v for v, b in zip(values, bars, strict=True)]]  # fmt: skip
+                ax.errorbar(steps, values, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=method)
+            else:
+                ax.plot(steps, values, marker="o", label=method)
+        floor = (report.get("floor") or {}).get(metric)
+        if floor is not None:
+            ax.axhline(floor, color="grey", linestyle="--", label="floor: reference A vs B")
         ax.set_xscale("log", base=2)
         ticks = sorted({int(x) for per in report["results"].values() for x in per})
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -449,10 +503,12 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
             log.info("eval: worker %d finished its %d items (%d/%d workers, %.0f s)", w, len(shards[w]),
                      len(results_by_worker), workers, time.monotonic() - t)  # fmt: skip
         per_worker = [results_by_worker[w] for w in range(workers)]
-        real = None
+        real = floor = None
         if e.fvd_reference == "real":
-            truth = references(prompt_set, items, frames)
-            real = ray.get(actors[0].features.remote(truth))
+            real = ray.get(actors[0].features.remote(references(prompt_set, items, frames)))
+            if has_set_b(prompt_set.reference):
+                real_b = ray.get(actors[0].features.remote(references(prompt_set, items, frames, which=REFERENCE_B)))
+                floor = floor_of(cfg, kind, real, real_b)
         for a in actors:
             ray.kill(a)
         timings["generate_s"] = time.monotonic() - t
@@ -471,12 +527,15 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
                 "reference": f"the prompt set's reference renders ({prompt_set.reference})" if e.fvd_reference == "real"
                              else f"the teacher's DDIM {e.reference_steps}-step output (CFG)",
                 "clip_model": cfg.scorers.clip.model, "workers": workers, "torch_threads": e.torch_threads,
+                "n": len(items), "bootstrap": e.bootstrap,
+                "intervals": f"95% percentile bootstrap over {e.bootstrap} replicates, each set resampled",
             },  # fmt: skip
             "methods": {m: list(s) for m, s in methods_of(cfg, kind).items()},
-            "metrics": [FD[kind], f"{FD[kind]}_teacher", "latent_mse", "clipsim",
+            "metrics": [FD[kind], "kid", f"{FD[kind]}_teacher", "latent_mse", "clipsim",
                         *(["temporal"] if kind == "video" else []), "latency_s", "peak_mem_mb", "unet_evals"],
             "results": {m: {str(s): r for s, r in per.items()} for m, per in results.items()},
             "headline": headline_of(kind, results),
+            "floor": floor,
             "speedup": {str(s): ref_latency / r["latency_s"] for s, r in results[student].items()},
         }  # fmt: skip
         report["setup"]["size"] = int(next(iter(per_worker[0]["grid"].values())).shape[1]) if grid else None

@@ -3,8 +3,10 @@
 The rules (:mod:`contracts.gate`): each ``metric@steps`` (a headline figure of the eval report: the checkpoint's own
 sampler at that step count), a direction (``lower`` or ``higher`` is better) and a margin in the metric's units: the
 candidate passes a rule when ``candidate <= production - margin`` (lower) or ``candidate >= production + margin``
-(higher). Every rule must pass. With no production version yet, the first evaluated candidate is promoted. A
-candidate without an eval report, or without a figure a rule names, is refused (never promoted by default).
+(higher). Every rule must pass. Before them, the absolute rules (:class:`contracts.gate.TeacherRule`): on its own
+report the candidate must beat its teacher's sampler at the same step count, with separated intervals; these hold
+for the first candidate too. With no production version yet, a candidate that passes them is promoted. A candidate
+without an eval report, or without a figure a rule names, is refused (never promoted by default).
 
 Every decision, promoted or not, is recorded with the candidate (tag ``alcm.promotion`` and a JSON artifact under
 ``promotion/``): the rules, both sides' figures and the outcome.
@@ -15,13 +17,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from contracts.gate import GateRule, check
+from contracts.gate import GateRule, TeacherRule, check, check_teacher
 from registry.store import CHECKPOINT, Registry, RegistryError
 
 
-def promote(registry: Registry, ref: str, rules: list[GateRule]) -> dict:
-    """Run the gate for checkpoint ``ref`` against its name's current ``production`` version; on success move the
-    ``production`` alias to it. Returns (and records) the decision."""
+def promote(registry: Registry, ref: str, rules: list[GateRule], teacher_rules: list[TeacherRule] = ()) -> dict:
+    """Run the gate for checkpoint ``ref``: ``teacher_rules`` on its own report, then ``rules`` against its name's
+    current ``production`` version; on success move the ``production`` alias to it. Returns (and records) the
+    decision, with both sides of every check."""
     candidate = registry.get(ref)
     if candidate.kind != CHECKPOINT:
         raise RegistryError(f"{candidate.ref} is a {candidate.type}: only checkpoints are promoted")
@@ -33,6 +36,8 @@ def promote(registry: Registry, ref: str, rules: list[GateRule]) -> dict:
         "candidate": candidate.ref,
         "production_before": current.ref if current else None,
         "rules": [asdict(r) for r in rules],
+        "teacher_rules": [asdict(r) for r in teacher_rules],
+        "teacher_checks": [check_teacher(r, report) for r in teacher_rules] if report is not None else [],
         "checks": [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -40,6 +45,10 @@ def promote(registry: Registry, ref: str, rules: list[GateRule]) -> dict:
         decision.update(promoted=False, reason="candidate has no eval report (run alcm eval first)")
     elif current is not None and current.ref == candidate.ref:
         decision.update(promoted=False, reason="candidate is already production")
+    elif any(not c["passed"] for c in decision["teacher_checks"]):
+        decision.update(promoted=False, reason="does not beat its teacher: " + "; ".join(
+            f"{c['metric']} against {c['against']}: {c['why']}" for c in decision["teacher_checks"]
+            if not c["passed"]))  # fmt: skip
     elif current is None:
         decision.update(promoted=True, reason="no production version yet")
     else:

@@ -52,7 +52,8 @@ def entry_details(e: Entry, report: dict | None, metrics: list[str]) -> list[str
     fd = report["setup"]["fd"]
     lines.append(f"  eval:     {report['setup']['num_prompts']} prompts, {fd}: {report['setup']['extractor']}; "
                  f"reference: {report['setup']['reference']}")  # fmt: skip
-    lines.append(tables(report, metrics or [fd, "clipsim", "latency_s"]))
+    lines.append(tables(report, metrics or [fd, *(["kid"] if "kid" in report["metrics"] else []), "clipsim",
+                                            "latency_s"]))  # fmt: skip
     return lines
 
 

@@ -3,8 +3,10 @@
 ``image/``: one-object prompts of the image teacher's held-out stream
 (:func:`toyworld.image_teacher.validation_prompts`) rendered as the scene the caption describes; ``video/``:
 moving-shape prompts of the motion teacher's held-out stream (:func:`toyworld.motion_teacher.validation_prompts`)
-rendered as a clip of ``frames`` frames. Each item's render uses the item's seed
-(:func:`contracts.evalset.item_seed`), the seed its samples are drawn from.
+rendered as a clip of ``frames`` frames. Set A (``reference/``) renders each item from the item's seed
+(:func:`contracts.evalset.item_seed`) through the world's own renderer, which shares nothing with the samplers'
+noise; set B (``reference_b/``) renders the same items from seeds :data:`SET_B_OFFSET` away, so A against B is the
+floor of the set-level figures (two draws of the real distribution).
 
 The toy profile evaluates with the set committed under ``toyworld/eval`` (:data:`DEFAULT_DIR`, made by
 ``alcm toy eval-set`` with the profile's ``evaluate`` settings: seed 1, 8 prompts, 1 video each, 8 frames).
@@ -20,10 +22,12 @@ import numpy as np
 import yaml
 
 from contracts.digests import json_digest
-from contracts.evalset import KINDS, PROMPTS, REFERENCE, item_seed, write_reference
+from contracts.evalset import KINDS, PROMPTS, REFERENCE, REFERENCE_B, item_seed, write_reference
 from contracts.manifest import Manifest, code_version, files_map, write_manifest
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "eval"
+SET_B_OFFSET = 500_000
+"""Set B's render seeds are the items' seeds plus this (disjoint from set A's for any set under 500,000 items)."""
 
 
 def ground_truth(kind: str, prompt: dict, seed: int, frames: int) -> np.ndarray:
@@ -52,7 +56,8 @@ def write_eval_set(out: Path, kind: str, *, seed: int, prompts: int, videos_per_
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "manifest.json", out / PROMPTS):  # a set written here before is replaced whole
         stale.unlink(missing_ok=True)
-    shutil.rmtree(out / REFERENCE, ignore_errors=True)
+    for stale in (REFERENCE, REFERENCE_B):
+        shutil.rmtree(out / stale, ignore_errors=True)
     chosen = validation_prompts(seed, prompts)
     (out / PROMPTS).write_text(yaml.safe_dump(chosen, sort_keys=False))
     frames = frames if kind == "video" else 1
@@ -60,6 +65,8 @@ def write_eval_set(out: Path, kind: str, *, seed: int, prompts: int, videos_per_
         for j in range(videos_per_prompt):
             index = i * videos_per_prompt + j
             write_reference(out, index, ground_truth(kind, prompt, item_seed(seed, index), frames))
+            write_reference(out, index, ground_truth(kind, prompt, item_seed(seed, index) + SET_B_OFFSET, frames),
+                            REFERENCE_B)  # fmt: skip
     settings = {"seed": seed, "prompts": prompts, "videos_per_prompt": videos_per_prompt, "frames": frames,
                 "size": 64}  # fmt: skip
     files = files_map(out)

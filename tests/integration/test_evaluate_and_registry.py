@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.timeout(1200)
 
 EVAL = [
+    "promotion.image_teacher=[]",  # the relative rules are what these tests follow (the teacher rule: below)
     "evaluate.num_prompts=3",
     "evaluate.student_steps=[1, 4]",
     "evaluate.teacher_steps=[1, 4]",
@@ -73,14 +74,24 @@ def test_the_report_tables_every_method_at_every_step_and_the_reference_is_at_di
     assert reference["latent_mse"] == 0.0 and reference["fid_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert report["results"]["ddim"]["1"]["latent_mse"] > 0
     assert report["results"]["lcm-lora"]["1"]["unet_evals"] == 1 and reference["unet_evals"] == 8  # CFG doubles
-    assert set(report["headline"]) == {f"{m}@{s}" for m in ("fid", "clipsim", "latent_mse", "latency_s")
+    assert set(report["headline"]) == {f"{m}@{s}" for m in ("fid", "kid", "clipsim", "latent_mse", "latency_s")
                                        for s in (1, 4)}  # fmt: skip
+    # N, a 95% interval around every set-level figure, and the floor of the committed set's two reference sets.
+    assert report["setup"]["n"] == 3 and all(r["n"] == 3 for per in report["results"].values() for r in per.values())
+    for per in report["results"].values():
+        for r in per.values():
+            assert all(r["ci95"][m][0] <= r["ci95"][m][1] for m in ("fid", "kid", "fid_teacher", "latency_s"))
+            lo, hi = r["ci95"]["clipsim"]  # a mean's interval lies around it
+            assert lo - 1e-9 <= r["clipsim"] <= hi + 1e-9
+    floor = report["floor"]
+    assert floor["n"] == 3 and floor["fid"] >= 0 and floor["ci95"]["kid"][0] <= floor["kid"] <= floor["ci95"]["kid"][1]
     assert report["headline"]["fid@4"] == pytest.approx(report["results"]["lcm-lora"]["4"]["fid"], abs=1e-6)
     assert "toy CLIP image tower" in report["setup"]["extractor"]
     md = (report_dir / "report.md").read_text()
     for metric in report["metrics"]:
         assert f"### {metric}" in md
     assert "| method | 1 | 4 |" in md and "| lcm-lora |" in md and "| dpmsolver++ |" in md
+    assert "| floor: reference A vs B |" in md and "N = 3 samples per method" in md
     for metric in ("fid", "clipsim", "latency_s", "peak_mem_mb"):
         assert Image.open(report_dir / "plots" / f"{metric}.png").size[0] > 100
     grid = np.asarray(Image.open(report_dir / "samples.png"))
@@ -126,6 +137,18 @@ def test_the_gate_promoted_the_first_and_decided_the_second_on_its_numbers(chain
     assert production.ref == expected
     recorded = json.loads(registry.get(chain["eval"][1]["checkpoint"]).tags["alcm.promotion"])
     assert recorded["checks"] == second["checks"]
+
+
+def test_the_teacher_rule_reads_both_sides_and_their_intervals_from_a_real_report(chain):
+    from contracts.gate import TeacherRule, check_teacher
+
+    report = json.loads((chain["tmp"] / "eval-a" / "report.json").read_text())
+    c = check_teacher(TeacherRule("fid@4", "ddim"), report)
+    ours, theirs = report["results"]["lcm-lora"]["4"], report["results"]["ddim"]["4"]
+    assert (c["candidate"], c["teacher"]) == (ours["fid"], theirs["fid"])
+    assert c["candidate_ci"] == ours["ci95"]["fid"] and c["teacher_ci"] == theirs["ci95"]["fid"]
+    apart = c["candidate_ci"][1] < c["teacher_ci"][0]
+    assert c["passed"] == (ours["fid"] < theirs["fid"] and apart) and (c["passed"] or c["why"])
 
 
 def test_the_eval_flow_publishes_the_report_table_as_an_artifact(chain):

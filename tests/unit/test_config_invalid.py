@@ -157,6 +157,8 @@ NO_INVALID_VALUE_OF_ITS_TYPE = {
     "captioner.generation.length_penalty": "any finite number (< 0 favours short captions); NaN and ±inf are covered",
     "curate_images.filters.aesthetic_min": "a threshold on the scorer's scale: any finite number; NaN, ±inf covered",
     "curate_videos.filters.aesthetic_min": "as curate_images.filters.aesthetic_min",
+    "promotion.video_teacher": "any list of rules ([] = no absolute rule); each rule's fields are walked",
+    "promotion.image_teacher": "as promotion.video_teacher",
 }
 """Non-boolean fields with no invalid value of their own type, and why. (A boolean has none unless another field
 constrains it; booleans are exempt as a type, and still get their wrong-type cases.)"""
@@ -170,7 +172,7 @@ AT_LEAST_ONE = (
 AT_LEAST_ZERO = (
     r"seed|images|videos|dancers|warmup_steps|max_failures|num_prompts|grid_prompts|caption_min_words|min_new_tokens"
     r"|phash_max_distance|weight_decay|grad_clip|replay_mb|control_scale|motion_scale|margin|motion_min|w_min"
-    r"|\w+_gpus|gpus_per_worker|resources|driver_resources|driver_num_cpus"
+    r"|\w+_gpus|gpus_per_worker|resources|driver_resources|driver_num_cpus|bootstrap"
 )
 """Seeds, optional counts, GPUs, penalties and margins: -1 is invalid."""
 ABOVE_ZERO = (
@@ -180,7 +182,7 @@ ABOVE_ZERO = (
 """CPUs, rates, scales and timeouts: 0 and -1 are invalid (a submitted driver may reserve no CPU: ≥ 0 above)."""
 CHOICES = (
     r"backend|arch|aggregation|source|scene_cut|dtype|prediction_type|init|loss|weighting|target|precision|lora_ema"
-    r"|motion_init|fvd_extractor|fvd_reference|direction|device"
+    r"|motion_init|fvd_extractor|fvd_reference|direction|device|against"
 )
 """One of a fixed set of choices: an unknown name is invalid."""
 NON_EMPTY_LISTS = (

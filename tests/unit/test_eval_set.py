@@ -56,6 +56,26 @@ def test_each_item_reads_back_as_the_toy_worlds_render_for_its_own_seed(kind, fr
     assert not np.array_equal(read_reference(DEFAULT_DIR / kind, 0, 64), read_reference(DEFAULT_DIR / kind, 1, 64))
 
 
+@pytest.mark.parametrize("kind, frames", [("image", None), ("video", 8)])
+def test_set_b_renders_the_same_prompts_from_seeds_disjoint_from_set_a(kind, frames):
+    from contracts.evalset import REFERENCE_B, has_set_b
+    from toyworld.eval_set import SET_B_OFFSET
+
+    cfg = settings()
+    prompt_set = load_prompts(cfg, kind)
+    assert has_set_b(prompt_set.reference)
+    items = plan(cfg, prompt_set.prompts)
+    a, b = references(prompt_set, items, frames), references(prompt_set, items, frames, which=REFERENCE_B)
+    import yaml
+
+    toy_prompts = yaml.safe_load((DEFAULT_DIR / kind / "prompts.yaml").read_text())
+    for it, render_a, render_b in zip(items, a, b, strict=True):
+        expected = ground_truth(kind, toy_prompts[it["prompt"]], it["seed"] + SET_B_OFFSET, frames or 1)
+        np.testing.assert_array_equal(render_b, expected)
+        assert render_b.shape == render_a.shape
+    assert sum(not np.array_equal(x, y) for x, y in zip(a, b, strict=True)) >= len(items) // 2  # other draws
+
+
 def test_fewer_prompts_use_the_first_items_of_the_set():
     assert len(load_prompts(settings("evaluate.num_prompts=3"), "video").prompts) == 3
 

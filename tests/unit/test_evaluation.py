@@ -120,16 +120,25 @@ def test_aggregation_reads_every_shard_and_the_headline_is_the_checkpoints_own_r
     assert results["animatelcm"][1]["fvd"] == pytest.approx(9.0)  # features shifted by 3 in one coordinate
     assert results["animatelcm"][4]["unet_evals"] == 4 and results["ddim"][4]["unet_evals"] == 8
     assert results["ddim"][2]["peak_mem_mb"] == 101.0
+    # Every figure has its 95% bootstrap interval and N: around the figure, degenerate for a constant per-sample value.
+    student = results["animatelcm"][1]
+    assert student["n"] == 4 and student["ci95"]["fvd"][0] < 9.0 < student["ci95"]["fvd"][1]
+    assert student["ci95"]["latent_mse"] == (3.0, 3.0) and student["ci95"]["clipsim"] == (10.0, 10.0)
+    assert student["kid"] > results["animatelcm"][4]["kid"] and set(student["ci95"]) >= {"kid", "fvd_teacher"}
     headline = headline_of("video", results)
     assert headline["fvd@4"] == pytest.approx(1.0) and headline["clipsim@1"] == 10.0 and "fvd@2" not in headline
+    assert headline["kid@1"] == pytest.approx(student["kid"], abs=1e-6)
     report = {
         "checkpoint": {"name": "t", "stage": "video_consistency_distillation", "path": "/x", "digest": "sha256:0"},
         "setup": {"prompts": "toy", "num_prompts": 4, "videos_per_prompt": 1, "frames": 8, "size": 64, "fd": "fvd",
                   "extractor": "toy", "reference": "teacher", "guidance_scale": 3.5, "reference_steps": 4},
         "metrics": ["fvd", "clipsim", "unet_evals"], "speedup": {"4": 2.0}, "samples": "samples.gif",
         "samples_layout": "rows", "results": {m: {str(s): r for s, r in per.items()} for m, per in results.items()},
+        "floor": {"fvd": 0.5, "ci95": {"fvd": (0.25, 1.0)}, "n": 4},
     }  # fmt: skip
     md = markdown(report)
     assert "| method | 1 | 2 | 4 |" in md
-    assert "| animatelcm | 9.000 | – | 1.000 |" in md and "| ddim | – | 8 | 8 |" not in md
+    lo, hi = student["ci95"]["fvd"]
+    assert f"| animatelcm | 9.000 [{lo:.3f}, {hi:.3f}] | – | 1.000 [" in md and "| ddim | – | 8 | 8 |" not in md
+    assert "| floor: reference A vs B | 0.500 [0.250, 1.000] | 0.500 [0.250, 1.000] | 0.500 [0.250, 1.000] |" in md
     assert "| ddim | – | 4 | 8 |" in md  # unet_evals: CFG doubles the teacher's

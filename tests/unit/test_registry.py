@@ -64,12 +64,13 @@ def checkpoint(out: Path, name: str, digest: str, inputs: dict, *, steps: int = 
     return out
 
 
-def report(out: Path, ckpt: Path, headline: dict) -> Path:
+def report(out: Path, ckpt: Path, headline: dict, results: dict | None = None) -> Path:
     out.mkdir(parents=True)
     manifest = json.loads((ckpt / "manifest.json").read_text())
-    digest = "sha256:" + json.dumps(headline, sort_keys=True).encode().hex()[:64].ljust(64, "0")
+    digest = "sha256:" + json.dumps([headline, results], sort_keys=True).encode().hex()[:64].ljust(64, "0")
     (out / "report.json").write_text(json.dumps({
-        "checkpoint": {"name": manifest["name"], "digest": manifest["digest"]}, "headline": headline}))  # fmt: skip
+        "checkpoint": {"name": manifest["name"], "digest": manifest["digest"]}, "headline": headline,
+        **(results or {})}))  # fmt: skip
     (out / "report.md").write_text("| method | 1 |\n")
     write_manifest(out, {"name": manifest["name"] + "-eval", "digest": digest, "kind": "eval-report"})
     return out
@@ -222,6 +223,52 @@ def test_the_gate_promotes_only_a_candidate_that_beats_production(registry, chai
     looser = [GateRule("fvd@4", "lower", 0.01), GateRule("clipsim@4", "higher", 0.0)]
     assert promote(registry, v2.ref, looser)["promoted"]
     assert registry.get("t-lora@production").ref == v2.ref
+
+
+def _results(student: tuple[float, float, float], ddim: tuple[float, float, float]) -> dict:
+    """A report's results at 4 steps: (fvd, lo, hi) of the checkpoint and of the teacher's DDIM."""
+    return {"methods": {"animatelcm": [4], "ddim": [4]},
+            "results": {m: {"4": {"fvd": v, "ci95": {"fvd": [lo, hi]}, "n": 8}}
+                        for m, (v, lo, hi) in (("animatelcm", student), ("ddim", ddim))}}  # fmt: skip
+
+
+def test_the_teacher_rule_refuses_even_the_first_candidate_and_records_both_sides(registry, tmp_path):
+    from contracts.gate import TeacherRule
+
+    rules, teacher = [GateRule("fvd@4", "lower", 0.0)], [TeacherRule("fvd@4", "ddim")]
+    ckpts = {n: checkpoint(tmp_path / n, "t-gated", "sha256:" + d * 64, {}) for n, d in (("c1", "d"), ("c2", "e"),
+                                                                                          ("c3", "f"))}  # fmt: skip
+    v = registry.register(ckpts["c1"])
+    # Better than DDIM@4 by the figure, but the intervals overlap: not promoted, though nothing is in production.
+    registry.attach_eval(v.ref, report(tmp_path / "e1", ckpts["c1"], {"fvd@4": 1.0},
+                                       _results((1.0, 0.8, 1.3), (1.2, 1.1, 1.4))))  # fmt: skip
+    assert registry.alias_holder(v.name, "production") is None
+    d = promote(registry, v.ref, rules, teacher)
+    assert d["promoted"] is False and d["reason"].startswith("does not beat its teacher: fvd@4 against ddim@4")
+    (c,) = d["teacher_checks"]
+    assert (c["candidate"], c["candidate_ci"], c["teacher"], c["teacher_ci"]) == (1.0, [0.8, 1.3], 1.2, [1.1, 1.4])
+    assert "overlaps" in c["why"] and json.loads(registry.get(v.ref).tags["alcm.promotion"])["teacher_checks"] == [c]
+    assert registry.alias_holder(v.name, "production") is None
+    # Worse than the teacher by the figure: refused saying so; separated and better: promoted.
+    v2 = registry.register(ckpts["c2"])
+    registry.attach_eval(v2.ref, report(tmp_path / "e2", ckpts["c2"], {"fvd@4": 1.5},
+                                        _results((1.5, 1.4, 1.6), (1.2, 1.1, 1.3))))  # fmt: skip
+    assert "is not lower than the teacher's ddim@4 1.2" in promote(registry, v2.ref, rules, teacher)["reason"]
+    v3 = registry.register(ckpts["c3"])
+    registry.attach_eval(v3.ref, report(tmp_path / "e3", ckpts["c3"], {"fvd@4": 0.5},
+                                        _results((0.5, 0.4, 0.6), (1.2, 1.1, 1.3))))  # fmt: skip
+    d3 = promote(registry, v3.ref, rules, teacher)
+    assert d3["promoted"] and d3["reason"] == "no production version yet" and d3["teacher_checks"][0]["passed"]
+    # A report without intervals cannot show separation.
+    no_ci = _results((0.5, 0.4, 0.6), (1.2, 1.1, 1.3))
+    for r in no_ci["results"].values():
+        del r["4"]["ci95"]
+    from contracts.gate import check_teacher
+
+    assert "no intervals" in check_teacher(teacher[0], no_ci)["why"]
+    assert check_teacher(TeacherRule("fvd@8"), no_ci)["why"].startswith("the report has no fvd at 8 steps")
+    with pytest.raises(ValueError, match="against 'euler'"):
+        TeacherRule("fvd@4", "euler")
 
 
 def test_attaching_a_report_of_another_checkpoint_is_refused(registry, chain):
