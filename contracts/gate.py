@@ -71,11 +71,12 @@ class TeacherRule:
 
 
 def check_teacher(rule: TeacherRule, report: dict) -> dict:
-    """The check of ``rule`` on an eval report (``results[method][steps]`` with ``ci95``, the checkpoint's method
-    first in ``methods``): both sides' figures and intervals, ``passed`` and, if not, ``why``."""
+    """The check of ``rule`` on an eval report (``results[method][steps]`` with ``ci95``; the checkpoint's method is
+    ``student``, or the one method that is not a teacher sampler): both sides' figures and intervals, ``passed`` and,
+    if not, ``why``."""
     name, steps = rule.metric.split("@", 1)
-    student = next(iter(report.get("methods") or {}), None)
     results = report.get("results") or {}
+    student = report.get("student") or next((m for m in results if m not in TEACHER_SAMPLERS), None)
     ours, theirs = (results.get(m, {}).get(steps) for m in (student, rule.against))
     out = {"metric": rule.metric, "against": f"{rule.against}@{steps}", "direction": rule.direction,
            "separated": rule.separated, "candidate": None, "teacher": None, "candidate_ci": None,

@@ -531,6 +531,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
                 "intervals": f"95% percentile bootstrap over {e.bootstrap} replicates, each set resampled",
             },  # fmt: skip
             "methods": {m: list(s) for m, s in methods_of(cfg, kind).items()},
+            "student": STUDENT[kind],
             "metrics": [FD[kind], "kid", f"{FD[kind]}_teacher", "latent_mse", "clipsim",
                         *(["temporal"] if kind == "video" else []), "latency_s", "peak_mem_mb", "unet_evals"],
             "results": {m: {str(s): r for s, r in per.items()} for m, per in results.items()},

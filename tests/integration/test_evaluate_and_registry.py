@@ -143,6 +143,7 @@ def test_the_teacher_rule_reads_both_sides_and_their_intervals_from_a_real_repor
     from contracts.gate import TeacherRule, check_teacher
 
     report = json.loads((chain["tmp"] / "eval-a" / "report.json").read_text())
+    assert report["student"] == "lcm-lora"
     c = check_teacher(TeacherRule("fid@4", "ddim"), report)
     ours, theirs = report["results"]["lcm-lora"]["4"], report["results"]["ddim"]["4"]
     assert (c["candidate"], c["teacher"]) == (ours["fid"], theirs["fid"])
