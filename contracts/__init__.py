@@ -4,10 +4,12 @@
   typed :class:`~contracts.manifest.Manifest`; per-file digests and their verification; the code version.
 - :mod:`contracts.publish`: staging and publishing a job's output behind one small interface
   (:class:`~contracts.publish.Publisher`): a reader sees no output or a whole one, with its manifest written last.
+- :mod:`contracts.storage`: locations that are local paths or object-store URIs, read and written alike.
+- :mod:`contracts.mirror`: verified local copies of committed object-store outputs, for readers that need files.
 - :mod:`contracts.digests`: content digests of files, trees, rows and JSON-able settings.
 - :mod:`contracts.reasons`: the stable vocabulary of curation decisions and reasons, and row accounting.
 - :mod:`contracts.redact`: removing credentials from everything the platform writes down.
-- :mod:`contracts.gate`: the promotion gate's rules.
+- :mod:`contracts.gate`: the promotion gate's rules (against production, and against the teacher's sampler).
 - :mod:`contracts.report`: the eval report's tables.
 - :mod:`contracts.evalset`: a prompt set for evaluation, as its producer writes and the evaluation job reads it.
 """
