@@ -70,6 +70,14 @@ class TeacherRule:
                              f"{', '.join(TEACHER_SAMPLERS)}")  # fmt: skip
 
 
+def apart(better: tuple[float, float], worse: tuple[float, float], direction: str) -> bool:
+    """Whether interval ``better`` lies entirely on the better side of interval ``worse`` (``direction``: which way
+    is better); overlapping or undefined (NaN) intervals are not apart."""
+    if any(v != v for v in (*better, *worse)):
+        return False
+    return better[1] < worse[0] if direction == "lower" else better[0] > worse[1]
+
+
 def check_teacher(rule: TeacherRule, report: dict) -> dict:
     """The check of ``rule`` on an eval report (``results[method][steps]`` with ``ci95``; the checkpoint's method is
     ``student``, or the one method that is not a teacher sampler): both sides' figures and intervals, ``passed`` and,
@@ -92,10 +100,9 @@ def check_teacher(rule: TeacherRule, report: dict) -> dict:
                                                f"{rule.against}@{steps} {theirs[name]:.4g}"}  # fmt: skip
     if rule.separated:
         a, b = out["candidate_ci"], out["teacher_ci"]
-        if not a or not b or any(v != v for v in (*a, *b)):
+        if not a or not b or any(v != v for v in (*a, *b)):  # NaN: nothing was resampled
             return {**out, "passed": False, "why": "the report has no intervals for it (re-run the evaluation)"}
-        apart = a[1] < b[0] if rule.direction == "lower" else a[0] > b[1]
-        if not apart:
+        if not apart(a, b, rule.direction):
             return {**out, "passed": False, "why": f"{name} [{a[0]:.4g}, {a[1]:.4g}] overlaps the teacher's "
                                                    f"{rule.against}@{steps} [{b[0]:.4g}, {b[1]:.4g}]"}  # fmt: skip
     return {**out, "passed": True, "why": ""}

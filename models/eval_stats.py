@@ -5,7 +5,8 @@
   has no bias that depends on N, so two sets from one distribution score 0 on average at any N (and single draws can
   be slightly negative).
 - :func:`bootstrap`: a percentile interval of any set statistic, each set resampled (rows with replacement)
-  independently, with a fixed seed so a report is reproducible; :func:`mean_interval` for per-sample means. At very
+  independently, with a fixed seed so a report is reproducible; :func:`mean_interval` for per-sample means.
+  Whether two intervals are apart is the gate's question (:func:`contracts.gate.apart`). At very
   small N a resampled set repeats samples, which moves a set distance (Fréchet or KID) by itself: such an interval
   need not contain the figure computed on the sets as drawn, and is reported with its N so it is read as such.
 
@@ -57,11 +58,3 @@ def mean_interval(values: np.ndarray, *, n: int = 200, seed: int = 0, level: flo
     if len(values) == 0:
         return float("nan"), float("nan")
     return bootstrap(lambda v: float(v.mean()), values, n=n, seed=seed, level=level)
-
-
-def separated(better: tuple[float, float], worse: tuple[float, float], direction: str) -> bool:
-    """Whether interval ``better`` lies entirely on the better side of interval ``worse`` (``direction``: ``lower``
-    or ``higher`` is better); overlapping or undefined intervals are not separated."""
-    if any(np.isnan(v) for v in (*better, *worse)):
-        return False
-    return better[1] < worse[0] if direction == "lower" else better[0] > worse[1]

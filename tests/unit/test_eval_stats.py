@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.eval_stats import bootstrap, kid, mean_interval, separated
+from contracts.gate import apart as separated
+from models.eval_stats import bootstrap, kid, mean_interval
 from models.evaluation import frechet_distance
 
 
