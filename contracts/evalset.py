@@ -32,6 +32,12 @@ REFERENCE_B = "reference_b"
 KINDS = ("image", "video")
 
 
+TEACHER_OFFSET = 700_000
+"""The evaluation's unpaired teacher reference samples item ``index`` from noise seed ``item_seed(seed, index) +
+700_000``: disjoint from every item's own seed (and from a toy set B's, 500,000 away) for sets of up to 200,000
+items, so no method is compared with the teacher's output from its own starting noise."""
+
+
 def item_seed(seed: int, index: int) -> int:
     """The noise seed of evaluation item ``index`` (and of its reference render)."""
     return seed * 1_000_003 + index

@@ -29,13 +29,16 @@ Metrics per method and step count (the report says which extractor and reference
   ``evaluate.torch_threads`` threads, while the other actors run; ``peak_mem_mb``: CUDA peak allocation on a GPU,
   else the actors' resident-set high-water mark; ``unet_evals``: UNet evaluations per sample (CFG doubles them).
 
-Every figure has its 95% percentile bootstrap interval (``ci95``, ``evaluate.bootstrap`` replicates; each set
-resampled independently, with the evaluation's seed) and the number of samples (``n``). When the prompt set has a
+Every figure has its 95% interval (``ci95``, ``evaluate.bootstrap`` replicates with the evaluation's seed: set
+distances by half-set subsampling, means by percentile bootstrap, :mod:`models.eval_stats`) and the number of
+samples (``n``). When the prompt set has a
 second reference set (``reference_b/``, :mod:`contracts.evalset`), ``floor`` holds the Fréchet distance and KID of
 reference set A against set B: what two draws of the real distribution score at this N, below which no method can
 go. Set A is drawn by the world's renderer, not from the samplers' noise, so the reference is unpaired from the
-methods; the teacher reference (``fvd_reference: teacher``, and every ``*_teacher`` figure) is still the teacher's
-output from the methods' own seeds, and ``latent_mse`` is paired on purpose (valid at 1 step).
+methods. The teacher reference (``fvd_reference: teacher``, and every ``*_teacher`` figure) is the teacher's
+``reference_steps`` DDIM output sampled once more from disjoint seeds (:data:`contracts.evalset.TEACHER_OFFSET`):
+compared with its own output from the same noise, DDIM at few steps lands next to it while a consistency sampler
+re-injects noise. Only ``latent_mse`` is paired, on purpose (valid at 1 step).
 
 Outputs: ``report.json`` (everything above, plus ``headline``: the checkpoint's own figures as ``metric@steps``, the
 keys the promotion gate reads), ``report.md`` (a table per metric: rows = method, columns = steps, each
@@ -60,7 +63,7 @@ import ray
 
 from contracts import storage
 from contracts.digests import tree_digest
-from contracts.evalset import PROMPTS, REFERENCE, REFERENCE_B, has_set_b, item_seed, read_reference
+from contracts.evalset import PROMPTS, REFERENCE, REFERENCE_B, TEACHER_OFFSET, has_set_b, item_seed, read_reference
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.mirror import local_copy
 from contracts.publish import staged_output
@@ -76,6 +79,8 @@ log = logging.getLogger(__name__)
 JOB = "evaluate"
 STUDENT = {"image": "lcm-lora", "video": "animatelcm"}
 FD = {"image": "fid", "video": "fvd"}
+UNPAIRED = ("ddim", "unpaired")
+"""The actors' key of the teacher's reference sampled from disjoint seeds (:data:`contracts.evalset.TEACHER_OFFSET`)."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +283,13 @@ class Evaluator:
                     out["grid"][(method, steps, it["index"])] = frames
             out["per_item"][(method, steps)] = rows
             out["peak_mem_mb"][(method, steps)] = peak
+        # the teacher's reference once more from disjoint seeds: the set the *_teacher figures compare with
+        out["per_item"][UNPAIRED] = {
+            it["index"]: {"feature": self.features([generate(
+                self.pipes["ddim"], it["caption"], it["seed"] + TEACHER_OFFSET, steps=e.reference_steps,
+                guidance=self.guidance, size=self.size, frames=self.frames)[1]])[0]}
+            for it in items
+        }  # fmt: skip
         return out
 
 
@@ -301,7 +313,7 @@ def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[
               ) -> dict:  # fmt: skip
     """Per method × steps metrics from the actors' per-item results (see the module docstring), each with its 95%
     bootstrap interval (``ci95``, ``evaluate.bootstrap`` replicates) and the number of samples (``n``)."""
-    from models.eval_stats import bootstrap, kid, mean_interval
+    from models.eval_stats import bootstrap, kid, mean_interval, subsample_interval
     from models.evaluation import frechet_distance
 
     e, fd = cfg.evaluate, FD[kind]
@@ -309,9 +321,8 @@ def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[
     for shard in shards:
         for key, rows in shard["per_item"].items():
             merged.setdefault(key, {}).update(rows)
-    ref_key = ("ddim", e.reference_steps)
     order = [it["index"] for it in items]
-    teacher_feats = np.stack([merged[ref_key][i]["feature"] for i in order])
+    teacher_feats = np.stack([merged[UNPAIRED][i]["feature"] for i in order])
     reference_feats = real if e.fvd_reference == "real" else teacher_feats
     results: dict[str, dict[int, dict]] = {}
     for method, steps_list in methods_of(cfg, kind).items():
@@ -334,9 +345,9 @@ def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[
             }
             n = e.bootstrap
             figures["ci95"] = {
-                fd: bootstrap(frechet_distance, feats, reference_feats, n=n, seed=e.seed),
-                "kid": bootstrap(kid, feats, reference_feats, n=n, seed=e.seed),
-                f"{fd}_teacher": bootstrap(frechet_distance, feats, teacher_feats, n=n, seed=e.seed),
+                fd: subsample_interval(frechet_distance, feats, reference_feats, n=n, seed=e.seed),
+                "kid": subsample_interval(kid, feats, reference_feats, n=n, seed=e.seed),
+                f"{fd}_teacher": subsample_interval(frechet_distance, feats, teacher_feats, n=n, seed=e.seed),
                 **{m: mean_interval(v, n=n, seed=e.seed) for m, v in per_sample.items()},
                 "latency_s": bootstrap(lambda v: float(np.median(v)), latency, n=n, seed=e.seed),
             }
@@ -348,13 +359,13 @@ def aggregate(cfg: EvaluateSettings, kind: str, shards: list[dict], items: list[
 def floor_of(cfg: EvaluateSettings, kind: str, real: np.ndarray, real_b: np.ndarray) -> dict:
     """The set-level figures of the prompt set's reference set A against its set B (disjoint renders of the same
     prompts): the value two samples of the real distribution get, which no method can beat at this N."""
-    from models.eval_stats import bootstrap, kid
+    from models.eval_stats import kid, subsample_interval
     from models.evaluation import frechet_distance
 
     n, seed = cfg.evaluate.bootstrap, cfg.evaluate.seed
     return {FD[kind]: frechet_distance(real_b, real), "kid": kid(real_b, real), "n": len(real_b),
-            "ci95": {FD[kind]: bootstrap(frechet_distance, real_b, real, n=n, seed=seed),
-                     "kid": bootstrap(kid, real_b, real, n=n, seed=seed)}}  # fmt: skip
+            "ci95": {FD[kind]: subsample_interval(frechet_distance, real_b, real, n=n, seed=seed),
+                     "kid": subsample_interval(kid, real_b, real, n=n, seed=seed)}}  # fmt: skip
 
 
 def headline_of(kind: str, results: dict) -> dict[str, float]:
@@ -525,10 +536,11 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
                 "extractor": "toy CLIP image tower (scorers.clip), frame embeddings pooled over time [mean, last − "
                              "first]" if e.fvd_extractor == "toy_clip" else f"I3D TorchScript {e.i3d_path}",
                 "reference": f"the prompt set's reference renders ({prompt_set.reference})" if e.fvd_reference == "real"
-                             else f"the teacher's DDIM {e.reference_steps}-step output (CFG)",
+                             else f"the teacher's DDIM {e.reference_steps}-step output (CFG) from disjoint seeds",
                 "clip_model": cfg.scorers.clip.model, "workers": workers, "torch_threads": e.torch_threads,
                 "n": len(items), "bootstrap": e.bootstrap,
-                "intervals": f"95% percentile bootstrap over {e.bootstrap} replicates, each set resampled",
+                "intervals": f"95%: set distances by half-set subsampling, means by percentile bootstrap; "
+                             f"{e.bootstrap} replicates",
             },  # fmt: skip
             "methods": {m: list(s) for m, s in methods_of(cfg, kind).items()},
             "student": STUDENT[kind],

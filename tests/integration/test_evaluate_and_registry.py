@@ -71,7 +71,10 @@ def test_the_report_tables_every_method_at_every_step_and_the_reference_is_at_di
     assert {m: sorted(per) for m, per in report["results"].items()} == {
         "lcm-lora": ["1", "4"], "ddim": ["1", "4"], "dpmsolver++": ["1", "4"]}  # fmt: skip
     reference = report["results"]["ddim"]["4"]  # the teacher's 4-step DDIM output is the reference here
-    assert reference["latent_mse"] == 0.0 and reference["fid_teacher"] == pytest.approx(0.0, abs=1e-6)
+    # latent_mse is paired (zero for the reference itself); the teacher reference of fid_teacher is the same sampler
+    # from disjoint seeds, so even DDIM-4 is at a distance from it
+    assert reference["latent_mse"] == 0.0 and reference["fid_teacher"] > 1e-3
+    assert "disjoint seeds" in report["setup"]["reference"] or report["setup"]["reference"].startswith("the prompt")
     assert report["results"]["ddim"]["1"]["latent_mse"] > 0
     assert report["results"]["lcm-lora"]["1"]["unet_evals"] == 1 and reference["unet_evals"] == 8  # CFG doubles
     assert set(report["headline"]) == {f"{m}@{s}" for m in ("fid", "kid", "clipsim", "latent_mse", "latency_s")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contracts.gate import apart as separated
-from models.eval_stats import bootstrap, kid, mean_interval
+from models.eval_stats import bootstrap, kid, mean_interval, subsample_interval
 from models.evaluation import frechet_distance
 
 
@@ -61,3 +61,32 @@ def test_bootstrap_resamples_every_set_and_separation_needs_disjoint_intervals()
     assert separated((1.0, 2.0), (2.5, 3.0), "lower") and not separated((1.0, 2.6), (2.5, 3.0), "lower")
     assert separated((5.0, 6.0), (1.0, 4.0), "higher") and not separated((1.0, 2.0), (2.5, 3.0), "higher")
     assert not separated((float("nan"), 1.0), (2.0, 3.0), "lower")
+
+
+def test_a_set_distance_interval_contains_its_figure_at_small_n_where_the_bootstrap_of_a_floor_does_not():
+    """Two draws of one distribution at N = 8: a bootstrap replicate repeats rows, which pushes the Fréchet distance
+    up by itself, so its percentile interval can miss the floor it is meant to bound; half-set subsampling (without
+    replacement) keeps the figure inside and its width shrinks as N grows."""
+    rng = np.random.default_rng(4)
+    missed = 0
+    for _ in range(20):
+        a, b = rng.normal(size=(8, 6)), rng.normal(size=(8, 6))
+        figure = frechet_distance(a, b)
+        lo, hi = subsample_interval(frechet_distance, a, b, n=100, seed=0)
+        assert lo <= figure <= hi
+        klo, khi = subsample_interval(kid, a, b, n=100, seed=0)
+        assert klo <= kid(a, b) <= khi
+        blo, _ = bootstrap(frechet_distance, a, b, n=100, seed=0)
+        missed += blo > figure
+    assert missed >= 10  # the with-replacement interval lies above the figure in most draws
+    widths = []
+    for size in (16, 256):
+        a, b = rng.normal(size=(size, 6)), rng.normal(size=(size, 6)) + 0.5
+        lo, hi = subsample_interval(kid, a, b, n=100, seed=0)
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    a, b = rng.normal(size=(8, 6)), rng.normal(size=(8, 6))
+    assert subsample_interval(kid, a, b, seed=5) == subsample_interval(kid, a, b, seed=5)
+    assert np.isnan(subsample_interval(kid, a, b, n=0)[0])
+    with pytest.raises(ValueError, match="fraction"):
+        subsample_interval(kid, a, b, fraction=1.0)

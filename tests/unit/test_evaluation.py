@@ -11,6 +11,7 @@ import torch
 
 from models.evaluation import I3DFeatures, clip_video_features, clipsim, frechet_distance, temporal_consistency
 from pipelines.config import ConfigError, load_config
+from pipelines.evaluate import UNPAIRED
 
 
 def test_frechet_distance_is_zero_for_one_set_and_the_squared_mean_shift_for_a_translated_one():
@@ -102,10 +103,14 @@ def _shard(methods: dict, items: list[int], offset: float) -> dict:
         per_item[(method, steps)] = {i: {"feature": np.array([base + i, offset * i]), "clipsim": 10.0 * steps,
                                          "temporal": 0.5, "latent_mse": base, "latency_s": 0.1 * steps}
                                      for i in items}  # fmt: skip
+    # the teacher's reference from disjoint seeds: DDIM-4's features moved by 2 in the second coordinate
+    per_item[UNPAIRED] = {i: {"feature": np.array([i, offset * i + 2.0])} for i in items}
     return {"per_item": per_item, "peak_mem_mb": {k: 100.0 + offset for k in methods}, "grid": {}}
 
 
 def test_aggregation_reads_every_shard_and_the_headline_is_the_checkpoints_own_row():
+    """The teacher reference is the teacher's output from disjoint seeds (not DDIM's own samples): the same
+    sampler from other noise is at a distance of its own; only latent_mse is paired."""
     from pipelines.evaluate import aggregate, headline_of, markdown
 
     cfg = load_config("toy", ["evaluate.student_steps=[1, 4]", "evaluate.teacher_steps=[2, 4]",
@@ -115,18 +120,18 @@ def test_aggregation_reads_every_shard_and_the_headline_is_the_checkpoints_own_r
     items = [{"index": i} for i in range(4)]
     shards = [_shard(methods, [0, 2], 1.0), _shard(methods, [1, 3], 1.0)]
     results = aggregate(cfg, "video", shards, items, None)
-    assert results["ddim"][4]["fvd"] == pytest.approx(0.0, abs=1e-9)
-    assert results["ddim"][4]["fvd_teacher"] == pytest.approx(0.0, abs=1e-9)
-    assert results["animatelcm"][1]["fvd"] == pytest.approx(9.0)  # features shifted by 3 in one coordinate
+    assert results["ddim"][4]["fvd"] == pytest.approx(4.0) and results["ddim"][4]["fvd_teacher"] == pytest.approx(4.0)
+    assert results["ddim"][4]["latent_mse"] == 0.0  # paired with itself
+    assert results["animatelcm"][1]["fvd"] == pytest.approx(9.0 + 4.0)  # features moved by 3 and by 2
     assert results["animatelcm"][4]["unet_evals"] == 4 and results["ddim"][4]["unet_evals"] == 8
     assert results["ddim"][2]["peak_mem_mb"] == 101.0
     # Every figure has its 95% bootstrap interval and N: around the figure, degenerate for a constant per-sample value.
     student = results["animatelcm"][1]
-    assert student["n"] == 4 and student["ci95"]["fvd"][0] < 9.0 < student["ci95"]["fvd"][1]
+    assert student["n"] == 4 and student["ci95"]["fvd"][0] <= 13.0 <= student["ci95"]["fvd"][1]
     assert student["ci95"]["latent_mse"] == (3.0, 3.0) and student["ci95"]["clipsim"] == (10.0, 10.0)
     assert student["kid"] > results["animatelcm"][4]["kid"] and set(student["ci95"]) >= {"kid", "fvd_teacher"}
     headline = headline_of("video", results)
-    assert headline["fvd@4"] == pytest.approx(1.0) and headline["clipsim@1"] == 10.0 and "fvd@2" not in headline
+    assert headline["fvd@4"] == pytest.approx(1.0 + 4.0) and headline["clipsim@1"] == 10.0 and "fvd@2" not in headline
     assert headline["kid@1"] == pytest.approx(student["kid"], abs=1e-6)
     report = {
         "checkpoint": {"name": "t", "stage": "video_consistency_distillation", "path": "/x", "digest": "sha256:0"},
@@ -139,6 +144,6 @@ def test_aggregation_reads_every_shard_and_the_headline_is_the_checkpoints_own_r
     md = markdown(report)
     assert "| method | 1 | 2 | 4 |" in md
     lo, hi = student["ci95"]["fvd"]
-    assert f"| animatelcm | 9.000 [{lo:.3f}, {hi:.3f}] | – | 1.000 [" in md and "| ddim | – | 8 | 8 |" not in md
+    assert f"| animatelcm | 13.000 [{lo:.3f}, {hi:.3f}] | – | 5.000 [" in md and "| ddim | – | 8 | 8 |" not in md
     assert "| floor: reference A vs B | 0.500 [0.250, 1.000] | 0.500 [0.250, 1.000] | 0.500 [0.250, 1.000] |" in md
     assert "| ddim | – | 4 | 8 |" in md  # unet_evals: CFG doubles the teacher's
