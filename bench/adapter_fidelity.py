@@ -50,12 +50,9 @@ import bench.common as common  # noqa: F401 - sets the offline environment defau
 from bench.common import DEMO, write_json
 from models.evaluation import decode_latents
 from pipelines.stages import BY_NAME
+from toyworld.dancers import COLOUR_TOLERANCE, figure_masks
 
 STEPS = 4
-COLOUR_TOLERANCE = 80.0
-"""Largest Euclidean RGB distance from a pixel to the shirt (pants) colour for it to count as shirt (pants)."""
-FIGURE_DISTANCE = 60.0
-"""A pixel further than this from the background's grey level (any channel) is the figure's (as ``read_object``)."""
 MIN_PIXELS = 4
 """A colour mask with fewer pixels than this is 'not found'."""
 PARTS = ("shirt", "pants", "figure")
@@ -102,19 +99,6 @@ def control_frames(keypoints: np.ndarray, size: int) -> np.ndarray:
                "keypoints": [[round(float(x), 2), round(float(y), 2), int(v)] for x, y, v in frame]}  # fmt: skip
         maps.append(render_pose(parse_pose_json(json.dumps(doc)), size, size, limb_width=limb))
     return np.stack(maps)
-
-
-def figure_masks(frame: np.ndarray, shirt: str, pants: str, background: str) -> tuple[np.ndarray, ...]:
-    """Boolean (H, W) shirt, pants and whole-figure masks of a dancer frame, by colour (module docstring)."""
-    from toyworld.dancers import SKIN_RGB
-    from toyworld.scenes import BACKGROUND_LEVEL, COLOUR_RGB
-
-    palette = np.array([COLOUR_RGB[shirt], COLOUR_RGB[pants], SKIN_RGB, (BACKGROUND_LEVEL[background],) * 3], float)
-    distance = np.linalg.norm(frame.astype(np.float64)[:, :, None, :] - palette[None, None], axis=-1)
-    nearest = distance.argmin(axis=-1)
-    close = distance.min(axis=-1) <= COLOUR_TOLERANCE
-    figure = np.abs(frame.astype(np.float64) - BACKGROUND_LEVEL[background]).max(axis=-1) > FIGURE_DISTANCE
-    return (nearest == 0) & close, (nearest == 1) & close, figure
 
 
 def mask_errors(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float | None]:

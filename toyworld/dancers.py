@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from models.pose import JOINTS as POSE_JOINTS
-from toyworld.scenes import BACKGROUNDS, COLOUR_RGB, COLOURS, SUPERSAMPLE, render_background
+from toyworld.scenes import BACKGROUND_LEVEL, BACKGROUNDS, COLOUR_RGB, COLOURS, SUPERSAMPLE, render_background
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,24 @@ def render_dancer(
         keypoints[t, :, :2] = np.round(points_px, 2)
         keypoints[t, :, 2] = visibility
     return images, keypoints
+
+
+COLOUR_TOLERANCE = 80.0
+"""Largest Euclidean RGB distance from a pixel to the shirt (pants) colour for it to count as shirt (pants)."""
+FIGURE_DISTANCE = 60.0
+"""A pixel further than this from the background's grey level (any channel) is the figure's (as ``read_object``)."""
+def figure_masks(frame: np.ndarray, shirt: str, pants: str, background: str) -> tuple[np.ndarray, ...]:
+    """Boolean (H, W) shirt, pants and whole-figure masks of a dancer frame, by colour, as ``bench/adapter_fidelity``
+    and the image teacher's validation read samples: a pixel is *shirt* when, of the four colours the frame should
+    hold (shirt, pants, the head's skin, the background's grey level), the shirt's is the nearest and within
+    :data:`COLOUR_TOLERANCE`; likewise *pants*; *figure* is every pixel more than :data:`FIGURE_DISTANCE` from the
+    background's grey level in some channel."""
+    palette = np.array([COLOUR_RGB[shirt], COLOUR_RGB[pants], SKIN_RGB, (BACKGROUND_LEVEL[background],) * 3], float)
+    distance = np.linalg.norm(frame.astype(np.float64)[:, :, None, :] - palette[None, None], axis=-1)
+    nearest = distance.argmin(axis=-1)
+    close = distance.min(axis=-1) <= COLOUR_TOLERANCE
+    figure = np.abs(frame.astype(np.float64) - BACKGROUND_LEVEL[background]).max(axis=-1) > FIGURE_DISTANCE
+    return (nearest == 0) & close, (nearest == 1) & close, figure
 
 
 def generate_dancer_sequences(seed: int, n: int, *, frames: int = 16, size: int = 64) -> list[dict]:

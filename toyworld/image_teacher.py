@@ -54,30 +54,24 @@ import torch
 import torch.nn.functional as F
 
 from contracts.digests import sha256_file
-from toyworld.clip_frames import make_video_pool
-from toyworld.scenes import (
-    BACKGROUND_LEVEL,
-    COLOUR_RGB,
-    COLOURS,
-    POSITION_XY,
-    POSITIONS,
-    SHAPES,
-    ObjectSpec,
-    SceneSpec,
-    caption_for,
-    render_scene,
-    sample_scene,
+from toyworld.image_teacher_data import (
+    DANCER_VAL_STREAM,
+    IMAGE_SIZE,
+    VAL_STREAM,
+    dancer_fidelity,
+    dancer_frames,
+    render_prompt,
+    render_training_set,
+    validation_prompts,
 )
+from toyworld.scenes import BACKGROUND_LEVEL, COLOUR_RGB, COLOURS, POSITION_XY, POSITIONS, SHAPES
 from toyworld.scorer_config import toy_scorers_config
 from toyworld.zoo_common import REPO_ROOT, publish_part, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "zoo" / "image_teacher"
-IMAGE_SIZE = 64
-TRAIN_STREAM = 30
-VAL_STREAM = 31
-CLIP_STREAM = 32
+CODE = ("toyworld/image_teacher.py", "toyworld/image_teacher_data.py", "toyworld/scenes.py", "toyworld/videos.py")
 SD15_SCHEDULE = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -95,7 +89,12 @@ class ImageTeacherTrainingConfig:
     threads: int = 2
     train_scenes: int = 24000
     train_clips: int = 6000
+    train_dancers: int = 0
+    """Dancer frames (one per fresh sequence) drawn in the clip-frame share of each batch, with the clip frames."""
     clip_fraction: float = 0.2
+    init_from: str | None = None
+    """A teacher directory to continue from: its VAE, tokenizer and scaling are kept (no VAE training) and its UNet
+    and text encoder trained further for ``unet_steps``; None trains from scratch."""
     vae_steps: int = 1500
     vae_batch: int = 24
     vae_lr: float = 1e-3
@@ -117,6 +116,8 @@ class ImageTeacherTrainingConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if not 0.0 <= self.clip_fraction < 1.0 or not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError("clip_fraction and caption_dropout must be in [0, 1)")
+        if self.train_dancers < 0:
+            raise ValueError(f"train_dancers={self.train_dancers!r}: must be ≥ 0")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay!r}: must be in (0, 1)")
 
@@ -201,51 +202,6 @@ def build_scheduler() -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(**SD15_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-# ------------------------------------------------------------------------------------------------------- the data
-
-
-def render_training_set(cfg: ImageTeacherTrainingConfig) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-    """Clean scenes (uint8 N×64×64×3) with their captions, and clip frames with their video captions."""
-    rng = np.random.default_rng([cfg.seed, TRAIN_STREAM])
-    scenes = [sample_scene(rng) for _ in range(cfg.train_scenes)]
-    images = np.stack([np.asarray(render_scene(s, IMAGE_SIZE)) for s in scenes])
-    clips = make_video_pool(cfg.seed, cfg.train_clips, stream=CLIP_STREAM)
-    return images, [caption_for(s) for s in scenes], clips.images, list(clips.captions)
-
-
-def validation_prompts(seed: int, n: int) -> list[dict[str, str]]:
-    """Held-out one-object prompts (``[seed, 31]``), balanced over colours and shapes: caption and ground truth."""
-    rng = np.random.default_rng([seed, VAL_STREAM])
-    out = []
-    for i in range(n):
-        obj = ObjectSpec(
-            shape=SHAPES[i % len(SHAPES)],
-            colour=COLOURS[(i // len(SHAPES)) % len(COLOURS)],
-            size=("small", "large")[int(rng.integers(2))],
-            position=POSITIONS[int(rng.integers(len(POSITIONS)))],
-        )
-        background = ("white", "gray", "black")[int(rng.integers(3))]
-        scene = SceneSpec(objects=(obj,), background=background, jitter_seed=int(rng.integers(2**31)))
-        out.append(
-            {
-                "caption": caption_for(scene),
-                "shape": obj.shape,
-                "colour": obj.colour,
-                "position": obj.position,
-                "background": background,
-            }
-        )
-    return out
-
-
-def render_prompt(prompt: dict[str, str], jitter_seed: int) -> np.ndarray:
-    """A ground-truth render (uint8 64×64×3) of a :func:`validation_prompts` prompt's scene."""
-    size = "large" if " large " in f" {prompt['caption']} " else "small"
-    obj = ObjectSpec(prompt["shape"], prompt["colour"], size, prompt["position"])
-    scene = SceneSpec(objects=(obj,), background=prompt["background"], jitter_seed=int(jitter_seed))
-    return np.asarray(render_scene(scene, IMAGE_SIZE))
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -386,13 +342,17 @@ def train_unet(
     cfg: ImageTeacherTrainingConfig,
     rng: np.random.Generator,
     log_every: int,
+    start: tuple[Any, Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Train the UNet and text encoder jointly (ε-prediction, caption dropout); return their EMA copies."""
+    """Train the UNet and text encoder jointly (ε-prediction, caption dropout), fresh or from ``start`` (a UNet and
+    text encoder); return their EMA copies."""
     import copy
 
     from models.factory import alphas_cumprod_from
 
-    unet, text_encoder = build_unet(), build_text_encoder(tokenizer)
+    unet, text_encoder = start if start is not None else (build_unet(), build_text_encoder(tokenizer))
+    unet.train().requires_grad_(True)
+    text_encoder.train().requires_grad_(True)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     opt = torch.optim.AdamW(
         [
@@ -451,15 +411,8 @@ def sample_prompts(pipe: Any, prompts: list[dict[str, str]], *, steps: int, guid
     out = []
     for i, p in enumerate(prompts):
         g = torch.Generator().manual_seed(seed * 100003 + i)
-        image = pipe(
-            p["caption"],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=g,
-            output_type="np",
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-        ).images[0]
+        image = pipe(p["caption"], num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np",
+                     height=IMAGE_SIZE, width=IMAGE_SIZE).images[0]  # fmt: skip
         out.append((image * 255).round().astype(np.uint8))
     return out
 
@@ -491,8 +444,50 @@ def validate(teacher_dir: Path, cfg: ImageTeacherTrainingConfig, val_images: np.
         },
         f"ddim{cfg.val_steps}_cfg{cfg.val_guidance:g}": prompt_fidelity(samples, val_prompts, scorer),
         f"ddim{cfg.val_steps}_no_cfg": prompt_fidelity(unguided, val_prompts, scorer),
+        f"dancers_ddim{cfg.val_steps}_cfg{cfg.val_guidance:g}": dancer_validation(pipe, cfg),
         "ground_truth_renders": prompt_fidelity(list(val_images), val_prompts, scorer),
     }
+
+
+def dancer_validation(pipe: Any, cfg: ImageTeacherTrainingConfig) -> dict[str, float]:
+    """Does the teacher draw the dancers the control adapter trains on: held-out dancer prompts (``[seed, 35]``)."""
+    truth, prompts = dancer_frames(cfg.seed, cfg.val_prompts // 2, stream=DANCER_VAL_STREAM)
+    samples = sample_prompts(pipe, prompts, steps=cfg.val_steps, guidance=cfg.val_guidance, seed=cfg.seed)
+    return dancer_fidelity(samples, prompts) | {"ground_truth": dancer_fidelity(list(truth), prompts)}
+
+
+def load_teacher_parts(teacher_dir: Path) -> tuple[Any, Any, tuple[Any, Any]]:
+    """The tokenizer, frozen VAE, and (UNet, text encoder) of a saved teacher, to continue training from."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    load = {"local_files_only": True}
+    if not (teacher_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"init_from={str(teacher_dir)!r}: no teacher there (model_index.json missing)")
+    tokenizer = CLIPTokenizer.from_pretrained(str(teacher_dir), subfolder="tokenizer", **load)
+    vae = AutoencoderKL.from_pretrained(str(teacher_dir), subfolder="vae", **load).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(str(teacher_dir), subfolder="unet", **load)
+    text_encoder = CLIPTextModel.from_pretrained(str(teacher_dir), subfolder="text_encoder", **load)
+    return tokenizer, vae, (unet, text_encoder)
+
+
+def parent_record(teacher_dir: Path) -> dict:
+    """Where a continued teacher started: the parent's path, manifest digest, training settings and metrics."""
+    manifest = teacher_dir / "manifest.json"
+    record: dict[str, Any] = {"path": str(teacher_dir)}
+    try:
+        record["path"] = teacher_dir.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        pass
+    if manifest.is_file():
+        parent = json.loads(manifest.read_text())
+        record |= {
+            "manifest_sha256": sha256_file(manifest),
+            "training": parent.get("training"),
+            "continued_from": parent.get("continued_from"),
+            "metrics": parent.get("metrics"),
+        }
+    return record
 
 
 def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every: int = 100, **settings: Any) -> dict:
@@ -516,29 +511,40 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         t = time.monotonic()
-        images, captions, clip_images, clip_captions = render_training_set(cfg)
+        images, captions, clip_images, clip_captions = render_training_set(
+            cfg.seed, cfg.train_scenes, cfg.train_clips, cfg.train_dancers
+        )
         prompts = validation_prompts(seed, cfg.val_prompts)
         val_rng = np.random.default_rng([seed, VAL_STREAM, 1])
         val_images = np.stack([render_prompt(p, int(val_rng.integers(2**31))) for p in prompts])
         wall["render_s"] = time.monotonic() - t
         logger.info("rendered %d scenes and %d clip frames in %.0f s", len(images), len(clip_images), wall["render_s"])
 
-        tokenizer: CLIPTokenizer = write_clip_tokenizer(tmp / "tokenizer")
-        t = time.monotonic()
-        vae = train_vae(np.concatenate([images, clip_images]), cfg, rng, log_every)
-        wall["vae_s"] = time.monotonic() - t
-        latents = encode_latents(vae, images)
-        clip_latents = encode_latents(vae, clip_images)
-        scaling = float(1.0 / torch.cat([latents[0], clip_latents[0]]).std())
-        vae.register_to_config(scaling_factor=round(scaling, 5))
-        logger.info("latent scaling_factor %.5f", vae.config.scaling_factor)
+        start, parent = None, None
+        if cfg.init_from is not None:
+            parent = Path(cfg.init_from)
+            tokenizer, vae, start = load_teacher_parts(parent)
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            latents, clip_latents = encode_latents(vae, images), encode_latents(vae, clip_images)
+            logger.info("continuing from %s (its VAE and scaling_factor %.5f kept)", parent, vae.config.scaling_factor)
+        else:
+            tokenizer: CLIPTokenizer = write_clip_tokenizer(tmp / "tokenizer")
+            t = time.monotonic()
+            vae = train_vae(np.concatenate([images, clip_images]), cfg, rng, log_every)
+            wall["vae_s"] = time.monotonic() - t
+            latents = encode_latents(vae, images)
+            clip_latents = encode_latents(vae, clip_images)
+            scaling = float(1.0 / torch.cat([latents[0], clip_latents[0]]).std())
+            vae.register_to_config(scaling_factor=round(scaling, 5))
+            logger.info("latent scaling_factor %.5f", vae.config.scaling_factor)
 
         t = time.monotonic()
         ids, clip_ids = tokenize(tokenizer, captions), tokenize(tokenizer, clip_captions)
         empty_ids = tokenize(tokenizer, [""])
         unet, text_encoder = train_unet(
-            latents, ids, empty_ids, clip_latents, clip_ids, tokenizer, vae.config.scaling_factor, cfg, rng, log_every
-        )
+            latents, ids, empty_ids, clip_latents, clip_ids, tokenizer, vae.config.scaling_factor, cfg, rng, log_every,
+            start,
+        )  # fmt: skip
         wall["unet_s"] = time.monotonic() - t
 
         pipe = StableDiffusionPipeline(
@@ -563,6 +569,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
             "for the toy profile's stage 1",
             "seed": seed,
             "training": dataclasses.asdict(cfg),
+            "continued_from": None if parent is None else parent_record(parent),
             "parameters": {
                 "vae": sum(p.numel() for p in vae.parameters()),
                 "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
@@ -573,7 +580,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
             "validation_prompts": prompts,
             "metrics": metrics,
             "files": files,
-            "code": {rel: sha256_file(REPO_ROOT / rel) for rel in ("toyworld/image_teacher.py", "toyworld/scenes.py")},
+            "code": {rel: sha256_file(REPO_ROOT / rel) for rel in CODE},
             "environment": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,

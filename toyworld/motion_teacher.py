@@ -6,6 +6,11 @@ profile's motion module is trained here as an ordinary ε-prediction video diffu
 (:func:`models.video_unet.inflate`), its spatial weights and text encoder stay frozen, and only the motion modules
 learn, on clean clips of the toy world (every direction, shape, colour and background).
 
+- Direction: the toy world's moving objects leave a faint trail (:func:`toyworld.videos.trail_mask`), so every
+  frame shows where its object is heading; a motion module has no text input and can only carry on a motion that
+  the spatial layers draw (:data:`DESIGN`, written to the manifest, says why this design).
+- ``init_from``: continue from a saved adapter (the committed teacher continues the first one, which had learned
+  coherent motion but not the prompted direction); the manifest's ``continued_from`` records it.
 - Clips: a window of ``frames`` consecutive frames (8; ``stride`` 1) at a random offset in a 16-frame toy clip, 64×64:
   the motion per frame that curated toy videos carry (video curation keeps 8 consecutive frames of each clip).
 - Latents: the frozen VAE's posterior mean × its scaling_factor, encoded once; prompts: the frozen text encoder's
@@ -59,6 +64,19 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "zoo" / "motion_teacher"
 TRAIN_STREAM = 40
 VAL_STREAM = 41
 CLIP_FRAMES = 16
+DESIGN = (
+    "How the teacher follows the prompted direction: a cue that makes direction visible in each frame. A motion "
+    "module (AnimateDiff's, which the sd15 profile loads unchanged) has no text input: it attends across frames at "
+    "each position, over features the spatial layers computed from one frame and the prompt. When no single frame "
+    "shows where an object is heading, the prompt's direction word reaches it only weakly, and the first teacher "
+    "learned coherent motion (0.50 of clips) in random directions (0.08, below a zero module's 0.21). So the toy "
+    "world's moving objects leave a faint trail (toyworld.videos.trail_mask: faded copies of the object along the "
+    "last 30% of its path, under the pixel readers' object threshold): the image teacher, trained on clip frames "
+    "with their captions, learns to draw the trail on the side the caption implies, and the motion module learns "
+    "the text-free rule of moving the object away from its trail (a shrinking object is ringed by its trail, a "
+    "growing one hides it). Text access for the motion layers was rejected because it would change the motion "
+    "module's architecture away from the one production loads."
+)
 """Frames of a rendered toy clip; the teacher sees every ``stride``-th."""
 
 
@@ -81,6 +99,8 @@ class MotionTeacherTrainingConfig:
     val_prompts: int = 24
     val_steps: int = 25
     val_guidance: float = 5.0
+    init_from: str | None = None
+    """A saved MotionAdapter to continue from (its motion modules, not zero-initialised ones); None starts fresh."""
 
     def __post_init__(self) -> None:
         for name in ("train_clips", "frames", "stride", "heads", "steps", "batch", "val_prompts", "val_steps"):
@@ -213,9 +233,10 @@ def train_motion(
     import copy
 
     from models.factory import alphas_cumprod_from
-    from models.video_unet import inflate, temporal_parameters, video_forward
+    from models.video_unet import inflate, load_motion_adapter, temporal_parameters, video_forward
 
-    model = inflate(unet2d, heads=cfg.heads)
+    start = load_motion_adapter(cfg.init_from) if cfg.init_from is not None else None
+    model = inflate(unet2d, start, heads=cfg.heads)
     model.requires_grad_(False)
     params = list(temporal_parameters(model).values())
     for p in params:
@@ -299,6 +320,17 @@ def validate(out_dir: Path, image_teacher: Path, cfg: MotionTeacherTrainingConfi
     }
 
 
+def adapter_record(adapter_dir: Path) -> dict:
+    """Where a continued motion teacher started: the adapter's path, its manifest's digest and its metrics."""
+    manifest = adapter_dir / "manifest.json"
+    record: dict[str, Any] = {"path": os.path.relpath(adapter_dir.resolve(), REPO_ROOT)}
+    if manifest.is_file():
+        parent = json.loads(manifest.read_text())
+        record |= {"manifest_sha256": sha256_file(manifest), "training": parent.get("training"),
+                   "metrics": parent.get("metrics")}  # fmt: skip
+    return record
+
+
 def train_motion_teacher(
     out_dir: Path = DEFAULT_DIR, *, image_teacher: Path = IMAGE_TEACHER_DIR, seed: int = 0, log_every: int = 50,
     **settings: Any,
@@ -362,6 +394,8 @@ def train_motion_teacher(
             "seed": seed,
             "image_teacher": {"path": os.path.relpath(image_teacher, REPO_ROOT)},
             "training": dataclasses.asdict(cfg),
+            "design": DESIGN,
+            "continued_from": None if cfg.init_from is None else adapter_record(Path(cfg.init_from)),
             "parameters": sum(p.numel() for n, p in model.named_parameters() if "motion_modules" in n),
             "wall_time_s": {k: round(v, 1) for k, v in wall.items()},
             "validation_prompts": validation_prompts(seed, cfg.val_prompts),
