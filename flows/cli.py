@@ -107,15 +107,22 @@ def toy_train_zoo(
     ),
     out: Path = typer.Option(None, "--out", help="Zoo root (default: toyworld/zoo)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="A teacher's training setting, KEY=VALUE (repeatable), e.g. --set init_from=DIR."
+    ),
 ) -> None:
     """Train the toy model zoo (flow ``train-toy-zoo``); slow, its products are committed."""
     from flows.toy import ZOO_DIR, TrainZooParams, train_toy_zoo_flow
-    from pipelines.toy_world import ZOO_PARTS
+    from pipelines.toy_world import ZOO_PARTS, zoo_settings
 
     bad = [p for p in only if p not in ZOO_PARTS]
     if bad:
         fail(f"--only {bad[0]!r}: unknown zoo part; choose from {', '.join(ZOO_PARTS)}")
-    params = TrainZooParams(only=only or list(ZOO_PARTS), out=str(out or ZOO_DIR), seed=seed)
+    try:
+        zoo_settings(only or list(ZOO_PARTS), sets)
+    except ValueError as exc:
+        fail(str(exc))
+    params = TrainZooParams(only=only or list(ZOO_PARTS), out=str(out or ZOO_DIR), seed=seed, sets=sets)
     train_toy_zoo_flow(params)
     typer.echo(f"toy zoo trained: {', '.join(params.only)} under {params.out}")
 

@@ -70,6 +70,7 @@ class TrainZooParams(BaseModel):
     only: list[str] = Field(default_factory=lambda: list(toy_world.ZOO_PARTS), description="Zoo parts to train.")
     out: str = Field(str(ZOO_DIR), description="Zoo root; each part is written to a subdirectory.")
     seed: int = Field(0, description="Training seed.")
+    sets: list[str] = Field(default_factory=list, description="Teachers' training settings, KEY=VALUE.")
 
 
 @flow(name="train-toy-zoo")
@@ -77,6 +78,6 @@ def train_toy_zoo_flow(params: TrainZooParams) -> dict:
     """Train the toy model zoo (slow; its products are committed under toyworld/zoo/)."""
     apply_env_defaults()
     logger = get_run_logger()
-    result = toy_world.train_zoo(Path(params.out), only=params.only, seed=params.seed)
+    result = toy_world.train_zoo(Path(params.out), only=params.only, seed=params.seed, sets=params.sets)
     logger.info("toy zoo parts %s written under %s", ", ".join(params.only), params.out)
     return result

@@ -11,6 +11,9 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from contracts.manifest import code_version
 from pipelines.config import Config
@@ -59,14 +62,48 @@ def eval_sets(cfg: Config, out: Path, *, frames: int | None = None) -> dict[str,
     return sets
 
 
-def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -> dict:
+SETTABLE = {
+    "image-teacher": "toyworld.image_teacher:ImageTeacherTrainingConfig",
+    "motion-teacher": "toyworld.motion_teacher:MotionTeacherTrainingConfig",
+    "style-teacher": "toyworld.style_teacher:StyleTeacherTrainingConfig",
+}
+"""The zoo parts whose training settings ``--set`` can change, and the dataclass that holds them."""
+
+
+def zoo_settings(parts: list[str], pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as YAML scalars) checked against every requested part's training
+    settings: a key that one of them lacks, or a part that takes no settings, is an error naming it."""
+    import dataclasses
+    import importlib
+
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set steps=1500")
+        settings[key.strip()] = yaml.safe_load(value)
+    for part in parts if settings else []:
+        if part not in SETTABLE:
+            raise ValueError(f"--set: the {part} part takes no settings; --set works with {', '.join(SETTABLE)}")
+        module, name = SETTABLE[part].split(":")
+        fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))} - {"seed"}
+        for key in settings:
+            if key not in fields:
+                raise ValueError(f"--set {key}: not a training setting of the {part} ({', '.join(sorted(fields))})")
+    return settings
+
+
+def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0, sets: list[str] | None = None) -> dict:
     """Train the requested parts of the toy zoo (``scorers``, ``captioner``, ``image-teacher``, ``motion-teacher``,
     ``style-teacher``); each goes to ``out_root/<part>`` with ``-`` as ``_`` (the image teacher to
-    ``out_root/image_teacher``). The motion and style teachers build on the image teacher under ``out_root``."""
+    ``out_root/image_teacher``). The motion and style teachers build on the image teacher under ``out_root``.
+    ``sets``: ``KEY=VALUE`` training settings for the teachers (:func:`zoo_settings`), recorded in their manifests
+    (how the committed ones were continued from their predecessors: ``init_from``)."""
     parts = list(only or ZOO_PARTS)
     unknown = [p for p in parts if p not in ZOO_PARTS]
     if unknown:
         raise ValueError(f"unknown zoo part(s) {unknown}; choose from {', '.join(ZOO_PARTS)}")
+    settings = zoo_settings(parts, list(sets or []))
     results = {}
     for part in parts:
         if part == "scorers":
@@ -80,18 +117,18 @@ def train_zoo(out_root: Path, *, only: list[str] | None = None, seed: int = 0) -
         elif part == "image-teacher":
             from toyworld.image_teacher import train_image_teacher
 
-            results[part] = train_image_teacher(Path(out_root) / "image_teacher", seed=seed)
+            results[part] = train_image_teacher(Path(out_root) / "image_teacher", seed=seed, **settings)
         elif part == "motion-teacher":
             from toyworld.motion_teacher import train_motion_teacher
 
             results[part] = train_motion_teacher(
-                Path(out_root) / "motion_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed
+                Path(out_root) / "motion_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed, **settings
             )
         elif part == "style-teacher":
             from toyworld.style_teacher import train_style_teacher
 
             results[part] = train_style_teacher(
-                Path(out_root) / "style_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed
+                Path(out_root) / "style_teacher", image_teacher=Path(out_root) / "image_teacher", seed=seed, **settings
             )
         else:
             raise ValueError(f"unknown zoo part {part!r}; choose from {', '.join(ZOO_PARTS)}")
@@ -117,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "toyworld" / "zoo")
     zoo.add_argument("--only", action="append")
     zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "eval-set":
         eval_sets(job_config(args.config, []), args.out, frames=args.frames)
     elif args.cmd == "train-zoo":
-        train_zoo(args.out, only=args.only, seed=args.seed)
+        train_zoo(args.out, only=args.only, seed=args.seed, sets=args.sets)
     else:
         raise ValueError(f"unknown command {args.cmd!r}; choose data, eval-set or train-zoo")
     return 0

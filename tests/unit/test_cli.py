@@ -37,6 +37,19 @@ def test_unknown_zoo_part_is_refused():
     assert result.exit_code == 2 and "teacherz" in result.output
 
 
+def test_zoo_settings_are_checked_against_each_parts_training_config_before_anything_trains():
+    result = runner.invoke(app, ["toy", "train-zoo", "--only", "motion-teacher", "--set", "stepz=3"])
+    assert result.exit_code == 2 and "--set stepz" in result.output and "steps" in result.output
+    result = runner.invoke(app, ["toy", "train-zoo", "--only", "scorers", "--set", "steps=3"])
+    assert result.exit_code == 2 and "the scorers part takes no settings" in result.output
+    result = runner.invoke(app, ["toy", "train-zoo", "--only", "image-teacher", "--set", "unet_steps"])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+    from pipelines.toy_world import zoo_settings
+
+    assert zoo_settings(["image-teacher"], ["unet_steps=1500", "init_from=toyworld/zoo/image_teacher"]) == {
+        "unet_steps": 1500, "init_from": "toyworld/zoo/image_teacher"}  # fmt: skip
+
+
 def test_recaption_refuses_an_unknown_backend_before_any_flow_runs(tmp_path):
     result = runner.invoke(
         app, ["recaption", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--backend", "x"]
