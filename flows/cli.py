@@ -340,6 +340,29 @@ def evaluate_checkpoint(
     _echo_gate(out["decision"], "gate:       ")
 
 
+@app.command("eval-set")
+def eval_set_from_videos(
+    input_dir: str = typer.Option(..., "--input", help="A curated text-video dataset (alcm curate videos)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the prompt set into."),
+    prompts: int = typer.Option(..., "--prompts", help="Prompts (captions with enough clips), in dataset order."),
+    videos_per_prompt: int = typer.Option(1, "--videos-per-prompt", help="Clips per prompt in each of sets A and B."),
+    frames: int = typer.Option(16, "--frames", help="Frames per clip (the checkpoint's)."),
+    size: int = typer.Option(256, "--size", help="Frame size the clips are resized to."),
+    seed: int = typer.Option(1, "--seed", help="evaluate.seed of the evaluations that read it."),
+) -> None:
+    """Write a prompt set of real videos for evaluate.prompts (the unpaired reference for sd15): captions of a
+    curated text-video dataset with their clips as reference sets A and B."""
+    from pipelines.video_eval_set import write_video_eval_set
+
+    try:
+        manifest = write_video_eval_set(input_dir, out, prompts=prompts, videos_per_prompt=videos_per_prompt,
+                                        frames=frames, size=size, seed=seed)  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"eval set: {out} ({prompts} prompts × {videos_per_prompt} clips in sets A and B, "
+               f"{manifest['digest']}); use --set evaluate.prompts={out}")  # fmt: skip
+
+
 app.command("eval", hidden=True, help="The same as `alcm evaluate` (its name before every stage had one name).")(
     evaluate_checkpoint
 )
