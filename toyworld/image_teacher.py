@@ -524,7 +524,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
         if cfg.init_from is not None:
             parent = Path(cfg.init_from)
             tokenizer, vae, start = load_teacher_parts(parent)
-            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            shutil.copytree(parent / "tokenizer", tmp / "tokenizer")  # as written (save_pretrained drops files)
             latents, clip_latents = encode_latents(vae, images), encode_latents(vae, clip_images)
             logger.info("continuing from %s (its VAE and scaling_factor %.5f kept)", parent, vae.config.scaling_factor)
         else:

@@ -72,3 +72,32 @@ def test_the_committed_teacher_draws_the_prompted_colour_and_shape(committed):
 
 COLOUR_MIN = 0.75
 SHAPE_MIN = 0.5
+
+
+def test_the_dancer_reader_finds_every_ground_truth_dancer_and_nothing_on_a_blank_frame():
+    from toyworld.image_teacher_data import dancer_fidelity, dancer_frames
+
+    frames, prompts = dancer_frames(3, 12, stream=35)
+    assert dancer_fidelity(list(frames), prompts)["drew_dancer"] == 1.0
+    blank = [np.full((64, 64, 3), 128, np.uint8)] * 3
+    assert dancer_fidelity(blank, [dict(p, background="gray") for p in prompts[:3]])["drew_dancer"] == 0.0
+    assert len({p["caption"] for p in prompts}) > 6 and all("dancing" in p["caption"] for p in prompts)
+
+
+def test_the_committed_teacher_draws_held_out_dancers(committed):
+    """Fresh 50-step DDIM samples (with CFG) of held-out dancer captions (a stream the teacher never trained on):
+    the prompted shirt colour shows in most samples, in a figure of most of a dancer's height; the teacher before
+    dancers joined its training data found the shirt in 0.29 and drew figures 0.28 of the frame tall."""
+    import torch
+
+    from models.sampling import load_pipeline, sample
+    from toyworld.image_teacher_data import dancer_fidelity, dancer_frames
+
+    torch.set_num_threads(2)
+    _, prompts = dancer_frames(9, 8, stream=35)
+    pipe = load_pipeline(DEFAULT_DIR, scheduler="ddim")
+    guidance = committed["training"]["val_guidance"]
+    images = sample(pipe, [p["caption"] for p in prompts], steps=50, guidance_scale=guidance,
+                    seeds=list(range(len(prompts))))  # fmt: skip
+    fidelity = dancer_fidelity([np.asarray(i) for i in images], prompts)
+    assert fidelity["shirt_found"] >= 0.6 and fidelity["figure_height"] >= 0.45, fidelity
