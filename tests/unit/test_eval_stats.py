@@ -90,3 +90,17 @@ def test_a_set_distance_interval_contains_its_figure_at_small_n_where_the_bootst
     assert np.isnan(subsample_interval(kid, a, b, n=0)[0])
     with pytest.raises(ValueError, match="fraction"):
         subsample_interval(kid, a, b, fraction=1.0)
+
+
+def test_for_two_draws_of_one_distribution_the_kid_interval_covers_zero_where_the_bootstrap_one_does_not():
+    """KID is unbiased, so two sets from one distribution have a true KID of 0: the half-set interval covers it at
+    about its level; the with-replacement bootstrap interval almost never does (repeated rows raise the figure)."""
+    rng = np.random.default_rng(5)
+    sub = boot = 0
+    for _ in range(40):
+        a, b = rng.normal(size=(24, 16)), rng.normal(size=(24, 16))
+        lo, hi = subsample_interval(kid, a, b, n=100, seed=0)
+        sub += lo <= 0.0 <= hi
+        lo, hi = bootstrap(kid, a, b, n=100, seed=0)
+        boot += lo <= 0.0 <= hi
+    assert sub >= 34 and boot <= 6
