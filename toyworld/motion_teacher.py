@@ -8,7 +8,8 @@ learn, on clean clips of the toy world (every direction, shape, colour and backg
 
 - Direction: the toy world's moving objects leave a faint trail (:func:`toyworld.videos.trail_mask`), so every
   frame shows where its object is heading; a motion module has no text input and can only carry on a motion that
-  the spatial layers draw (:data:`DESIGN`, written to the manifest, says why this design).
+  the spatial layers draw (:data:`DESIGN`, written to the manifest, says why this design). The committed teacher's
+  manifest says what was measured: the image teacher's VAE does not yet reproduce the trail.
 - ``init_from``: continue from a saved adapter (the committed teacher continues the first one, which had learned
   coherent motion but not the prompted direction); the manifest's ``continued_from`` records it.
 - Clips: a window of ``frames`` consecutive frames (8; ``stride`` 1) at a random offset in a 16-frame toy clip, 64×64:
