@@ -56,6 +56,18 @@ def has_set_b(root: Path | None) -> bool:
     return root is not None and (Path(root) / REFERENCE_B).is_dir()
 
 
+def clear_set(root: Path) -> None:
+    """Remove a prompt set written at ``root`` before (its manifest, prompts and both reference sets), so that a set
+    written there is replaced whole."""
+    import shutil
+
+    root = Path(root)
+    for stale in (root / "manifest.json", root / PROMPTS):
+        stale.unlink(missing_ok=True)
+    for stale in (REFERENCE, REFERENCE_B):
+        shutil.rmtree(root / stale, ignore_errors=True)
+
+
 def write_reference(root: Path, index: int, frames: np.ndarray, which: str = REFERENCE) -> Path:
     """Save item ``index``'s reference render (uint8 (F, H, W, 3); F = 1 for an image) as one PNG, frames side by
     side."""

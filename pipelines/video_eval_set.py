@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from contracts.digests import json_digest
-from contracts.evalset import PROMPTS, REFERENCE, REFERENCE_B, write_reference
+from contracts.evalset import PROMPTS, REFERENCE_B, clear_set, write_reference
 from contracts.manifest import Manifest, code_version, files_map, write_manifest
 
 log = logging.getLogger(__name__)
@@ -79,10 +78,7 @@ def write_video_eval_set(input_dir: str | Path, out: Path, *, prompts: int, vide
                          f"for {prompts}")  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / "manifest.json", out / PROMPTS):  # a set written here before is replaced whole
-        stale.unlink(missing_ok=True)
-    for stale in (REFERENCE, REFERENCE_B):
-        shutil.rmtree(out / stale, ignore_errors=True)
+    clear_set(out)  # a set written here before is replaced whole
     (out / PROMPTS).write_text(yaml.safe_dump([{"caption": c} for c in chosen], sort_keys=False))
     for i, caption in enumerate(chosen):
         clips = by_caption[caption]

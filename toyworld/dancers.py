@@ -250,6 +250,22 @@ def figure_masks(frame: np.ndarray, shirt: str, pants: str, background: str) -> 
     return (nearest == 0) & close, (nearest == 1) & close, figure
 
 
+def draw_dancer(rng: np.random.Generator, *, frames: int, size: int) -> dict:
+    """One dancer drawn as the toy world draws it (pattern, shirt ≠ pants, background, speed, phase, in that order
+    from ``rng``) and rendered: those fields plus ``frames`` (T, H, W, 3) uint8 and ``keypoints`` (T, 18, 3)."""
+    pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    shirt_id, pants_id = rng.choice(len(COLOURS), size=2, replace=False)
+    shirt, pants = COLOURS[int(shirt_id)], COLOURS[int(pants_id)]
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    speed = float(rng.uniform(0.5, 1.5))
+    phase = float(rng.uniform(0.0, 2.0 * np.pi))
+    images, keypoints = render_dancer(
+        pattern, shirt, pants, background, rng, speed=speed, phase=phase, frames=frames, size=size
+    )
+    return {"pattern": pattern, "shirt": shirt, "pants": pants, "background": background, "speed": speed,
+            "phase": phase, "frames": images, "keypoints": keypoints}  # fmt: skip
+
+
 def generate_dancer_sequences(seed: int, n: int, *, frames: int = 16, size: int = 64) -> list[dict]:
     """Generate ``n`` dancer sequences: seq, pattern, shirt, pants, background, speed, phase, frames (T, H, W, 3)
     uint8, keypoints (T, 18, 3) float32 and joints (names). Identical for identical arguments."""
@@ -261,16 +277,10 @@ def generate_dancer_sequences(seed: int, n: int, *, frames: int = 16, size: int 
         raise ValueError(f"size={size}: must be at least 32 pixels (the figure needs room)")
     sequences = []
     for i in range(n):
-        rng = np.random.default_rng([seed, _STREAM, i])
-        pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-        shirt_id, pants_id = rng.choice(len(COLOURS), size=2, replace=False)
-        shirt, pants = COLOURS[int(shirt_id)], COLOURS[int(pants_id)]
-        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        speed = float(rng.uniform(0.5, 1.5))
-        phase = float(rng.uniform(0.0, 2.0 * np.pi))
-        images, keypoints = render_dancer(
-            pattern, shirt, pants, background, rng, speed=speed, phase=phase, frames=frames, size=size
-        )
+        d = draw_dancer(np.random.default_rng([seed, _STREAM, i]), frames=frames, size=size)
+        pattern, shirt, pants, background, speed, phase = (
+            d[k] for k in ("pattern", "shirt", "pants", "background", "speed", "phase"))
+        images, keypoints = d["frames"], d["keypoints"]
         sequences.append(
             {
                 "seq": f"dance-{seed}-{i:05d}",

@@ -15,14 +15,13 @@ The toy profile evaluates with the set committed under ``toyworld/eval`` (:data:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from contracts.digests import json_digest
-from contracts.evalset import KINDS, PROMPTS, REFERENCE, REFERENCE_B, item_seed, write_reference
+from contracts.evalset import KINDS, PROMPTS, REFERENCE_B, clear_set, item_seed, write_reference
 from contracts.manifest import Manifest, code_version, files_map, write_manifest
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "eval"
@@ -54,10 +53,7 @@ def write_eval_set(out: Path, kind: str, *, seed: int, prompts: int, videos_per_
         raise ValueError(f"kind={kind!r}: choose one of {', '.join(KINDS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / "manifest.json", out / PROMPTS):  # a set written here before is replaced whole
-        stale.unlink(missing_ok=True)
-    for stale in (REFERENCE, REFERENCE_B):
-        shutil.rmtree(out / stale, ignore_errors=True)
+    clear_set(out)  # a set written here before is replaced whole
     chosen = validation_prompts(seed, prompts)
     (out / PROMPTS).write_text(yaml.safe_dump(chosen, sort_keys=False))
     frames = frames if kind == "video" else 1

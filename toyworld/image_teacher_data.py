@@ -9,9 +9,8 @@ import numpy as np
 
 from toyworld.captioner import dancer_frame_caption
 from toyworld.clip_frames import make_video_pool
-from toyworld.dancers import PATTERNS, figure_masks, render_dancer
+from toyworld.dancers import draw_dancer, figure_masks
 from toyworld.scenes import (
-    BACKGROUNDS,
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -40,14 +39,8 @@ def dancer_frames(seed: int, n: int, *, stream: int = DANCER_STREAM) -> tuple[np
     images, prompts = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, stream, i])
-        pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
-        shirt_id, pants_id = rng.choice(len(COLOURS), size=2, replace=False)
-        shirt, pants = COLOURS[int(shirt_id)], COLOURS[int(pants_id)]
-        background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        speed, phase = float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.0, 2.0 * np.pi))
-        frames, _ = render_dancer(
-            pattern, shirt, pants, background, rng, speed=speed, phase=phase, frames=16, size=IMAGE_SIZE
-        )
+        d = draw_dancer(rng, frames=16, size=IMAGE_SIZE)
+        frames, shirt, pants, background = d["frames"], d["shirt"], d["pants"], d["background"]
         images.append(frames[int(rng.integers(len(frames)))])
         caption = dancer_frame_caption(shirt, pants, background)
         prompts.append({"caption": caption, "shirt": shirt, "pants": pants, "background": background})
