@@ -12,8 +12,8 @@ The parts:
   that open_clip ships (:func:`write_clip_tokenizer`); its merges build every word from characters, which
   transformers 5 needs for whole-word tokens.
 - **VAE**: ``AutoencoderKL`` with (16, 32, 64) channels, two downsamplings (64×64×3 → 4×16×16 latents), no
-  mid-block attention; trained on MSE with a small KL term. Its ``scaling_factor`` is 1/std of the training
-  latents, measured (SD's 0.18215 belongs to SD's VAE, not this one).
+  mid-block attention; trained on MSE with a small KL term; ``scaling_factor`` 1/std of the training latents (SD's
+  0.18215 belongs to SD's VAE). A continued teacher may fine-tune its parent's (:mod:`toyworld.vae_tune`).
 - **Text encoder**: a 2-layer ``CLIPTextModel`` of width 64 over the full vocabulary, trained jointly with the UNet
   (a frozen random encoder carries colour words but not much else).
 - **UNet**: ``UNet2DConditionModel`` (32, 64, 128) channels, one layer per block, cross-attention at 8×8 and 4×4
@@ -28,12 +28,10 @@ moving-shape clips with their video captions (``[seed, 32, i]``, 20% of every ba
 stage 2 inflates already draws the video set's frames. Validation uses fresh one-object scenes and clips
 (``[seed, 31]``), never trained on.
 
-Validation, on the weights as saved (loaded back with ``StableDiffusionPipeline.from_pretrained``): 50-step DDIM
-samples with classifier-free guidance for held-out prompts, read back from pixels (the object's colour as the
-nearest named colour of its median foreground pixel; its position as the nearest named position of the foreground
-centroid) and by the toy CLIP (does the sample score higher with its prompt than with the prompt's colour word
-swapped, or its shape word swapped, for every other colour/shape). The VAE's reconstruction MSE and colour
-preservation are reported too.
+Validation, on the weights as saved: 50-step DDIM samples with CFG for held-out prompts, read back from pixels
+(colour: nearest named colour of the median foreground pixel; position: nearest named position of the foreground
+centroid) and by the toy CLIP (does the sample score higher with its prompt than with its colour word, or shape word,
+swapped for every other), with the VAE's reconstruction MSE and colour preservation.
 """
 
 from __future__ import annotations
@@ -66,12 +64,16 @@ from toyworld.image_teacher_data import (
 )
 from toyworld.scenes import BACKGROUND_LEVEL, COLOUR_RGB, COLOURS, POSITION_XY, POSITIONS, SHAPES
 from toyworld.scorer_config import toy_scorers_config
+from toyworld.vae_tune import tune_vae
 from toyworld.zoo_common import REPO_ROOT, publish_part, warmup_cosine_lr
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "zoo" / "image_teacher"
-CODE = ("toyworld/image_teacher.py", "toyworld/image_teacher_data.py", "toyworld/scenes.py", "toyworld/videos.py")
+CODE = (
+    "toyworld/image_teacher.py", "toyworld/image_teacher_data.py", "toyworld/scenes.py", "toyworld/videos.py",
+    "toyworld/vae_tune.py",
+)  # fmt: skip
 SD15_SCHEDULE = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -93,8 +95,13 @@ class ImageTeacherTrainingConfig:
     """Dancer frames (one per fresh sequence) drawn in the clip-frame share of each batch, with the clip frames."""
     clip_fraction: float = 0.2
     init_from: str | None = None
-    """A teacher directory to continue from: its VAE, tokenizer and scaling are kept (no VAE training) and its UNet
-    and text encoder trained further for ``unet_steps``; None trains from scratch."""
+    """A teacher directory to continue from: its VAE, tokenizer and scaling are kept (the VAE fine-tuned only for
+    ``vae_tune_steps``) and its UNet and text encoder trained further for ``unet_steps``; None trains from scratch."""
+    vae_tune_steps: int = 0
+    """With ``init_from``: :func:`toyworld.vae_tune.tune_vae` steps on the parent's VAE (lr ``vae_tune_lr``, latent
+    anchor ``vae_tune_anchor``, batch ``vae_batch``) before the UNet continues."""
+    vae_tune_lr: float = 3e-4
+    vae_tune_anchor: float = 1.0
     vae_steps: int = 1500
     vae_batch: int = 24
     vae_lr: float = 1e-3
@@ -116,13 +123,10 @@ class ImageTeacherTrainingConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1")
         if not 0.0 <= self.clip_fraction < 1.0 or not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError("clip_fraction and caption_dropout must be in [0, 1)")
-        if self.train_dancers < 0:
-            raise ValueError(f"train_dancers={self.train_dancers!r}: must be ≥ 0")
+        if self.train_dancers < 0 or self.vae_tune_steps < 0:
+            raise ValueError(f"train_dancers={self.train_dancers!r}, vae_tune_steps={self.vae_tune_steps!r}: need ≥ 0")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay={self.ema_decay!r}: must be in (0, 1)")
-
-
-# ------------------------------------------------------------------------------------------------------ the parts
 
 
 def write_clip_tokenizer(out_dir: Path) -> Any:
@@ -214,9 +218,6 @@ def from_pixels(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-# ----------------------------------------------------------------------------------------------- reading samples
-
-
 def read_object(image: np.ndarray, background: str) -> dict[str, Any]:
     """The drawn object's colour and position, read from pixels: foreground = pixels far from the named background
     level; colour = nearest named colour to the median foreground pixel; position = nearest named position to the
@@ -303,13 +304,8 @@ def train_vae(images: np.ndarray, cfg: ImageTeacherTrainingConfig, rng: np.rando
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % log_every == 0 or step == cfg.vae_steps - 1:
-            logger.info(
-                "vae step %d/%d mse %.4f (%.2f s/step)",
-                step + 1,
-                cfg.vae_steps,
-                mse.item(),
-                (time.monotonic() - t) / (step + 1),
-            )
+            pace = (time.monotonic() - t) / (step + 1)
+            logger.info("vae step %d/%d mse %.4f (%.2f s/step)", step + 1, cfg.vae_steps, mse.item(), pace)
     vae.eval().requires_grad_(False)
     return vae
 
@@ -520,11 +516,17 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
         wall["render_s"] = time.monotonic() - t
         logger.info("rendered %d scenes and %d clip frames in %.0f s", len(images), len(clip_images), wall["render_s"])
 
-        start, parent = None, None
+        start, parent, vae_tuning = None, None, None
         if cfg.init_from is not None:
             parent = Path(cfg.init_from)
             tokenizer, vae, start = load_teacher_parts(parent)
             shutil.copytree(parent / "tokenizer", tmp / "tokenizer")  # as written (save_pretrained drops files)
+            if cfg.vae_tune_steps:
+                t = time.monotonic()
+                vae, vae_tuning = tune_vae(vae, images, clip_images, steps=cfg.vae_tune_steps, lr=cfg.vae_tune_lr,
+                                           anchor=cfg.vae_tune_anchor, batch=cfg.vae_batch, rng=rng,
+                                           log_every=log_every)  # fmt: skip
+                wall["vae_tune_s"] = time.monotonic() - t
             latents, clip_latents = encode_latents(vae, images), encode_latents(vae, clip_images)
             logger.info("continuing from %s (its VAE and scaling_factor %.5f kept)", parent, vae.config.scaling_factor)
         else:
@@ -570,6 +572,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
             "seed": seed,
             "training": dataclasses.asdict(cfg),
             "continued_from": None if parent is None else parent_record(parent),
+            "vae_tuning": vae_tuning,
             "parameters": {
                 "vae": sum(p.numel() for p in vae.parameters()),
                 "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
