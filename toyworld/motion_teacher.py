@@ -6,10 +6,10 @@ profile's motion module is trained here as an ordinary ε-prediction video diffu
 (:func:`models.video_unet.inflate`), its spatial weights and text encoder stay frozen, and only the motion modules
 learn, on clean clips of the toy world (every direction, shape, colour and background).
 
-- Direction: the toy world's moving objects carry a heading mark (:func:`toyworld.videos.heading_mask`: a dark disc
-  inside the object on the side it moves towards), so every frame shows where its object is heading; a motion module
-  has no text input and can only carry on a motion that the spatial layers draw (:data:`DESIGN`, written to the
-  manifest, says why this design and what was tried first).
+- Direction: the toy world's moving objects leave a faint trail (:func:`toyworld.videos.trail_mask`), so every
+  frame shows where its object is heading; a motion module has no text input and can only carry on a motion that
+  the spatial layers draw (:data:`DESIGN`, written to the manifest, says why this design). The committed teacher's
+  manifest says what was measured: the image teacher's VAE does not yet reproduce the trail.
 - ``init_from``: continue from a saved adapter (the committed teacher continues the first one, which had learned
   coherent motion but not the prompted direction); the manifest's ``continued_from`` records it.
 - Clips: a window of ``frames`` consecutive frames (8; ``stride`` 1) at a random offset in a 16-frame toy clip, 64×64:
@@ -65,22 +65,20 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "zoo" / "motion_teacher"
 TRAIN_STREAM = 40
 VAL_STREAM = 41
 CLIP_FRAMES = 16
-"""Frames of a rendered toy clip; the teacher sees every ``stride``-th."""
 DESIGN = (
     "How the teacher follows the prompted direction: a cue that makes direction visible in each frame. A motion "
     "module (AnimateDiff's, which the sd15 profile loads unchanged) has no text input: it attends across frames at "
     "each position, over features the spatial layers computed from one frame and the prompt. When no single frame "
     "shows where an object is heading, the prompt's direction word reaches it only weakly, and the first teacher "
     "learned coherent motion (0.50 of clips) in random directions (0.08, below a zero module's 0.21). So the toy "
-    "world's moving objects carry a heading mark (toyworld.videos.heading_mask: a dark neutral disc inside the object "
-    "ahead of its centre, at its centre when it grows, none when it shrinks): the image teacher, trained on clip "
-    "frames with their captions, learns to draw the mark on the side the caption implies, and the motion module "
-    "learns the text-free rule of moving the object towards its mark. A faint trail behind the object was tried "
-    "first and failed: the image teacher's VAE erased it (read back from 0.04 of round-tripped frames, chance 0.25), "
-    "and fine-tuning the VAE on it recovered little (0.22 after 300 steps); the mark survives a short fine-tune of "
-    "the VAE (toyworld.vae_tune). Text access for the motion layers was rejected because it would change the motion "
+    "world's moving objects leave a faint trail (toyworld.videos.trail_mask: faded copies of the object along the "
+    "last 30% of its path, under the pixel readers' object threshold): the image teacher, trained on clip frames "
+    "with their captions, learns to draw the trail on the side the caption implies, and the motion module learns "
+    "the text-free rule of moving the object away from its trail (a shrinking object is ringed by its trail, a "
+    "growing one hides it). Text access for the motion layers was rejected because it would change the motion "
     "module's architecture away from the one production loads."
 )
+"""Frames of a rendered toy clip; the teacher sees every ``stride``-th."""
 
 
 @dataclass(frozen=True)

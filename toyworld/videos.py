@@ -16,12 +16,11 @@ Decisions worth knowing:
   frame of a clip looks like a toy image; object centres and radii are continuous, so motion is smooth.
 - Moving shapes travel 40-60% of the frame from a start that keeps them in frame; growing/shrinking goes between
   radius 0.06 and 0.20 of the frame. The object's colour, rotation and the background are fixed per clip.
-- A moving object carries a heading mark (:func:`heading_mask`): a dark neutral disc (grey :data:`MARK_GREY`)
-  inside it, ahead of its centre on the side it moves towards, at its centre when it grows, none when it shrinks.
-  It makes the direction of motion visible in every single frame, the cue a text-to-video model needs: a motion
-  module has no text input, so it can only continue a motion the spatial layers already draw. It is neutral, so
-  the readers that find the object by its chroma ignore it, and it has the contrast the toy VAE keeps (a faint
-  trail behind the object, the cue tried first, did not survive the VAE).
+- A moving object leaves a faint trail (:func:`trail_mask`): faded copies of itself along the last 30% of its
+  path, at most 56 grey levels from the background (the pixel readers' object threshold is 60). It makes the
+  direction of motion visible in every single frame, the cue a text-to-video model needs: a motion module has no
+  text input, so it can only continue a motion the spatial layers already draw (a trail behind the object, a ring
+  round a shrinking one, none round a growing one).
 - Encoding is H.264 (libx264, yuv420p, constant QP 18, 8 fps) by default, ``mpeg4`` as the alternative. One
   encoder thread and the bitexact flags make the bytes a function of the frames (and the FFmpeg build), so a seed
   reproduces the same files. Each mp4 is encoded once, in memory, and the same bytes go to ``mp4/`` and to the tar
@@ -226,48 +225,52 @@ def _trajectory(direction: str, rng: np.random.Generator, frames: int) -> tuple[
         raise ValueError(f"direction={direction!r}: choose one of {DIRECTIONS}")
 
 
-MARK_OFFSET = 0.45
-"""How far ahead of a moving object's centre its heading mark sits, as a fraction of the object's radius."""
-MARK_RADIUS = 0.45
-"""The heading mark's radius, as a fraction of the object's radius (clipped to the object's outline)."""
-MARK_GREY = 20.0
-"""The heading mark's neutral grey level: far from every object colour, and outside the chroma the readers take for
-an object."""
-_HEADINGS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "growing": (0.0, 0.0)}
+TRAIL_SPAN = 0.3
+"""How far back along its path (in clip time, 0-1) a moving object's trail reaches."""
+TRAIL_COPIES = 6
+"""Faded copies of the object along that stretch of its path, drawn under it."""
+TRAIL_ALPHA = 0.22
+"""Opacity of the nearest copy (the farthest fades towards 0): at most 0.22 × 255 = 56 grey levels from the
+background, under the 60 that the pixel readers take for an object."""
 
 
-def heading_mask(shape: str, direction: str, x: float, y: float, radius: float, angle: float, size: int) -> np.ndarray:
-    """(size, size) coverage of an object's heading mark in one frame (``x``, ``y``, ``radius`` as fractions of the
-    frame): a dark disc inside the object on the side it moves towards, at its centre when it grows, none when it
-    shrinks. A single frame so shows where the object is heading, with a contrast the image teacher's VAE keeps."""
-    if direction not in _HEADINGS:
-        return np.zeros((size, size), dtype=np.float32)
-    dx, dy = _HEADINGS[direction]
-    body = shape_mask(shape, x * size, y * size, radius * size, angle, size)
-    r = radius * size
-    cy = y * size + (0.12 * r if shape == "triangle" else 0.0)  # a triangle is drawn that far below its centre
-    mark = shape_mask("circle", x * size + MARK_OFFSET * r * dx, cy + MARK_OFFSET * r * dy, MARK_RADIUS * r, 0.0, size)
-    return mark * body
+def trail_mask(shape: str, x: np.ndarray, y: np.ndarray, radius: np.ndarray, angle: float, size: int) -> np.ndarray:
+    """(frames, size, size) opacity of the object's trail in each frame: faded copies of the shape where it was
+    during the last :data:`TRAIL_SPAN` of the clip (its path extended backwards before frame 0; paths are linear in
+    time), the nearer the more opaque. A moving object's trail lies behind it and a shrinking one's rings it, so a
+    single frame shows where the object is heading; a growing object's trail hides under it."""
+    frames = len(x)
+    out = np.zeros((frames, size, size), dtype=np.float32)
+    if frames < 2:
+        return out
+    rate = np.array([x[-1] - x[0], y[-1] - y[0], radius[-1] - radius[0]])  # per unit of clip time
+    for t in range(frames):
+        for k in range(1, TRAIL_COPIES + 1):
+            back = TRAIL_SPAN * k / TRAIL_COPIES
+            cx, cy, r = np.array([x[t], y[t], radius[t]]) - back * rate
+            if r * size < 0.5:
+                continue  # a growing object was smaller than a pixel this far back
+            alpha = TRAIL_ALPHA * (1.0 - (k - 1) / TRAIL_COPIES)
+            np.maximum(out[t], alpha * shape_mask(shape, cx * size, cy * size, r * size, angle, size), out=out[t])
+    return out
 
 
 def render_clip(
     shape: str, colour: str, direction: str, background: str, rng: np.random.Generator, *, frames: int, size: int,
-    mark: bool = True,
+    trail: bool = True,
 ) -> np.ndarray:  # fmt: skip
-    """Render a (frames, size, size, 3) uint8 clip of one shape in motion, with its :func:`heading_mask` mark unless
-    ``mark`` is false (the mark draws no random numbers: a clip is the same clip either way)."""
+    """Render a (frames, size, size, 3) uint8 clip of one shape in motion, with its :func:`trail_mask` trail unless
+    ``trail`` is false (the trail draws no random numbers: a clip is the same clip either way)."""
     x, y, radius = _trajectory(direction, rng, frames)
     canvas = render_background(background, rng, size)
     rgb = object_colour(colour, rng)
     angle = rng.uniform(-15.0, 15.0)
-    grey = np.full(3, MARK_GREY)
+    trails = trail_mask(shape, x, y, radius, angle, size) if trail else None
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
+        base = composite(canvas, trails[t], rgb) if trails is not None else canvas
         mask = shape_mask(shape, x[t] * size, y[t] * size, radius[t] * size, angle, size)
-        frame = composite(canvas, mask, rgb)
-        if mark:
-            frame = composite(frame, heading_mask(shape, direction, x[t], y[t], radius[t], angle, size), grey)
-        out[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+        out[t] = np.clip(np.rint(composite(base, mask, rgb)), 0, 255).astype(np.uint8)
     return out
 
 

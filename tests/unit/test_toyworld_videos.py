@@ -110,7 +110,7 @@ def test_the_shape_moves_in_its_direction(records):
             continue
         masks = [object_mask(f, r["colour"]) for f in r["frames"]]
         first, last = masks[0], masks[-1]
-        assert first.sum() > 6 and last.sum() > 3, r["key"]  # a small growing shape, a fifth of it under its mark
+        assert first.sum() > 10 and last.sum() > 3, r["key"]
         ys0, xs0 = np.nonzero(first)
         ys1, xs1 = np.nonzero(last)
         dx, dy = xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()
@@ -126,35 +126,6 @@ def test_the_shape_moves_in_its_direction(records):
         assert expected[r["direction"]], (r["key"], r["direction"], dx, dy, growth)
         corner = r["frames"][0, :4, :4].mean()
         assert abs(corner - BACKGROUND_LEVEL[r["background"]]) < 30
-
-
-@pytest.mark.parametrize("direction", DIRECTIONS)
-def test_every_frame_shows_where_the_object_is_heading(direction):
-    """The heading mark: dark neutral pixels inside the object, ahead of its centre when it moves, at its centre when
-    it grows, none when it shrinks; a clip rendered without it is the same clip otherwise."""
-    for i, shape in enumerate(SHAPES):
-        clip = videos.render_clip(shape, "red", direction, "white", np.random.default_rng(i), frames=8, size=64)
-        plain = videos.render_clip(shape, "red", direction, "white", np.random.default_rng(i), frames=8, size=64,
-                                   mark=False)  # fmt: skip
-        for frame, bare in zip(clip, plain, strict=True):
-            changed = np.abs(frame.astype(int) - bare.astype(int)).max(-1) > 0
-            dark = changed & (frame.max(-1) < videos.MARK_GREY + 40)
-            if direction == "shrinking":
-                assert not changed.any()
-                continue
-            body = object_mask(bare, "red")
-            ys, xs = np.nonzero(body)
-            cy, cx = np.nonzero(changed)
-            assert dark.sum() >= 3, (shape, direction)
-            inside = xs.min() - 1 <= cx.min() and cx.max() <= xs.max() + 1
-            assert inside and ys.min() - 1 <= cy.min() and cy.max() <= ys.max() + 1, (shape, direction)
-            my, mx = np.nonzero(dark)
-            dx, dy = mx.mean() - xs.mean(), my.mean() - ys.mean()
-            if direction == "growing":
-                assert max(abs(dx), abs(dy)) < 1.5, (shape, dx, dy)
-                continue
-            ahead, across = {"right": (dx, dy), "left": (-dx, dy), "down": (dy, dx), "up": (-dy, dx)}[direction]
-            assert ahead > 1.0 and ahead > abs(across), (shape, direction, dx, dy)
 
 
 def test_mp4_encoding_is_deterministic_and_decodes_to_16_frames_with_the_right_colours(records):
