@@ -1,7 +1,7 @@
 """Fine-tune a committed toy VAE on frames it reconstructs badly, without moving the latents its UNet learned.
 
 A teacher continued from a parent keeps the parent's VAE, so a cue the toy world gained after the VAE was trained
-(the heading mark of :func:`toyworld.videos.heading_mask`) never reaches the latents. :func:`tune_vae` trains the
+(a direction cue on moving objects, bench/RESULTS.md) never reaches the latents. :func:`tune_vae` trains the
 parent's VAE on scenes and clip frames together, with a penalty that keeps its encoder's posterior mean on scenes
 at the parent's (the latent anchor), so the UNet's latent space, and the scaling factor, stay valid.
 """
