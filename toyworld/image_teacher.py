@@ -99,7 +99,7 @@ class ImageTeacherTrainingConfig:
     ``vae_tune_steps``) and its UNet and text encoder trained further for ``unet_steps``; None trains from scratch."""
     vae_tune_steps: int = 0
     """With ``init_from``: :func:`toyworld.vae_tune.tune_vae` steps on the parent's VAE (lr ``vae_tune_lr``, latent
-    anchor ``vae_tune_anchor``, batch ``vae_batch``) before the UNet continues."""
+    anchor ``vae_tune_anchor``, batch ``vae_batch``, KL ``vae_kl_weight``) before the UNet continues."""
     vae_tune_lr: float = 3e-4
     vae_tune_anchor: float = 1.0
     vae_steps: int = 1500
@@ -525,7 +525,7 @@ def train_image_teacher(out_dir: Path = DEFAULT_DIR, *, seed: int = 0, log_every
                 t = time.monotonic()
                 vae, vae_tuning = tune_vae(vae, images, clip_images, steps=cfg.vae_tune_steps, lr=cfg.vae_tune_lr,
                                            anchor=cfg.vae_tune_anchor, batch=cfg.vae_batch, rng=rng,
-                                           log_every=log_every)  # fmt: skip
+                                           kl_weight=cfg.vae_kl_weight, log_every=log_every)  # fmt: skip
                 wall["vae_tune_s"] = time.monotonic() - t
             latents, clip_latents = encode_latents(vae, images), encode_latents(vae, clip_images)
             logger.info("continuing from %s (its VAE and scaling_factor %.5f kept)", parent, vae.config.scaling_factor)

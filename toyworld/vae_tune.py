@@ -24,12 +24,12 @@ logger = logging.getLogger(__name__)
 
 def tune_vae(
     vae: Any, scenes: np.ndarray, frames: np.ndarray, *, steps: int, lr: float, anchor: float, batch: int,
-    rng: np.random.Generator, log_every: int = 100,
+    kl_weight: float, rng: np.random.Generator, log_every: int = 100,
 ) -> tuple[Any, dict[str, float]]:  # fmt: skip
-    """Train ``vae`` for ``steps`` on batches of half scenes and half ``frames`` (uint8 N×H×W×3): reconstruction MSE,
-    plus ``anchor`` × the squared distance of the scenes' posterior means from the untouched encoder's. Returns the
-    tuned VAE (eval mode, frozen) and the scene/frame reconstruction MSE and relative latent drift before and after,
-    measured on the first 256 of each."""
+    """Train ``vae`` for ``steps`` on batches of half scenes and half ``frames`` (uint8 N×H×W×3): reconstruction MSE
+    and ``kl_weight`` × KL as in the VAE's own training, plus ``anchor`` × the squared distance of the scenes'
+    posterior means from the untouched encoder's. Returns the tuned VAE (eval mode, frozen) and the scene/frame
+    reconstruction MSE and relative latent drift before and after, measured on the first 256 of each."""
     from toyworld.image_teacher import to_pixels
 
     if steps < 1 or batch < 2:
@@ -61,7 +61,7 @@ def tune_vae(
         with torch.no_grad():
             target = parent.encode(xs).latent_dist.mean
         drift = F.mse_loss(posterior.mean[:half], target)
-        loss = mse + 1e-6 * posterior.kl().mean() + anchor * drift
+        loss = mse + kl_weight * posterior.kl().mean() + anchor * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
