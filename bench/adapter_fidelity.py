@@ -113,10 +113,13 @@ def mask_errors(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float | Non
     return iou, float(np.linalg.norm(centre - np.array(np.nonzero(truth)).mean(axis=1)))
 
 
-def pose_figures(videos: list[np.ndarray], truths: list[np.ndarray], dancers: list[dict]) -> dict[str, float]:
-    """Mean shirt/pants IoU, centroid error (found frames) and found rate over every frame of every video."""
+def pose_figures(videos: list[np.ndarray], truths: list[np.ndarray], dancers: list[dict]) -> dict:
+    """Mean shirt/pants IoU, centroid error (found frames) and found rate over every frame of every video; and
+    ``per_video``: each video's mean IoU per part (for the paired intervals of :func:`gains`)."""
     per: dict[str, list] = {f"{part}_{k}": [] for part in PARTS for k in ("iou", "px", "found")}
+    per_video: dict[str, list] = {f"{part}_iou": [] for part in PARTS}
     for video, truth, d in zip(videos, truths, dancers, strict=True):
+        start = len(per["figure_iou"])
         for frame, true_frame in zip(video, truth, strict=True):
             masks = figure_masks(frame, d["shirt"], d["pants"], d["background"])
             true_masks = figure_masks(true_frame, d["shirt"], d["pants"], d["background"])
@@ -126,11 +129,14 @@ def pose_figures(videos: list[np.ndarray], truths: list[np.ndarray], dancers: li
                 per[f"{part}_found"].append(px is not None)
                 if px is not None:
                     per[f"{part}_px"].append(px)
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
+        for part in PARTS:
+            per_video[f"{part}_iou"].append(float(np.mean(per[f"{part}_iou"][start:])))
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()} | {"per_video": per_video}
 
 
-def first_frame_figures(videos: list[np.ndarray], clips: list[np.ndarray], prompts: list[dict]) -> dict[str, float]:
-    """Frame-0 MAE (0–255) and PSNR against the given frame 0, frame-0 colour and direction accuracy."""
+def first_frame_figures(videos: list[np.ndarray], clips: list[np.ndarray], prompts: list[dict]) -> dict:
+    """Frame-0 MAE (0–255) and PSNR against the given frame 0, frame-0 colour and direction accuracy; ``per_video``:
+    each video's frame-0 MAE and PSNR."""
     from toyworld.motion_teacher import motion_fidelity
 
     err = [v[0].astype(np.float64) - c[0].astype(np.float64) for v, c in zip(videos, clips, strict=True)]
@@ -141,7 +147,21 @@ def first_frame_figures(videos: list[np.ndarray], clips: list[np.ndarray], promp
         "psnr": float(np.mean(psnr)),
         "colour": fid["colour_accuracy"],
         "direction": fid["direction_accuracy"],
+        "per_video": {"mae": [float(np.abs(e).mean()) for e in err], "psnr": [float(p) for p in psnr]},
     }
+
+
+def gains(with_adapter: dict, without: dict, *, n: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per figure in both ``per_video``: the mean paired gain (with − without, video by video, from the same noise)
+    and its 95% percentile bootstrap interval over videos."""
+    from models.eval_stats import mean_interval
+
+    out = {}
+    for key, values in with_adapter["per_video"].items():
+        diff = np.asarray(values, dtype=np.float64) - np.asarray(without["per_video"][key], dtype=np.float64)
+        lo, hi = mean_interval(diff, n=n, seed=seed)
+        out[key] = {"mean": float(np.nanmean(diff)), "ci95": [lo, hi]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "colour_tolerance": COLOUR_TOLERANCE,
             "min_pixels": MIN_PIXELS,
         }
+        out["control"]["gain"] = gains(out["control"]["with_adapter"], out["control"]["without_adapter"])
         print(f"control: {args.n} dancer sequences × {frames} frames ({time.monotonic() - t0:.0f} s)")
     if has_i2v:
         adapter = load_i2v_adapter(args.adapters / "image_to_video_adapter").eval()
@@ -249,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             "without_adapter": first_frame_figures(without, clips, prompts),
             "vae_round_trip": first_frame_figures(round_trip(clips), clips, prompts),
         }
+        out["image_to_video"]["gain"] = gains(out["image_to_video"]["with_adapter"],
+                                              out["image_to_video"]["without_adapter"])  # fmt: skip
         print(f"image-to-video: {args.n} clips × {frames} frames ({time.monotonic() - t0:.0f} s)")
 
     print(f"\n{STEPS}-step LCM, stage-2 model {args.model}, adapters {args.adapters}, seed {args.seed}")
@@ -275,12 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         w, wo = out["control"]["with_adapter"], out["control"]["without_adapter"]
         for k in ("shirt_iou", "pants_iou", "figure_iou"):
             verdict[f"control/{k}"] = w[k] > wo[k]
-            print(f"  control {k:<10} {w[k]:.3f} vs {wo[k]:.3f}  {'PASS' if verdict[f'control/{k}'] else 'FAIL'}")
+            lo, hi = out["control"]["gain"][k]["ci95"]
+            print(f"  control {k:<10} {w[k]:.3f} vs {wo[k]:.3f} (gain 95% [{lo:+.3f}, {hi:+.3f}], N = {args.n})  "
+                  f"{'PASS' if verdict[f'control/{k}'] else 'FAIL'}")  # fmt: skip
     if has_i2v:
         w, wo = out["image_to_video"]["with_adapter"], out["image_to_video"]["without_adapter"]
         verdict["image_to_video/mae"] = w["mae"] < wo["mae"]
         print(f"  image-to-video mae {w['mae']:.1f} vs {wo['mae']:.1f}  "
               f"{'PASS' if verdict['image_to_video/mae'] else 'FAIL'}")  # fmt: skip
+        lo, hi = out["image_to_video"]["gain"]["psnr"]["ci95"]
+        print(f"  image-to-video psnr {w['psnr']:.2f} vs {wo['psnr']:.2f} dB (gain 95% [{lo:+.2f}, {hi:+.2f}], "
+              f"N = {args.n})")  # fmt: skip
     out["verdict"] = verdict
     print(f"({time.monotonic() - t0:.0f} s)")
     write_json(args.out, out)

@@ -292,11 +292,14 @@ def sample_videos(pipe: Any, prompts: list[dict[str, str]], *, steps: int, guida
     return out
 
 
-def animatediff_pipeline(image_teacher: Path, adapter: Any, scheduler: str = "ddim") -> Any:
-    """diffusers' ``AnimateDiffPipeline`` of the image teacher and ``adapter`` (a MotionAdapter)."""
+def animatediff_pipeline(image_teacher: Path, adapter: Any, scheduler: str = "ddim", *, unet: Any = None) -> Any:
+    """diffusers' ``AnimateDiffPipeline`` of the image teacher and ``adapter`` (a MotionAdapter); ``unet``: another
+    image UNet (a ``UNet2DConditionModel``, e.g. the style teacher's) in place of the teacher's own."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-    pipe = AnimateDiffPipeline.from_pretrained(str(image_teacher), motion_adapter=adapter, local_files_only=True)
+    extra = {} if unet is None else {"unet": unet}
+    pipe = AnimateDiffPipeline.from_pretrained(str(image_teacher), motion_adapter=adapter, local_files_only=True,
+                                               **extra)  # fmt: skip
     if scheduler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     pipe.set_progress_bar_config(disable=True)
