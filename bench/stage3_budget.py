@@ -55,9 +55,21 @@ def zero_started_norm(export: Path) -> dict[str, float]:
     return out
 
 
+def check_reuse(kind: str, recorded, wanted, where: Path) -> None:
+    """Refuse to reuse what ``where`` holds when it was made with another ``kind`` than this run asks for."""
+    if recorded != wanted:
+        raise SystemExit(f"{where}: made with {kind} {recorded!r}, this run asks for {wanted!r}; pass another --out "
+                         "(or delete it) instead of mixing the two")  # fmt: skip
+
+
 def bench_data(out: Path, dancers: int, clips: int, seed: int) -> tuple[Path, Path]:
-    """The recaptioned dancers and the curated clips (made once under ``out``)."""
+    """The recaptioned dancers and the curated clips (made once under ``out``; refused when made at other sizes)."""
     recaptioned, curated = out / "recaptioned", out / "curated"
+    world = out / "raw" / "world.json"
+    if world.is_file():
+        made = json.loads(world.read_text()).get("counts", {})
+        check_reuse("--dancers", made.get("dancers"), dancers, out)
+        check_reuse("--clips", made.get("videos"), clips, out)
     if not (recaptioned / "manifest.json").is_file() or not (curated / "manifest.json").is_file():
         run([str(ALCM), "toy", "data", "--out", str(out / "raw"), "--seed", str(seed), "--images", "0", "--videos",
              str(clips), "--dancers", str(dancers)])  # fmt: skip
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                          )  # fmt: skip
     from bench import adapter_fidelity
 
+    stage2_digest = json.loads((args.model / "manifest.json").read_text()).get("digest")
     t0 = time.monotonic()
     dancers, clips = bench_data(args.out / "data", args.dancers, args.clips, seed=2468)
     counts = {name: json.loads((d / "manifest.json").read_text()).get("counts", {})
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--set", setting]
             run(cmd)
         manifest = json.loads((out / "manifest.json").read_text())
+        check_reuse("stage-2 model", manifest.get("inputs", {}).get("stage2", {}).get("digest"), stage2_digest, out)
         for run_key, hist in (manifest.get("loss_history") or {}).items():  # "<adapter>-<run digest>"
             adapter = run_key.rsplit("-", 1)[0]
             seen = {h[0] for h in history.setdefault(adapter, [])}

@@ -3,6 +3,8 @@ adapter's zero-started layers moved, and the style score per video (pure functio
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from safetensors.torch import save_file
 
 from bench.adapter_fidelity import gains
 from bench.personalize_video import figures, style_per_video
-from bench.stage3_budget import markdown, zero_started_norm
+from bench.stage3_budget import bench_data, markdown, zero_started_norm
 from toyworld.motion_teacher import render_prompt_clip, validation_prompts
 from toyworld.style_teacher import stylise
 
@@ -88,3 +90,12 @@ def test_the_stage3_curves_table_has_a_row_per_export_with_both_sides():
     assert "| 100 | 0.500 | 0.200 / 0.100 |" in md and "| 200 | 0.900 | 0.400 / 0.100 |" in md
     assert "| 200 | 0.000 | 4.000 / 1.000 |" in md  # image-to-video psnr; no norm recorded reads 0
     assert "- control: 10: 0.5000" in md
+
+
+def test_the_stage3_bench_refuses_data_made_at_other_sizes(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "world.json").write_text(json.dumps({"counts": {"dancers": 10, "videos": 30, "images": 0}}))
+    with pytest.raises(SystemExit, match=r"--dancers 10.*asks for 20"):
+        bench_data(tmp_path, dancers=20, clips=30, seed=0)
+    with pytest.raises(SystemExit, match=r"--clips 30.*asks for 40"):
+        bench_data(tmp_path, dancers=10, clips=40, seed=0)
