@@ -58,9 +58,20 @@ def run(cmd: list[str]) -> None:
         raise SystemExit(f"failed: {' '.join(cmd)}")
 
 
+def check_reuse(kind: str, recorded, wanted, where: Path) -> None:
+    """Refuse to reuse what ``where`` holds when it was made with another ``kind`` than this run asks for."""
+    if recorded != wanted:
+        raise SystemExit(f"{where}: made with {kind} {recorded!r}, this run asks for {wanted!r}; pass another --out "
+                         "(or delete it) instead of mixing the two")  # fmt: skip
+
+
 def curated_data(out: Path, clips: int, seed: int) -> Path:
-    """``clips`` toy clips curated by the video curation job (made once under ``out``)."""
+    """``clips`` toy clips curated by the video curation job (made once under ``out``; refused when made with
+    another number of clips)."""
     curated = out / "curated"
+    world = out / "raw" / "world.json"
+    if world.is_file():
+        check_reuse("--clips", json.loads(world.read_text()).get("counts", {}).get("videos"), clips, out)
     if not (curated / "manifest.json").is_file():
         run([str(ALCM), "toy", "data", "--out", str(out / "raw"), "--seed", str(seed), "--images", "0", "--videos",
              str(clips), "--dancers", "0"])  # fmt: skip
@@ -120,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from toyworld.motion_teacher import VAL_STREAM, animatediff_pipeline, render_prompt_clip, validation_prompts
 
     torch.set_num_threads(args.threads)
+    stage1_manifest = args.stage1 / "manifest.json"
+    stage1_digest = json.loads(stage1_manifest.read_text()).get("digest") if stage1_manifest.is_file() else None
     t0 = time.monotonic()
     data = curated_data(args.out / "data", args.clips, seed=4321)
     rows = json.loads((data / "manifest.json").read_text()).get("counts", {})
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         cmd += ["--set", setting]
                     run(cmd)
                 manifest = json.loads((out / "manifest.json").read_text())
+                check_reuse("stage 1", manifest.get("inputs", {}).get("stage1"),
+                            stage1_digest if variant in ("full", "both") else None, out)  # fmt: skip
                 history = [h for points in (manifest.get("loss_history") or {}).values() for h in points]
                 resumed = manifest.get("metrics", {}).get("resumed_from")
                 curves[key]["loss_history"] += [h for h in history if h[0] not in {x[0] for x in

@@ -29,7 +29,7 @@ import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
 from bench.common import DEMO, write_json
-from bench.stage2_budget import ALCM, run
+from bench.stage2_budget import ALCM, check_reuse, run
 from pipelines.stages import BY_NAME
 
 ZERO_STARTED = {
@@ -53,13 +53,6 @@ def zero_started_norm(export: Path) -> dict[str, float]:
                 raise SystemExit(f"{export / name}: none of its tensors start with {', '.join(prefixes)}")
             out[adapter] = float(np.sqrt(sum(float(weights[k].float().pow(2).sum()) for k in keys)))
     return out
-
-
-def check_reuse(kind: str, recorded, wanted, where: Path) -> None:
-    """Refuse to reuse what ``where`` holds when it was made with another ``kind`` than this run asks for."""
-    if recorded != wanted:
-        raise SystemExit(f"{where}: made with {kind} {recorded!r}, this run asks for {wanted!r}; pass another --out "
-                         "(or delete it) instead of mixing the two")  # fmt: skip
 
 
 def bench_data(out: Path, dancers: int, clips: int, seed: int) -> tuple[Path, Path]:

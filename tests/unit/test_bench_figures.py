@@ -99,3 +99,12 @@ def test_the_stage3_bench_refuses_data_made_at_other_sizes(tmp_path):
         bench_data(tmp_path, dancers=20, clips=30, seed=0)
     with pytest.raises(SystemExit, match=r"--clips 30.*asks for 40"):
         bench_data(tmp_path, dancers=10, clips=40, seed=0)
+
+
+def test_the_stage2_bench_refuses_clips_made_at_another_count(tmp_path):
+    from bench.stage2_budget import curated_data
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "world.json").write_text(json.dumps({"counts": {"dancers": 0, "videos": 600, "images": 0}}))
+    with pytest.raises(SystemExit, match=r"--clips 600.*asks for 300"):
+        curated_data(tmp_path, clips=300, seed=0)
