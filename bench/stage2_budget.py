@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         cmd += ["--set", setting]
                     run(cmd)
                 manifest = json.loads((out / "manifest.json").read_text())
-                check_reuse("stage 1", manifest.get("inputs", {}).get("stage1"),
+                check_reuse("stage 1", (manifest.get("inputs", {}).get("stage1") or {}).get("digest"),
                             stage1_digest if variant in ("full", "both") else None, out)  # fmt: skip
                 history = [h for points in (manifest.get("loss_history") or {}).values() for h in points]
                 resumed = manifest.get("metrics", {}).get("resumed_from")
