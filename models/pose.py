@@ -160,6 +160,9 @@ def _person_from_toy(doc: dict) -> np.ndarray:
             f"pose JSON 'joints' has {len(names) if isinstance(names, list) else names!r} names for "
             f"{len(keypoints)} keypoints: expected one name per keypoint"
         )
+    if not all(isinstance(n, str) for n in names):
+        kinds = sorted({type(n).__name__ for n in names if not isinstance(n, str)})
+        raise ValueError(f"pose JSON 'joints': every name must be a string, found {', '.join(kinds)}")
     if sorted(names) != sorted(JOINTS):
         raise ValueError(
             f"pose JSON has {len(keypoints)} joints {names}, expected the {len(JOINTS)} BODY-18 joints {list(JOINTS)}"
@@ -186,12 +189,13 @@ def parse_pose_json(text: str) -> list[np.ndarray]:
     - OpenPose output ``{"people": [{"pose_keypoints_2d": [x1, y1, c1, ...]}, ...]}`` with 18 COCO-18 joints in
       pixels (an empty ``people`` list gives no person).
 
-    Raises ValueError for text that is not JSON, another layout, or another joint count.
+    Raises ValueError (never anything else) for text that is not JSON (also nested too deep to parse), another
+    layout, another joint count or joint names that are not strings.
     """
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(f"pose file is not valid JSON: {exc}") from exc
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        raise ValueError(f"pose file is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if isinstance(doc, dict) and "keypoints" in doc:
         return [_person_from_toy(doc)]
     elif isinstance(doc, dict) and "people" in doc:

@@ -181,7 +181,10 @@ def _control(
         maps = []
         for i in indices:
             rel = pose_files[i]
-            people = parse_pose_json((root / rel).read_text(encoding="utf-8")) if rel else []
+            try:
+                people = parse_pose_json((root / rel).read_text(encoding="utf-8")) if rel else []
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                raise ValueError(f"pose file {rel}: {exc}") from exc
             maps.append(draw(people))
         return maps, "openpose"
     elif pose.source == "annotator":

@@ -382,8 +382,8 @@ def _check_meta(text: str | None, name: str) -> str | None:
         return None
     try:
         json.loads(text)
-    except ValueError as exc:
-        return f"{name} is not valid JSON: {exc}"
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+        return f"{name} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
     return None
 
 

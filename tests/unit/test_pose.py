@@ -98,6 +98,12 @@ def test_openpose_output_parses_to_one_array_per_person():
         (json.dumps({"keypoints": [[1, 2, 2]] * 17, "joints": list(JOINTS[:17])}), "18 BODY-18 joints"),
         (json.dumps({"bodies": []}), "unrecognised pose JSON"),
         (json.dumps([1, 2, 3]), "unrecognised pose JSON"),
+        # hostile: nesting deeper than Python's stack, joint names of mixed types, numbers past float range
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON: RecursionError"),
+        ('{"keypoints": ' + "[" * 50_000 + "]" * 50_000 + "}", "not valid JSON: RecursionError"),
+        (json.dumps({"keypoints": [[1, 2, 2]] * 18, "joints": [1, *JOINTS[1:]]}), "must be a string, found int"),
+        (json.dumps({"keypoints": [[1, 2, 2]] * 18, "joints": [{"a": 1}] * 18}), "must be a string, found dict"),
+        ('{"people": [{"pose_keypoints_2d": [' + ", ".join(["1e999"] * 54) + "]}]}", "NaN or infinite"),
     ],
 )
 def test_anything_else_is_refused_with_a_clear_message(text, match):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -67,11 +68,22 @@ def test_frames_of_different_sizes_quarantine_the_sequence(tmp_path, clip_cfg):
     assert row["quarantine"] == "bad_schema" and "frame 3 is 48x64" in row["error"]
 
 
-def test_a_broken_pose_file_quarantines_the_clip_naming_it(tmp_path, clip_cfg):
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (json.dumps({"keypoints": [[1, 2, 2]]}).encode(), "18 names for 1 keypoints"),
+        # hostile: nesting deeper than Python's stack, joint names of mixed types, bytes that are not UTF-8
+        (b"[" * 100_000 + b"]" * 100_000, "RecursionError"),
+        (json.dumps({"keypoints": [[1, 2, 2]] * 18, "joints": [7] + ["x"] * 17}).encode(), "must be a string"),
+        (b"\xff\xfe{}", "utf-8"),
+    ],
+)
+def test_a_broken_pose_file_quarantines_the_clip_naming_it(tmp_path, clip_cfg, content, match):
     (raw,) = _dancers(tmp_path)
-    (tmp_path / raw["pose_files"][5]).write_text(json.dumps({"keypoints": [[1, 2, 2]]}))
+    (tmp_path / raw["pose_files"][5]).write_bytes(content)
     (row,) = ingest_row(tmp_path, raw, clip_cfg, CutPolicy(), KEYPOINTS)
-    assert row["quarantine"] == "bad_schema" and raw["key"] in row["error"]
+    assert row["quarantine"] == "bad_schema" and raw["key"] in row["error"], row["error"]
+    assert raw["pose_files"][5] in row["error"] and re.search(match, row["error"]), row["error"]
 
 
 def test_a_quarantined_raw_row_passes_through_unchanged(tmp_path, clip_cfg):

@@ -198,6 +198,23 @@ def test_a_tar_sample_with_invalid_metadata_json_is_bad_schema(tmp_path, mp4):
     assert row["quarantine"] == "bad_schema" and "k1.json is not valid JSON" in row["error"]
 
 
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+"""Valid JSON nested deeper than Python's stack: ``json.loads`` raises RecursionError, not ValueError."""
+
+
+def test_metadata_nested_past_the_stack_is_one_bad_schema_row_and_the_others_are_read(tmp_path, mp4):
+    write_tar(tmp_path / "wds" / "s.tar", [("k1.mp4", mp4), ("k1.json", DEEP_JSON), ("k2.mp4", mp4)])
+    (tmp_path / "clips").mkdir()
+    for name, meta in (("a", DEEP_JSON), ("b", b'{"fps": 8}')):
+        (tmp_path / "clips" / f"{name}.mp4").write_bytes(mp4)
+        (tmp_path / "clips" / f"{name}.json").write_bytes(meta)
+    rows, _ = rows_of(tmp_path)
+    assert {r["key"]: r["quarantine"] for r in rows} == {"k1": "bad_schema", "k2": None, "a": "bad_schema", "b": None}
+    assert "k1.json is not valid JSON: RecursionError" in one(rows, "k1")["error"]
+    assert "clips/a.json is not valid JSON: RecursionError" in one(rows, "a")["error"]
+    assert one(rows, "b")["video"] == mp4 and one(rows, "k2")["video"] == mp4
+
+
 def test_symlinks_leaving_the_root_are_quarantined_and_never_opened(tmp_path, mp4, dancers):
     outside = tmp_path / "outside"
     outside.mkdir()
