@@ -50,6 +50,7 @@ QUARANTINE_REASONS: dict[str, str] = {
     "too_large": "declared pixel count or byte size above decode limits (decompression-bomb guard)",
     "bad_schema": "record malformed: missing or mistyped columns, unreadable shard, member without its pair",
     "unsafe_path": "a path in the input leaves the dataset root (absolute, '..', or a symlink)",
+    "special_file": "an input path is a FIFO, socket, device or directory, not a regular file (never opened)",
     "duplicate_key": "the same key was already read from an earlier row (sources in sorted order)",
     "bad_encoding": "caption bytes are not valid UTF-8",
     "missing_frames": "a frame sequence has gaps in its numbering, no frames, or a frame that cannot be decoded",

@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,6 +76,67 @@ def _row(
         "quarantine": quarantine,
         "error": error,
     }
+
+
+class SpecialFile(OSError):
+    """An input path that is not a regular file (a FIFO, socket, device or directory): refused before any read."""
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))  # fmt: skip
+
+
+def open_regular(path: Path):
+    """``path`` opened for binary reading, which it must be a regular file to be (symlinks followed). It is opened
+    with ``O_NONBLOCK``, so a FIFO without a writer opens at once instead of blocking the job forever, and checked
+    with ``fstat`` on the open descriptor, so the file read is the file checked. Raises :class:`SpecialFile` for
+    anything else (naming what it is), OSError as ``open`` does."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
+            raise SpecialFile(f"{path.name} is a {kind}, not a regular file: not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: Path) -> None:
+    """Raise :class:`SpecialFile` unless ``path`` is a regular file, for readers that open the path themselves
+    (pyarrow); :func:`open_regular` where the reader takes a file object."""
+    open_regular(path).close()
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file (:func:`open_regular`)."""
+    with open_regular(path) as f:
+        return f.read()
+
+
+def open_tar(path: Path) -> tuple[BinaryIO, tarfile.TarFile]:
+    """``path`` (a regular file, :func:`open_regular`) opened as a tar archive: its file and the archive, to be
+    closed together (``with handle, tar:``). Raises :class:`SpecialFile`, or what ``open``/``tarfile.open`` raise."""
+    handle = open_regular(path)
+    try:
+        return handle, tarfile.open(fileobj=handle, mode="r:*")
+    except BaseException:
+        handle.close()
+        raise
+
+
+def json_problem(text: str | None, name: str) -> str | None:
+    """Error text if metadata ``text`` is not JSON (later stages parse it), else None; also for JSON nested deeper
+    than Python's stack can parse (RecursionError)."""
+    if text is None:
+        return None
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return f"{name} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def inside_root(root: Path, path: Path) -> bool:
@@ -205,7 +268,8 @@ def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]
         raise ValueError(f"unknown source kind {source.kind!r}; expected parquet, tar, folder or unsafe")
 
 
-def _full_path(root: Path, rel: str) -> Path:
+def full_path(root: Path, rel: str) -> Path:
+    """``rel`` under ``root`` (a source's path is relative to the input root unless the root is a single file)."""
     p = Path(rel)
     return p if p.is_absolute() else root / p
 
@@ -231,16 +295,22 @@ def _read_referenced(root: Path, ref: str, *, max_bytes: int) -> tuple[bytes | N
         size = path.stat().st_size
         if size > max_bytes:
             return None, "too_large", f"{ref}: {size} bytes > {max_bytes}"
-        return path.read_bytes(), None, None
+        return read_regular(path), None, None
+    except SpecialFile as exc:
+        return None, "special_file", f"image_path {ref!r}: {exc}"
     except OSError as exc:
         return None, "bad_schema", f"image_path {ref!r}: {exc}"
 
 
 def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
-    path = _full_path(root, rel)
+    path = full_path(root, rel)
     try:
+        check_regular(path)
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
+    except SpecialFile as exc:
+        yield _row(f"{rel}#shard", rel, rel, quarantine="special_file", error=str(exc))
+        return
     except Exception as exc:  # noqa: BLE001 - an unreadable shard is one quarantined row, by contract
         yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"unreadable Parquet: {exc}")
         return
@@ -309,16 +379,19 @@ def unsafe_member(name: str, member: tarfile.TarInfo) -> str | None:
 
 
 def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
-    path = _full_path(root, rel)
+    path = full_path(root, rel)
     try:
-        tar = tarfile.open(path, mode="r:*")
+        handle, tar = open_tar(path)
+    except SpecialFile as exc:
+        yield _row(f"{rel}#shard", rel, rel, quarantine="special_file", error=str(exc))
+        return
     except Exception as exc:  # noqa: BLE001 - an unreadable tar is one quarantined row, by contract
         yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"unreadable tar: {exc}")
         return
     index = 0
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     order: list[str] = []
-    with tar:
+    with handle, tar:
         try:
             members = tar.getmembers()
         except Exception as exc:  # noqa: BLE001
@@ -389,14 +462,17 @@ def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict
             if size > max_bytes:
                 yield _row(rid, key, source.path, quarantine="too_large", error=f"{size} bytes > {max_bytes}")
                 continue
-            image = path.read_bytes()
+            image = read_regular(path)
             caption, why = None, None
             sidecar = path.with_suffix(".txt")
             if sidecar.exists():
                 if sidecar.is_symlink() and not inside_root(root, sidecar):
                     yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{sidecar} links outside")
                     continue
-                caption, why = caption_text(sidecar.read_bytes())
+                caption, why = caption_text(read_regular(sidecar))
+        except SpecialFile as exc:
+            yield _row(rid, key, source.path, quarantine="special_file", error=f"{rel}: {exc}")
+            continue
         except OSError as exc:
             yield _row(rid, key, source.path, quarantine="bad_schema", error=f"read failed: {exc}")
             continue

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,7 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from contracts import storage
-from pipelines.sources import caption_text, inside_root, unsafe_member
+from pipelines.sources import (
+    SpecialFile,
+    caption_text,
+    full_path,
+    inside_root,
+    json_problem,
+    open_tar,
+    read_regular,
+    unsafe_member,
+)
 
 log = logging.getLogger(__name__)
 
@@ -351,11 +361,6 @@ def read_video_source(root: Path, source: VideoSource, *, max_bytes: int) -> Ite
         raise ValueError(f"unknown video source kind {source.kind!r}; expected tiktok, video, tar or unsafe")
 
 
-def _full_path(root: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else root / p
-
-
 def _base(root: Path) -> Path:
     """The directory that paths must stay inside: the root, or the folder of a single-file root."""
     return root if root.is_dir() else root.parent
@@ -365,31 +370,20 @@ def _read_text_file(base: Path, path: Path, rel: str, *, max_bytes: int) -> tupl
     """A caption or metadata sidecar → (text, quarantine reason, error); (None, None, None) if there is none."""
     if _escapes(base, path):
         return None, "unsafe_path", f"{rel} is a symlink that leaves the input root"
-    if not path.is_file():
+    if not os.path.lexists(path):  # a FIFO or other special file is there, and refused by read_regular
         return None, None, None
     size = path.stat().st_size
     if size > max_bytes:
         return None, "too_large", f"{rel}: {size} bytes > max_bytes={max_bytes}"
-    text, why = caption_text(path.read_bytes())
+    text, why = caption_text(read_regular(path))
     if why:
         return None, why, f"{rel} is not valid UTF-8"
     return text, None, None
 
 
-def _check_meta(text: str | None, name: str) -> str | None:
-    """Error text if metadata ``text`` is not JSON (later stages parse it), else None."""
-    if text is None:
-        return None
-    try:
-        json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
-        return f"{name} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
-    return None
-
-
 def _read_video_file(root: Path, source_path: str, rel: str, *, max_bytes: int) -> dict:
     rid = f"{rel}#{0:06d}"
-    path = _full_path(root, rel)
+    path = full_path(root, rel)
     key = path.stem
     base = _base(root)
     if _escapes(base, path):
@@ -406,10 +400,12 @@ def _read_video_file(root: Path, source_path: str, rel: str, *, max_bytes: int) 
         meta, why, err = _read_text_file(base, path.with_suffix(".json"), meta_rel, max_bytes=max_bytes)
         if why:
             return _quarantined(rid, key, source_path, "video", why, err)
-        bad_meta = _check_meta(meta, meta_rel)
+        bad_meta = json_problem(meta, meta_rel)
         if bad_meta:
             return _quarantined(rid, key, source_path, "video", "bad_schema", bad_meta)
-        video = path.read_bytes()
+        video = read_regular(path)
+    except SpecialFile as exc:
+        return _quarantined(rid, key, source_path, "video", "special_file", f"{rel}: {exc}")
     except OSError as exc:
         return _quarantined(rid, key, source_path, "video", "bad_schema", f"{rel}: read failed: {exc}")
     return _row(rid, key, source_path, "video", caption=caption, video=video, meta=meta)
@@ -428,7 +424,7 @@ def _numbered(root: Path, seq: str, sub: str, exts: tuple[str, ...], *, max_byte
     """Frame number → relative path of the files of ``SEQ/sub`` with one of ``exts``; None if there is no such dir.
 
     Raises :class:`_SequenceProblem` for a directory or file that leaves the root, a non-numeric or duplicated
-    number, a zero-byte file or one above ``max_bytes``.
+    number, anything but a regular file, a zero-byte file or one above ``max_bytes``.
     """
     directory = root / seq / sub
     rel_dir = (PurePosixPath(seq) / sub).as_posix()
@@ -451,8 +447,9 @@ def _numbered(root: Path, seq: str, sub: str, exts: tuple[str, ...], *, max_byte
         number = int(stem)
         if number in found:
             raise _SequenceProblem("bad_schema", f"{rel}: frame number {number} also used by {found[number]}")
-        size = path.stat().st_size
-        if size == 0:
+        if not stat.S_ISREG((info := path.stat()).st_mode):  # a FIFO would block the decoder's read forever
+            raise _SequenceProblem("special_file", f"{rel} is not a regular file (FIFO, socket, device or directory)")
+        if (size := info.st_size) == 0:
             # An empty frame or mask is a frame that cannot be decoded; an empty pose file is a malformed record.
             raise _SequenceProblem("bad_schema" if sub == "pose" else "missing_frames", f"{rel} is a zero-byte file")
         if size > max_bytes:
@@ -501,6 +498,8 @@ def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int) ->
             raise _SequenceProblem(why, err)
     except _SequenceProblem as problem:
         return _quarantined(rid, key, source_path, "tiktok", problem.reason, problem.error)
+    except SpecialFile as exc:
+        return _quarantined(rid, key, source_path, "tiktok", "special_file", f"{seq}: {exc}")
     except OSError as exc:
         return _quarantined(rid, key, source_path, "tiktok", "bad_schema", f"{seq}: listing failed: {exc}")
     meta = json.dumps(
@@ -527,15 +526,18 @@ def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int) ->
 
 
 def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
-    path = _full_path(root, rel)
+    path = full_path(root, rel)
     try:
-        tar = tarfile.open(path, mode="r:*")
+        handle, tar = open_tar(path)
+    except SpecialFile as exc:
+        yield _quarantined(f"{rel}#{0:06d}", rel, rel, "tar", "special_file", f"{rel}: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001 - an unreadable tar is one quarantined row, by contract
         yield _quarantined(f"{rel}#{0:06d}", rel, rel, "tar", "bad_schema", f"{rel}: unreadable tar: {exc}")
         return
     index = 0
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
-    with tar:
+    with handle, tar:
         try:
             members = tar.getmembers()
         except Exception as exc:  # noqa: BLE001
@@ -591,7 +593,7 @@ def _read_tar_sample(
         return _quarantined(rid, key, rel, "tar", why, f"{rel}: {parts['.txt'].name} is not valid UTF-8")
     if meta_why:
         return _quarantined(rid, key, rel, "tar", meta_why, f"{rel}: {parts['.json'].name} is not valid UTF-8")
-    bad_meta = _check_meta(meta, f"{rel}: {parts['.json'].name}") if meta is not None else None
+    bad_meta = json_problem(meta, f"{rel}: {parts['.json'].name}") if meta is not None else None
     if bad_meta:
         return _quarantined(rid, key, rel, "tar", "bad_schema", bad_meta)
     return _row(rid, key, rel, "tar", caption=caption, video=video, meta=meta)

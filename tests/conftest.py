@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 
 import pytest
 
@@ -105,3 +106,28 @@ def s3_server(tmp_path_factory):
             os.environ[key] = value
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def _within(seconds: float, fn):
+    """``fn()`` in a daemon thread: its result, or a test failure (not a hung suite) if it blocks past ``seconds``."""
+    out = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@pytest.fixture
+def within():
+    """``within(seconds, fn)``: run ``fn`` and fail if it blocks (readers fed FIFOs and other hostile input)."""
+    return _within

@@ -139,3 +139,30 @@ def test_parquet_image_paths_are_read_under_the_root_and_escapes_are_quarantined
     assert ignored == ["imgs/a.png"]
     assert rows[0]["image"] == png()
     assert rows[1]["image"] is None and rows[2]["image"] is None
+
+
+def test_fifos_named_like_inputs_are_quarantined_as_special_files_without_blocking(tmp_path, within):
+    folder, shards, refs = tmp_path / "folder", tmp_path / "shards", tmp_path / "refs"
+    for d in (folder, shards, refs, refs / "imgs"):
+        d.mkdir()
+    (folder / "a.png").write_bytes(png())
+    os.mkfifo(folder / "b.png")  # an image that is a FIFO: reading it would wait for a writer forever
+    (folder / "c.png").write_bytes(png())
+    os.mkfifo(folder / "c.txt")  # a caption sidecar that is a FIFO
+    rows, _ = within(60, lambda: rows_of(folder))
+    assert {r["key"]: r["quarantine"] for r in rows} == {"a": None, "b": "special_file", "c": "special_file"}
+    assert "b.png is a FIFO" in next(r for r in rows if r["key"] == "b")["error"]
+    assert next(r for r in rows if r["key"] == "a")["image"] == png()
+
+    os.mkfifo(shards / "s.tar")
+    os.mkfifo(shards / "p.parquet")
+    rows, _ = within(60, lambda: rows_of(shards))
+    assert sorted((r["id"], r["quarantine"]) for r in rows) == [("p.parquet#shard", "special_file"),
+                                                               ("s.tar#shard", "special_file")]  # fmt: skip
+
+    (refs / "imgs" / "a.png").write_bytes(png())
+    os.mkfifo(refs / "imgs" / "f.png")
+    pq.write_table(pa.table({"key": ["a", "f"], "image_path": ["imgs/a.png", "imgs/f.png"]}), refs / "r.parquet")
+    rows, _ = within(60, lambda: rows_of(refs))
+    assert [(r["key"], r["quarantine"]) for r in rows] == [("a", None), ("f", "special_file")]
+    assert "imgs/f.png" in rows[1]["error"] and "FIFO" in rows[1]["error"]

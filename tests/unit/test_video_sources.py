@@ -315,3 +315,24 @@ def test_dot_files_are_skipped(tmp_path, mp4):
     os.mkdir(tmp_path / ".cache")
     (tmp_path / ".cache" / "x.mp4").write_bytes(mp4)
     assert discover_videos(tmp_path) == ([], [])
+
+
+def test_fifos_named_like_video_inputs_are_special_files_and_nothing_blocks(tmp_path, mp4, dancers, within):
+    (tmp_path / "clips").mkdir()
+    os.mkfifo(tmp_path / "clips" / "v.mp4")  # a video that is a FIFO
+    (tmp_path / "clips" / "w.mp4").write_bytes(mp4)
+    os.mkfifo(tmp_path / "clips" / "w.json")  # a metadata sidecar that is a FIFO
+    (tmp_path / "clips" / "x.mp4").write_bytes(mp4)
+    (tmp_path / "wds").mkdir()
+    os.mkfifo(tmp_path / "wds" / "s.tar")
+    write_dancers(tmp_path / "dance", dancers)
+    frame = tmp_path / "dance" / "dance-0-00000" / "images" / "0002.png"
+    frame.unlink()
+    os.mkfifo(frame)  # one frame of a sequence
+    rows, _ = within(60, lambda: rows_of(tmp_path))
+    assert {r["key"]: r["quarantine"] for r in rows} == {
+        "v": "special_file", "w": "special_file", "x": None, "wds/s.tar": "special_file",
+        "dance-0-00000": "special_file", "dance-0-00001": None}  # fmt: skip
+    assert "v.mp4 is a FIFO" in one(rows, "v")["error"] and "w.json is a FIFO" in one(rows, "w")["error"]
+    assert "images/0002.png is not a regular file" in one(rows, "dance-0-00000")["error"]
+    assert one(rows, "x")["video"] == mp4
