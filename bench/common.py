@@ -52,3 +52,10 @@ def write_json(path: Path | None, data: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
+
+
+def write_curves(out: Path, report: dict, md: str) -> None:
+    """A budget bench's results: ``out/results.json`` (the report) and ``out/curves.md`` (its tables), printed."""
+    write_json(out / "results.json", report)
+    (out / "curves.md").write_text(md)
+    print(md)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
-from bench.common import DEMO, write_json
+from bench.common import DEMO, write_curves
 from bench.fewstep_video import frame_embeddings, per_video, sample_videos, scheduler_variant, set_figures
 from models.evaluation import clip_video_features
 
@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
               "at": at, "variants": variants, "seeds": seeds, "n": len(prompts), "bootstrap": args.bootstrap,
               "floor": floor, "baselines": baselines, "curves": curves,
               "wall_s": round(time.monotonic() - t0, 1)}  # fmt: skip
-    write_json(args.out / "results.json", report)
-    md = markdown(report)
-    (args.out / "curves.md").write_text(md)
-    print(md)
+    write_curves(args.out, report, markdown(report))
     return 0
 
 

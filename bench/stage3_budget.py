@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import bench.common as common  # noqa: F401 - sets the offline environment defaults
-from bench.common import DEMO, write_json
+from bench.common import DEMO, write_curves
 from bench.stage2_budget import ALCM, check_reuse, run
 from pipelines.stages import BY_NAME
 
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
               "micro_batch": args.micro_batch, "workers": 2, "seed": args.seed, "at": at, "n": args.n,
               "eval_seed": args.eval_seed, "points": points, "loss_history": history,
               "wall_s": round(time.monotonic() - t0, 1)}  # fmt: skip
-    write_json(args.out / "results.json", report)
-    md = markdown(report)
-    (args.out / "curves.md").write_text(md)
-    print(md)
+    write_curves(args.out, report, markdown(report))
     return 0
 
 
