@@ -86,7 +86,7 @@ _SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_IS
                   (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))  # fmt: skip
 
 
-def open_regular(path: Path):
+def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for binary reading, which it must be a regular file to be (symlinks followed). It is opened
     with ``O_NONBLOCK``, so a FIFO without a writer opens at once instead of blocking the job forever, and checked
     with ``fstat`` on the open descriptor, so the file read is the file checked. Raises :class:`SpecialFile` for
