@@ -6,10 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from contracts.report import tables
 from registry.store import Entry, flatten
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What a terminal would act on rather than show: C0/C1 controls (ESC starts colour, cursor and title sequences),
+DEL, and the bidirectional and line-separator marks that reorder or split what is shown."""
+
+
+def plain(value: Any) -> str:
+    """``value`` as text that is safe to print: every character of :data:`_UNSAFE` as a ``\\xNN``/``\\uNNNN``
+    escape, and a lone surrogate (a file name that was not UTF-8) as its ``\\udcNN`` escape."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
 
 HEADLINE_ORDER = ("fvd", "fid", "clipsim", "latent_mse", "temporal")
 """Which eval figures at 4 steps a checkpoint's one-line headline shows, in order."""
@@ -106,26 +119,27 @@ def lineage_lines(node: dict, show_config: bool = False, prefix: str = "", role:
 def audit_lines(a: dict, reason: str | None, show: int) -> list[str]:
     """A dataset version's audit (:func:`registry.audit.dataset_audit`): counts per decision and reason, then the
     example rows."""
-    lines = [f"{a['ref']}: {a['rows']} audited rows at {a['location']}",
+    lines = [f"{plain(a['ref'])}: {a['rows']} audited rows at {plain(a['location'])}",
              "  by decision: " + ", ".join(f"{k} {v}" for k, v in a["by_decision"].items())]  # fmt: skip
     if not a["consistent"]:
         lines.append(f"  the manifest says {a['manifest_by_decision']}: audit and manifest disagree")
-    lines += [f"  {r:<24} {n}" for r, n in a["by_reason"].items()]
+    lines += [f"  {plain(r):<24} {n}" for r, n in a["by_reason"].items()]
     if reason is None and not show:
         return lines
     lines.append(f"\n{a['matching']} rows {'with reason ' + reason if reason else ''}; {len(a['examples'])} shown:")
     for ex in a["examples"]:
         scores = " ".join(f"{k} {v:.3g}" for k, v in ex.items() if isinstance(v, float))
-        lines.append(f"  {ex.get('key')}  {ex.get('decision')} {ex.get('reasons')}  {scores}\n    {ex.get('caption')!r}"
-                     + (f"\n    error: {ex['error']}" if ex.get("error") else ""))  # fmt: skip
+        lines.append(f"  {plain(ex.get('key'))}  {ex.get('decision')} {plain(ex.get('reasons'))}  {scores}\n    "
+                     f"{plain(repr(ex.get('caption')))}"
+                     + (f"\n    error: {plain(ex['error'])}" if ex.get("error") else ""))  # fmt: skip
     return lines
 
 
 def trace_lines(t: dict) -> list[str]:
     """Where one raw sample went (:func:`registry.audit.sample_trace`)."""
     if not t["datasets"]:
-        return [f"{t['key']}: in no registered dataset's audit table"]
-    lines = [f"  {d['dataset']}: {d['decision']} {d['reasons'] or ''} ({d['id']})" for d in t["datasets"]]
-    lines.append(f"{len(t['checkpoints'])} checkpoint(s) trained on data that contained {t['key']}:")
+        return [f"{plain(t['key'])}: in no registered dataset's audit table"]
+    lines = [f"  {d['dataset']}: {d['decision']} {plain(d['reasons'] or '')} ({plain(d['id'])})" for d in t["datasets"]]
+    lines.append(f"{len(t['checkpoints'])} checkpoint(s) trained on data that contained {plain(t['key'])}:")
     lines += [f"  {e.ref}  {e.tags.get('alcm.stage', '')}" for e in t["checkpoints"]]
     return lines
