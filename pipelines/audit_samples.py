@@ -2,25 +2,31 @@
 
 The audit table keeps every input row's id and source (the shard it came from), not its image, so rejected rows are
 shown by reading those sources again with the same reader curation used (``pipelines.sources``): Parquet shards,
-webdataset tars and image folders. Rows whose input is gone or does not decode are reported, not skipped silently.
+webdataset tars and image folders. Images are decoded by curation's own safe decoder
+(:func:`filters.decode.decode_image`, with its default limits unless others are passed): a decompression bomb or
+an oversized file is reported with its reason and never decoded. Rows whose input is gone or does not decode are reported, not skipped
+silently.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
+from filters.decode import DecodeConfig, decode_image, thumbnail_array
 from pipelines.sources import discover, read_source
 
 THUMBNAIL = 128
 
 
 def write_thumbnails(input_root: str | Path, rows: list[dict], out_dir: Path, *,
-                     max_bytes: int = 64 << 20) -> dict[str, str]:  # fmt: skip
-    """Write ``<out_dir>/<key>.png`` for each audited row (dicts with ``id``, ``key``, ``source``) found under
-    ``input_root``; returns ``key → path written`` or ``key → why not``."""
-    from PIL import Image, UnidentifiedImageError
+                     decode: DecodeConfig | None = None) -> dict[str, str]:  # fmt: skip
+    """Write ``<out_dir>/<key>.png`` (at most :data:`THUMBNAIL` pixels a side) for each audited row (dicts with
+    ``id``, ``key``, ``source``) found under ``input_root``; returns ``key → path written`` or ``key → why not``.
+    ``decode``: the decoder's limits (default :class:`filters.decode.DecodeConfig`'s)."""
+    from PIL import Image
 
+    decode = decode or DecodeConfig()
+    decode = DecodeConfig(max_pixels=decode.max_pixels, max_bytes=decode.max_bytes, scorer_size=THUMBNAIL)
     root = Path(input_root)
     if not root.exists():
         return {r["key"]: f"input {root} no longer exists" for r in rows}
@@ -32,20 +38,21 @@ def write_thumbnails(input_root: str | Path, rows: list[dict], out_dir: Path, *,
     for source in sources:
         if source.path not in by_source and not (set(source.files) & by_source):
             continue
-        for raw in read_source(root, source, max_bytes=max_bytes):
+        for raw in read_source(root, source, max_bytes=decode.max_bytes):
             row = wanted.get(raw["id"])
             if row is None:
                 continue
             if raw.get("image") is None:
                 result[row["key"]] = f"no image bytes ({raw.get('quarantine') or 'missing'})"
                 continue
-            try:
-                with Image.open(io.BytesIO(raw["image"])) as img:
-                    img = img.convert("RGB")
-                    img.thumbnail((THUMBNAIL, THUMBNAIL))
-                    path = out_dir / f"{Path(str(row['key'])).name}.png"
-                    img.save(path)
-                    result[row["key"]] = str(path)
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                result[row["key"]] = f"does not decode: {exc}"
+            decoded = decode_image(raw["image"], decode)  # checks bytes and declared pixels before decoding
+            if not decoded.ok:
+                result[row["key"]] = f"not decoded ({decoded.reason}): {decoded.error}"
+                continue
+            width, height = decoded.thumbnail_size
+            img = Image.fromarray(thumbnail_array(decoded.thumbnail, width, height))
+            img.thumbnail((THUMBNAIL, THUMBNAIL))
+            path = out_dir / f"{Path(str(row['key'])).name}.png"
+            img.save(path)
+            result[row["key"]] = str(path)
     return result
