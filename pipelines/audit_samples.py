@@ -4,8 +4,8 @@ The audit table keeps every input row's id and source (the shard it came from), 
 shown by reading those sources again with the same reader curation used (``pipelines.sources``): Parquet shards,
 webdataset tars and image folders. Images are decoded by curation's own safe decoder
 (:func:`filters.decode.decode_image`, with its default limits unless others are passed): a decompression bomb or
-an oversized file is reported with its reason and never decoded. Rows whose input is gone or does not decode are reported, not skipped
-silently.
+an oversized file is reported with its reason and never decoded. Rows whose input is gone or does not decode are
+reported, not skipped silently.
 """
 
 from __future__ import annotations
