@@ -123,13 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                  "renders": figures(renders, prompts, **stats), "renders_styled": figures(styled, prompts, **stats),
                  "methods": {}}  # fmt: skip
     base, personal = load_animatelcm_pipeline(args.model / "pipeline"), load_animatelcm_pipeline(swapped)
-    sampled: dict[str, dict[int, np.ndarray]] = {"animatelcm": {}, "personalised": {}}
     for name, pipe in (("animatelcm", base), ("personalised", personal)):
         out["methods"][name] = {}
         for steps in STEPS:
             _, videos, latency = sample_videos(pipe, captions, noise, steps=steps, guidance=1.0, frames=frames,
                                                size=size)  # fmt: skip
-            sampled[name][steps] = videos
             out["methods"][name][steps] = figures(videos, prompts, **stats) | {"latency_s": latency}
             print(f"{name} at {steps} step{'s' if steps > 1 else ''}: style {out['methods'][name][steps]['style']:.2f}"
                   f" ({time.monotonic() - t0:.0f} s)", flush=True)  # fmt: skip
@@ -142,17 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                                  size=size)  # fmt: skip
     out["methods"]["personalised teacher"] = {TEACHER_STEPS: figures(videos, prompts, **stats)}
 
-    from models.eval_stats import mean_interval
+    from bench.adapter_fidelity import gains
 
     out["verdict"] = {}
     half_styled = out["renders_styled"]["style"] / 2
     for steps in STEPS:
-        gain = style_per_video(sampled["personalised"][steps]) - style_per_video(sampled["animatelcm"][steps])
-        lo, hi = mean_interval(gain, **stats)
         ours, theirs = out["methods"]["personalised"][steps], out["methods"]["animatelcm"][steps]
+        gain = gains(ours, theirs, **stats)["style"]  # paired, video by video, from the same noise
+        lo, hi = gain["ci95"]
         takes_style = lo > 0 and ours["style"] > half_styled
         keeps_coherence = ours["ci95"]["coherent"][1] >= theirs["ci95"]["coherent"][0]
-        out["verdict"][steps] = {"style_gain": float(gain.mean()), "style_gain_ci95": [lo, hi],
+        out["verdict"][steps] = {"style_gain": gain["mean"], "style_gain_ci95": [lo, hi],
                                  "takes_style": bool(takes_style),
                                  "keeps_coherence": bool(keeps_coherence)}  # fmt: skip
     out["wall_s"] = round(time.monotonic() - t0, 1)
