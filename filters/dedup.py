@@ -8,6 +8,10 @@ fits in one process for tens of millions of rows.
 - Near duplicates have 64-bit perceptual hashes within ``phash_max_distance`` bits. Candidate pairs come from
   banding: the hash is cut into ``phash_max_distance + 1`` bands, and by the pigeonhole principle two hashes within
   that distance agree exactly on at least one band; candidates are then checked exactly.
+- Identical hashes are collapsed before any pairwise work (placeholder images in web data can share one hash across
+  tens of thousands of rows): rows with equal sha256 or equal phash are joined in one linear pass, and only the
+  distinct phash values are banded. The pairwise check of a band bucket runs in blocks of rows, so its memory is
+  bounded by ``_BLOCK_CELLS`` whatever the bucket size.
 - Rows linked by either relation form groups (union-find, so the relation is made transitive). In each group the
   representative is a row the other filters kept if there is one, then the one with the most pixels, ties broken
   by the smallest key, then the smallest id: the same input always keeps the same row, whatever order the rows
@@ -37,6 +41,10 @@ class DedupConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.phash_max_distance <= 16:
             raise ValueError(f"phash_max_distance={self.phash_max_distance!r}: must be in [0, 16] bits (e.g. 6)")
+
+
+_BLOCK_CELLS = 1 << 22
+"""Most cells of one block of the pairwise distance check (4 M: 32 MiB of XOR words, 4 MiB of flags)."""
 
 
 class _UnionFind:
@@ -81,27 +89,13 @@ def find_duplicates(
         raise ValueError("find_duplicates: ids, keys, sha256, phash, pixels, preferred must have the same length")
     uf = _UnionFind(n)
     if cfg.exact:
-        first: dict[str, int] = {}
-        for i, digest in enumerate(sha256):
-            if digest in first:
-                uf.union(first[digest], i)
-            else:
-                first[digest] = i
+        _join_equal(uf, sha256)
     if cfg.near and n > 1:
-        d = cfg.phash_max_distance
         hashes = np.array(phash, dtype=np.uint64)
-        for lo, hi in _bands(d):
-            band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-            order = np.argsort(band, kind="stable")
-            starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
-            for start, stop in zip(starts, np.r_[starts[1:], n], strict=True):
-                if stop - start < 2:
-                    continue
-                members = order[start:stop]
-                # Exact check of every pair in the bucket at once: popcount of the XOR matrix.
-                close = np.bitwise_count(hashes[members, None] ^ hashes[None, members]) <= d
-                for a, b in zip(*np.nonzero(np.triu(close, k=1)), strict=True):
-                    uf.union(int(members[a]), int(members[b]))
+        distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        _join_equal(uf, inverse.tolist())  # distance 0: the same group, no pairwise work
+        for a, b in _close_pairs(distinct, cfg.phash_max_distance):
+            uf.union(int(first[a]), int(first[b]))
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(n):
         groups[uf.find(i)].append(i)
@@ -114,3 +108,37 @@ def find_duplicates(
             if i != keeper:
                 duplicate_of[ids[i]] = keys[keeper]
     return duplicate_of
+
+
+def _join_equal(uf: _UnionFind, values: list) -> None:
+    """Join every row to the first row with the same value: one pass, no pairs."""
+    first: dict = {}
+    for i, value in enumerate(values):
+        j = first.setdefault(value, i)
+        if j != i:
+            uf.union(j, i)
+
+
+def _close_pairs(distinct: np.ndarray, max_distance: int):
+    """Yield index pairs ``(a, b)``, ``a < b``, of distinct hashes within ``max_distance`` bits (some more than once).
+
+    Candidates share a band; each bucket is checked exactly in blocks of at most ``_BLOCK_CELLS`` cells.
+    """
+    m = len(distinct)
+    for lo, hi in _bands(max_distance):
+        band = (distinct >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(band, kind="stable")
+        starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], m], strict=True):
+            if stop - start < 2:
+                continue
+            members = order[start:stop]
+            bucket = distinct[members]
+            rows = max(1, _BLOCK_CELLS // len(members))
+            for r0 in range(0, len(members) - 1, rows):
+                block = bucket[r0 : r0 + rows]
+                # Popcount of the XOR of each block row with every later member of the bucket.
+                close = np.bitwise_count(block[:, None] ^ bucket[None, :]) <= max_distance
+                close &= np.arange(len(members))[None, :] > (r0 + np.arange(len(block)))[:, None]
+                for a, b in zip(*np.nonzero(close), strict=True):
+                    yield members[r0 + a], members[b]

@@ -131,3 +131,58 @@ def test_error_text_is_the_same_on_every_run():
     a = decode_image(b"not an image at all", DecodeConfig())
     b = decode_image(b"not an image at all", DecodeConfig())
     assert a.error == b.error and "0x" not in a.error and a.error.startswith("UnidentifiedImageError")
+
+
+def test_a_hundred_thousand_rows_sharing_one_hash_collapse_without_pairwise_memory():
+    import tracemalloc
+
+    n = 100_000
+    ids = [f"s#{i}" for i in range(n)]
+    keys = [f"k{i:06d}" for i in range(n)]
+    tracemalloc.start()
+    try:
+        # Placeholder images: one perceptual hash, and half of them byte-identical too.
+        dups = find_duplicates(ids, keys, [str(i % 2 or i) for i in range(n)], [0xABCD] * n, [1] * n, DedupConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(dups) == n - 1 and set(dups.values()) == {"k000000"} and "s#0" not in dups
+    # The old m x m check needed n^2 = 10^10 cells (> 10 GB); the collapse is linear.
+    assert peak < 256 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def _groups_by_brute_force(hashes, d):
+    parent = list(range(len(hashes)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(hashes)):
+        for b in range(a + 1, len(hashes)):
+            if bin(hashes[a] ^ hashes[b]).count("1") <= d:
+                parent[find(b)] = find(a)
+    return {i: find(i) for i in range(len(hashes))}
+
+
+def test_blocked_pairwise_check_finds_the_same_groups_as_all_pairs(monkeypatch):
+    import filters.dedup as dedup
+
+    rng = np.random.default_rng(3)
+    # One crowded band bucket: every hash shares the low bits, the rest vary by a few flips from a few centres.
+    centres = [int(x) << 10 for x in rng.integers(0, 2**53, 4, dtype=np.int64)]
+    hashes = [c ^ sum(1 << int(b) for b in rng.choice(np.arange(10, 64), 4, replace=False))
+              for c in centres for _ in range(30)]  # fmt: skip
+    hashes += hashes[:7]  # exact repeats as well
+    n = len(hashes)
+    ids = [f"s#{i}" for i in range(n)]
+    keys = [f"k{i:03d}" for i in range(n)]
+    monkeypatch.setattr(dedup, "_BLOCK_CELLS", 50)  # blocks of one row over the bucket
+    dups = find_duplicates(ids, keys, ids, hashes, [1] * n, DedupConfig(phash_max_distance=6))
+    truth = _groups_by_brute_force(hashes, 6)
+    keeper = {}
+    for i in range(n):
+        keeper.setdefault(truth[i], keys[i])  # the smallest key of each true group (keys sort like indices)
+    expected = {ids[i]: keeper[truth[i]] for i in range(n) if keeper[truth[i]] != keys[i]}
+    assert dups == expected and len(expected) > n // 2
