@@ -7,7 +7,12 @@ Untrusted video meets a parser here, so the rules of ``filters/decode.py`` carry
   at most ``max_frames + 1`` decoded frames;
 - every failure is a :class:`VideoDecodeError` with one reason code (``undecodable``, ``too_large``, ``too_long``,
   ``missing_frames``) and a message naming the file or key; FFmpeg's own exceptions never escape;
-- decoding is in memory (``io.BytesIO``) with one decoder thread, so the frames are a function of the bytes.
+- decoding is in memory (``io.BytesIO``) with one decoder thread, so the frames are a function of the bytes;
+- media never reaches the network or another file: FFmpeg is not left to guess the format (a playlist or session
+  description saved as ``.mp4`` would pick the HLS, ffconcat or SDP demuxer, which open the URLs, files and UDP
+  ports they name). The container is told from its first bytes (:func:`sniff_container`), only the allow-listed
+  demuxers open it, and with an empty protocol allow-list, so no nested open of any kind succeeds;
+- a declared frame count above ``max_frames`` is refused from the header, before any frame is decoded.
 
 What PyAV (FFmpeg) does with a truncated file, measured on the toy clips, and how each case is caught:
 
@@ -58,9 +63,20 @@ FPS_RANGE = (1.0, 1000.0)
 """Frame rates a stream may declare. Outside it the stream's timing is broken (an ``mdhd`` time scale of 0 makes
 FFmpeg report 1/2048 fps and decode a single frame), so the video is ``undecodable``, not a one-frame clip."""
 
-VIDEO_CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
-"""FFmpeg demuxer names accepted as video containers. FFmpeg also "opens" a PNG or JPEG as a one-frame video
-(``png_pipe``, ``image2``); those are refused as ``undecodable`` here, since a still image is not a video."""
+VIDEO_CONTAINERS = ("mov", "matroska", "avi")
+"""The FFmpeg demuxers a video may be opened with: ``mov`` (mp4, mov), ``matroska`` (Matroska, WebM), ``avi``.
+Which one is told from the first bytes (:func:`sniff_container`); FFmpeg never probes. Anything else, a PNG or JPEG
+included (FFmpeg would "open" it as a one-frame video), is ``undecodable``: a still image is not a video."""
+
+_SIGNATURES: tuple[tuple[str, int, tuple[bytes, ...]], ...] = (
+    # (FFmpeg demuxer, offset, byte strings one of which must be there)
+    ("mov", 4, (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")),  # ISO BMFF: mp4, mov
+    ("matroska", 0, (b"\x1a\x45\xdf\xa3",)),  # EBML: Matroska, WebM
+    ("avi", 0, (b"RIFF",)),
+)
+_OPEN_OPTIONS = {"protocol_whitelist": ""}
+"""FFmpeg options of every open: no protocol may be opened from inside the container (the bytes come in by
+``io.BytesIO``, which needs none)."""
 
 PNG_COMPRESS_LEVEL = 6
 """zlib level of :func:`encode_png`; fixed so the bytes are a function of the pixels (for a given zlib)."""
@@ -97,20 +113,38 @@ class VideoInfo:
     codec: str
     """FFmpeg decoder name, e.g. ``h264``, ``vp9``, ``mpeg4``."""
     container: str
-    """FFmpeg demuxer name, e.g. ``mov,mp4,m4a,3gp,3g2,mj2`` or ``matroska,webm``."""
+    """The allow-listed FFmpeg demuxer that opened it: ``mov`` (mp4, mov), ``matroska`` (and WebM) or ``avi``."""
 
 
 def _label(name: str | None) -> str:
     return name if name else "<video bytes>"
 
 
+def sniff_container(data: bytes, label: str = "<video bytes>") -> str:
+    """The allow-listed FFmpeg demuxer (``mov``, ``matroska`` or ``avi``) for ``data``, told from its first bytes.
+
+    Raises :class:`VideoDecodeError` (``undecodable``) naming what the bytes look like otherwise.
+    """
+    for demuxer, offset, magic in _SIGNATURES:
+        if data[offset : offset + 4] in magic and (demuxer != "avi" or data[8:12] == b"AVI "):
+            return demuxer
+    head = data[:16]
+    what = "an image?" if head.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM")) else "text or another format?"
+    raise VideoDecodeError(
+        "undecodable", f"{label}: not a video container ({what}): its first bytes {head[:8]!r} match none of "
+        f"mp4/mov, matroska/webm, avi",
+    )
+
+
+def _open(data: bytes, label: str) -> av.container.InputContainer:
+    """Open ``data`` with the demuxer its signature names and no protocols (see the module docstring)."""
+    return av.open(io.BytesIO(data), mode="r", format=sniff_container(data, label), options=dict(_OPEN_OPTIONS))
+
+
 def _probe(container: av.container.InputContainer, label: str) -> tuple[VideoInfo, av.video.stream.VideoStream]:
     """Header facts of the first video stream of an open container; raises ``undecodable`` for a non-video."""
-    demuxers = set(container.format.name.split(","))
-    if not demuxers & VIDEO_CONTAINERS:
-        raise VideoDecodeError(
-            "undecodable", f"{label}: container {container.format.name!r} is not a video container (an image?)"
-        )
+    if container.format.name not in VIDEO_CONTAINERS:  # unreachable through _open; kept as the contract's guard
+        raise VideoDecodeError("undecodable", f"{label}: container {container.format.name!r} is not allow-listed")
     if not container.streams.video:
         raise VideoDecodeError("undecodable", f"{label}: no video stream (the file may be truncated)")
     stream = container.streams.video[0]
@@ -151,7 +185,7 @@ def video_info(data: bytes, *, name: str | None = None) -> VideoInfo:
     if not data:
         raise VideoDecodeError("undecodable", f"{label}: zero bytes")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with _open(data, label) as container:
             info, _ = _probe(container, label)
     except VideoDecodeError:
         raise
@@ -200,7 +234,7 @@ def iter_video_frames(
     decoded = 0
     stage = "opening"  # only for the error message
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with _open(data, label) as container:
             info, stream = _probe(container, label)
             stage = "decoding"
             if info.width * info.height > max_pixels:
@@ -208,6 +242,10 @@ def iter_video_frames(
                     "too_large",
                     f"{label}: {info.width}x{info.height} = {info.width * info.height} pixels > "
                     f"max_pixels={max_pixels}",
+                )
+            if info.frames is not None and info.frames > max_frames:
+                raise VideoDecodeError(
+                    "too_long", f"{label}: the header declares {info.frames} frames > max_frames={max_frames}"
                 )
             stream.codec_context.thread_count = 1
             expected, estimated = _expected_frames(container, stream, info)

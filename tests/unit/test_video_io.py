@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import threading
+import time
 
 import av
 import numpy as np
@@ -71,7 +76,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 def test_an_mp4_round_trips_to_its_frames_within_a_few_grey_levels(clip, mp4):
     info = video_info(mp4)
     assert (info.fps, info.width, info.height, info.frames, info.codec) == (8.0, 32, 32, 8, "h264")
-    assert "mp4" in info.container
+    assert info.container == "mov"
     frames = list(iter_video_frames(mp4, **LIMITS))
     assert len(frames) == 8
     assert all(f.shape == (32, 32, 3) and f.dtype == np.uint8 for f in frames)
@@ -89,7 +94,7 @@ def test_decoding_is_deterministic(mp4):
     [
         (b"", "zero bytes"),
         (png_bytes(np.zeros((8, 8, 3), np.uint8)), "not a video container"),
-        (b"just some caption text, not a video\n", "not a readable video"),
+        (b"just some caption text, not a video\n", "not a video container (text or another format?)"),
     ],
     ids=["zero-byte", "png-bytes", "text-bytes"],
 )
@@ -143,13 +148,110 @@ def test_a_frame_size_above_max_pixels_is_too_large_before_any_frame(mp4):
     assert caught.value.reason == "too_large" and "32x32" in str(caught.value) and "big.mp4" in str(caught.value)
 
 
-def test_more_frames_than_max_frames_is_too_long_after_yielding_the_allowed_ones(mp4):
-    frames = iter_video_frames(mp4, max_frames=5, max_pixels=1_000_000)
+def test_a_declared_frame_count_above_max_frames_is_too_long_before_any_frame(mp4):
+    frames = iter_video_frames(mp4, max_frames=5, max_pixels=1_000_000, name="long.mp4")
+    with pytest.raises(VideoDecodeError) as caught:
+        next(frames)
+    assert caught.value.reason == "too_long" and "declares 8 frames > max_frames=5" in str(caught.value)
+    assert len(list(iter_video_frames(mp4, max_frames=8, max_pixels=1_000_000))) == 8
+
+
+def test_without_a_declared_count_too_long_comes_after_the_allowed_frames(tmp_path, clip):
+    webm = encode_to_file(tmp_path, clip, fmt="webm", codec="libvpx-vp9")
+    frames = iter_video_frames(webm, max_frames=5, max_pixels=1_000_000)
     got = [next(frames) for _ in range(5)]
     with pytest.raises(VideoDecodeError) as caught:
         next(frames)
     assert len(got) == 5 and caught.value.reason == "too_long"
-    assert len(list(iter_video_frames(mp4, max_frames=8, max_pixels=1_000_000))) == 8
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("mp4", "mpeg4"), ("mov", "mpeg4"), ("avi", "mpeg4"),
+                                            ("matroska", "mpeg4"), ("webm", "libvpx-vp9")])  # fmt: skip
+def test_every_allow_listed_container_still_decodes(tmp_path, clip, fmt, codec):
+    data = encode_to_file(tmp_path, clip, fmt=fmt, codec=codec)
+    assert len(list(iter_video_frames(data, **LIMITS))) == 8
+
+
+class _Watch:
+    """Runs ``check`` every millisecond in a thread while the ``with`` body runs; ``hit`` says if it ever saw it."""
+
+    def __init__(self, check):
+        self.check, self.hit, self._stop = check, False, threading.Event()
+
+    def __enter__(self):
+        def loop():
+            while not self._stop.is_set() and not self.hit:
+                self.hit = self.check()
+                time.sleep(0.001)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.timeout(60)
+def test_a_concat_playlist_saved_as_mp4_cannot_open_another_file(tmp_path, monkeypatch, mp4):
+    # ffconcat resolves a relative name against the working directory. The named file is a FIFO: a writer can
+    # open it (non-blocking) only while some reader has it open, so the watcher sees any open by FFmpeg, and then
+    # feeds it a real video so nothing blocks.
+    os.mkfifo(tmp_path / "secret.mp4")
+    monkeypatch.chdir(tmp_path)
+
+    def opened_by_a_reader() -> bool:
+        try:
+            fd = os.open(tmp_path / "secret.mp4", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        os.set_blocking(fd, True)
+        with contextlib.suppress(OSError):
+            os.write(fd, mp4)
+        os.close(fd)
+        return True
+
+    with _Watch(opened_by_a_reader) as watch:
+        error = decode_error(b"ffconcat version 1.0\nfile 'secret.mp4'\n")
+    assert not watch.hit, "FFmpeg opened the file the playlist names"
+    assert error.reason == "undecodable" and "match none of mp4/mov, matroska/webm, avi" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_a_session_description_saved_as_mp4_never_listens_on_its_port():
+    # FFmpeg's SDP demuxer binds the UDP port the description names and waits for RTP there.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def port_taken() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return True
+        return False
+
+    sdp = (f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video {port} RTP/AVP 96\n"
+           "a=rtpmap:96 H264/90000\n").encode()  # fmt: skip
+    with _Watch(port_taken) as watch:
+        error = decode_error(sdp)
+    assert not watch.hit, f"FFmpeg bound UDP port {port}"
+    assert error.reason == "undecodable" and "match none of" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_an_hls_playlist_saved_as_mp4_is_refused_before_any_demuxer_sees_it():
+    hls = b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n"
+    error = decode_error(hls)
+    assert error.reason == "undecodable" and "match none of" in str(error)
+
+
+def test_an_mp4_signature_cannot_smuggle_a_nested_open(mp4):
+    # The header names the demuxer, and the open allows no protocol: an mp4 body that is really a playlist fails.
+    fake = mp4[:4] + b"ftyp" + b"ffconcat version 1.0\nfile 'http://127.0.0.1:9/a.mp4'\n"
+    assert decode_error(fake).reason == "undecodable"
 
 
 def test_a_decode_error_only_takes_known_reason_codes():
