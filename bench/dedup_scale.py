@@ -18,15 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import write_json
-from filters.dedup import DedupConfig, _bands, _UnionFind, find_duplicates
+from filters.dedup import DedupConfig, find_duplicates
 
 
 def all_pairs(phash: list[int], d: int) -> int:
     """The former near-duplicate pass: one m x m popcount matrix per band bucket. Returns the number of groups."""
     n = len(phash)
-    uf = _UnionFind(n)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
     hashes = np.array(phash, dtype=np.uint64)
-    for lo, hi in _bands(d):
+    edges = np.linspace(0, 64, d + 2).round().astype(int)  # d + 1 bands, as filters.dedup cuts them
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
         band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
         order = np.argsort(band, kind="stable")
         starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
@@ -36,8 +44,9 @@ def all_pairs(phash: list[int], d: int) -> int:
             members = order[start:stop]
             close = np.bitwise_count(hashes[members, None] ^ hashes[None, members]) <= d
             for a, b in zip(*np.nonzero(np.triu(close, k=1)), strict=True):
-                uf.union(int(members[a]), int(members[b]))
-    return len({uf.find(i) for i in range(n)})
+                ra, rb = find(int(members[a])), find(int(members[b]))
+                parent[max(ra, rb)] = min(ra, rb)
+    return len({find(i) for i in range(n)})
 
 
 def rows(n: int, placeholder_share: float, seed: int = 0) -> tuple[list[str], list[str], list[str], list[int]]:
