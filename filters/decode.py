@@ -36,6 +36,14 @@ class DecodeConfig:
     """Largest width×height (as declared in the image header) that is decoded; above it the row is ``too_large``."""
     max_bytes: int = 64 * 1024 * 1024
     """Largest encoded image size in bytes; above it the row is ``too_large``."""
+    max_caption_bytes: int = 65_536
+    """Largest caption (``.txt`` sidecar, tar member or caption column) in bytes; above it the row is ``too_large``
+    and only its first KiB is read (kept in the audit, the full length in the error)."""
+    max_metadata_bytes: int = 1_048_576
+    """Largest metadata (``.json`` sidecar or tar member) in bytes; above it the row is ``too_large``, unread."""
+    max_row_group_bytes: int = 2_147_483_648
+    """Largest uncompressed size a Parquet row group may declare for one column read; above it the row group is
+    one ``too_large`` row, unread."""
     scorer_size: int = 224
     """Shorter side of the RGB thumbnail handed to the model scorers (aspect kept; each scorer crops or resizes
     it to its own input by its own recipe)."""
@@ -45,6 +53,9 @@ class DecodeConfig:
             raise ValueError(f"max_pixels={self.max_pixels!r}: must be ≥ 1 (e.g. 64000000)")
         if self.max_bytes < 1:
             raise ValueError(f"max_bytes={self.max_bytes!r}: must be ≥ 1 (e.g. 67108864)")
+        for name in ("max_caption_bytes", "max_metadata_bytes", "max_row_group_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be ≥ 1 bytes")
         if not 8 <= self.scorer_size <= 1024:
             raise ValueError(f"scorer_size={self.scorer_size!r}: must be in [8, 1024] (64 for toy, 224 for sd15)")
 

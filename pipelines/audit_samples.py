@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from filters.decode import DecodeConfig, decode_image, thumbnail_array
-from pipelines.sources import discover, read_source
+from pipelines.sources import ReadLimits, discover, read_source
 
 THUMBNAIL = 128
 
@@ -38,7 +38,7 @@ def write_thumbnails(input_root: str | Path, rows: list[dict], out_dir: Path, *,
     for source in sources:
         if source.path not in by_source and not (set(source.files) & by_source):
             continue
-        for raw in read_source(root, source, max_bytes=decode.max_bytes):
+        for raw in read_source(root, source, max_bytes=decode.max_bytes, limits=ReadLimits.of(decode)):
             row = wanted.get(raw["id"])
             if row is None:
                 continue

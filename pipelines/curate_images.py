@@ -51,7 +51,7 @@ from pipelines import runtime
 from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
 from pipelines.runtime import JobResult
-from pipelines.sources import Source, discover, input_root, localize, read_source
+from pipelines.sources import ReadLimits, Source, discover, input_root, localize, read_source
 from pipelines.stages import CurateImagesSettings
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def read_decode(items: pa.Table, *, root: str, cfg: DecodeConfig, chunk: int) ->
             # An object-store source is copied here first (one task, one shard): the readers take local files.
             local = localize(root, source, Path(tmp)) if storage.is_uri(root) else Path(root)
             rows: list[dict] = []
-            for row in read_source(local, source, max_bytes=cfg.max_bytes):
+            for row in read_source(local, source, max_bytes=cfg.max_bytes, limits=ReadLimits.of(cfg)):
                 rows.append(row)
                 if len(rows) == chunk:
                     yield decode_rows(pa.Table.from_pylist(rows), cfg=cfg)

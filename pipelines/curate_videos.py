@@ -47,6 +47,7 @@ from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
 from pipelines.recaption import candidate_positions
 from pipelines.runtime import JobResult
+from pipelines.safe_read import ReadLimits
 from pipelines.stages import CurateVideosSettings
 from pipelines.video_ingest import (
     CutPolicy,
@@ -208,6 +209,7 @@ def _run(cfg: CurateVideosSettings, ray_cfg: RayConfig, input_dir, root, output_
         cuts=cut_policy(vc.filters),
         pose=cfg.pose,
         chunk=vc.batch_size,
+        limits=ReadLimits.of(cfg.decode),
         num_cpus=vc.ingest_cpus,
     )
     ds = ds.map_batches(

@@ -44,6 +44,7 @@ from pipelines import runtime
 from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
 from pipelines.runtime import JobResult
+from pipelines.safe_read import ReadLimits
 from pipelines.stages import RecaptionSettings
 from pipelines.video_ingest import (
     CutPolicy,
@@ -213,6 +214,7 @@ def _run(cfg: RecaptionSettings, ray_cfg: RayConfig, input_dir, root, output_dir
         cuts=CutPolicy(split=False, threshold=None),
         pose=cfg.pose,
         chunk=rc.batch_size,
+        limits=ReadLimits.of(cfg.decode),
         num_cpus=rc.ingest_cpus,
     )
     ds = ds.map_batches(

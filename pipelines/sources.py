@@ -15,6 +15,14 @@ read is still emitted, with ``quarantine`` set to its reason (``bad_schema``, ``
 names and paths that leave the dataset root (absolute, ``..``, symlinks, devices) are never opened. Tar members are
 read in memory, never extracted.
 
+Reads are bounded before they happen (:class:`ReadLimits`, the ``decode.max_*_bytes`` keys): a caption above its
+limit is ``too_large`` and only its first KiB is read (kept as the audit's caption, with the full length in
+``error``); metadata above its limit is not read at all. Compressed tars are refused (webdataset shards
+are plain tars; a gzip "tar" could expand without bound) and so are sparse members. A Parquet row group whose column
+chunks declare more than ``max_row_group_bytes`` uncompressed is one quarantined row, not read; the others are read
+in batches of a few MiB, with dictionary-encoded columns left encoded so that a value's length is checked before it
+is expanded (a small shard repeating one 100 MB caption would otherwise become gigabytes).
+
 A row's ``id`` is ``<source>#<index>`` with a zero-padded index (``<source>`` is the path relative to the input
 root), so ids are unique and sort in reading order; duplicate *keys* are resolved later, globally.
 """
@@ -24,18 +32,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contracts import storage
+from pipelines.safe_read import (
+    CAPTION_HEAD_BYTES,
+    PARQUET_BATCH_BYTES,
+    ReadLimits,
+    SpecialFile,
+    caption_head,
+    caption_text,
+    check_regular,
+    full_path,
+    inside_root,
+    open_regular,
+    open_tar,
+    over_limit,
+    read_regular,
+    unsafe_member,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,76 +99,6 @@ def _row(
         "quarantine": quarantine,
         "error": error,
     }
-
-
-class SpecialFile(OSError):
-    """An input path that is not a regular file (a FIFO, socket, device or directory): refused before any read."""
-
-
-_SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                  (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))  # fmt: skip
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for binary reading, which it must be a regular file to be (symlinks followed). It is opened
-    with ``O_NONBLOCK``, so a FIFO without a writer opens at once instead of blocking the job forever, and checked
-    with ``fstat`` on the open descriptor, so the file read is the file checked. Raises :class:`SpecialFile` for
-    anything else (naming what it is), OSError as ``open`` does."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "special file")
-            raise SpecialFile(f"{path.name} is a {kind}, not a regular file: not read")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def check_regular(path: Path) -> None:
-    """Raise :class:`SpecialFile` unless ``path`` is a regular file, for readers that open the path themselves
-    (pyarrow); :func:`open_regular` where the reader takes a file object."""
-    open_regular(path).close()
-
-
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path``, a regular file (:func:`open_regular`)."""
-    with open_regular(path) as f:
-        return f.read()
-
-
-def open_tar(path: Path) -> tuple[BinaryIO, tarfile.TarFile]:
-    """``path`` (a regular file, :func:`open_regular`) opened as a tar archive: its file and the archive, to be
-    closed together (``with handle, tar:``). Raises :class:`SpecialFile`, or what ``open``/``tarfile.open`` raise."""
-    handle = open_regular(path)
-    try:
-        return handle, tarfile.open(fileobj=handle, mode="r:*")
-    except BaseException:
-        handle.close()
-        raise
-
-
-def json_problem(text: str | None, name: str) -> str | None:
-    """Error text if metadata ``text`` is not JSON (later stages parse it), else None; also for JSON nested deeper
-    than Python's stack can parse (RecursionError)."""
-    if text is None:
-        return None
-    try:
-        json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return f"{name} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
-    return None
-
-
-def inside_root(root: Path, path: Path) -> bool:
-    """Whether ``path`` (symlinks resolved) lies under ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def discover(root: Path, *, folder_chunk: int = 256) -> tuple[list[Source], list[str]]:
@@ -247,15 +200,16 @@ def localize(root: str, source: Source, into: Path) -> Path:
     return into
 
 
-def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]:
-    """Yield the raw rows of one source. Never raises for bad data: it yields quarantined rows instead."""
+def read_source(root: Path, source: Source, *, max_bytes: int, limits: ReadLimits = ReadLimits()) -> Iterator[dict]:  # noqa: B008 - frozen
+    """Yield the raw rows of one source (``max_bytes``: the media limit; ``limits``: text, metadata, Parquet row
+    groups). Never raises for bad data: it yields quarantined rows instead."""
     root = Path(root)
     if source.kind == "parquet":
-        yield from _read_parquet(root, source.path, max_bytes=max_bytes)
+        yield from _read_parquet(root, source.path, max_bytes=max_bytes, limits=limits)
     elif source.kind == "tar":
-        yield from _read_tar(root, source.path, max_bytes=max_bytes)
+        yield from _read_tar(root, source.path, max_bytes=max_bytes, limits=limits)
     elif source.kind == "folder":
-        yield from _read_folder(root, source, max_bytes=max_bytes)
+        yield from _read_folder(root, source, max_bytes=max_bytes, limits=limits)
     elif source.kind == "unsafe":
         yield _row(
             f"{source.path}#00000000",
@@ -266,24 +220,6 @@ def read_source(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]
         )
     else:
         raise ValueError(f"unknown source kind {source.kind!r}; expected parquet, tar, folder or unsafe")
-
-
-def full_path(root: Path, rel: str) -> Path:
-    """``rel`` under ``root`` (a source's path is relative to the input root unless the root is a single file)."""
-    p = Path(rel)
-    return p if p.is_absolute() else root / p
-
-
-def caption_text(value: object) -> tuple[str | None, str | None]:
-    """Caption value → (text, quarantine reason)."""
-    if value is None or isinstance(value, str):
-        return value, None
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8"), None
-        except UnicodeDecodeError:
-            return None, "bad_encoding"
-    return None, "bad_schema"
 
 
 def _read_referenced(root: Path, ref: str, *, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
@@ -302,12 +238,11 @@ def _read_referenced(root: Path, ref: str, *, max_bytes: int) -> tuple[bytes | N
         return None, "bad_schema", f"image_path {ref!r}: {exc}"
 
 
-def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
+def _read_parquet(root: Path, rel: str, *, max_bytes: int, limits: ReadLimits) -> Iterator[dict]:
     path = full_path(root, rel)
     try:
         check_regular(path)
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
+        schema = pq.ParquetFile(path).schema_arrow
     except SpecialFile as exc:
         yield _row(f"{rel}#shard", rel, rel, quarantine="special_file", error=str(exc))
         return
@@ -315,45 +250,39 @@ def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         yield _row(f"{rel}#shard", rel, rel, quarantine="bad_schema", error=f"unreadable Parquet: {exc}")
         return
     names = set(schema.names)
+    kinds = {f.name: f.type.value_type if pa.types.is_dictionary(f.type) else f.type for f in schema}
     image_cols = [c for c in IMAGE_COLUMNS if c in names]
     problems = []
     if "key" not in names:
         problems.append("no 'key' column")
-    path_col = "image_path" if "image_path" in names and pa.types.is_string(schema.field("image_path").type) else None
+    path_col = "image_path" if "image_path" in names and pa.types.is_string(kinds["image_path"]) else None
     if not image_cols and not path_col:
         problems.append(f"no image column (expected one of {', '.join(IMAGE_COLUMNS)}, or image_path)")
     for col in image_cols:
-        if not (pa.types.is_binary(schema.field(col).type) or pa.types.is_large_binary(schema.field(col).type)):
-            problems.append(f"column {col!r} is {schema.field(col).type}, expected binary")
+        if not (pa.types.is_binary(kinds[col]) or pa.types.is_large_binary(kinds[col])):
+            problems.append(f"column {col!r} is {kinds[col]}, expected binary")
+    columns = [c for c in ("key", "caption", "url", "image_path", *image_cols) if c in names]
     index = 0
     try:
-        for batch in pf.iter_batches(batch_size=256):
-            for rec in batch.to_pylist():
-                rid = f"{rel}#{index:08d}"
-                index += 1
-                key = rec.get("key")
-                key_str = str(key) if key is not None else rid
-                if problems:
-                    yield _row(rid, key_str, rel, quarantine="bad_schema", error="; ".join(problems))
-                    continue
-                if not isinstance(key, str) or not key.strip():
-                    yield _row(rid, key_str, rel, quarantine="bad_schema", error=f"key {key!r} is not a string")
-                    continue
-                caption, why = caption_text(rec.get("caption"))
-                if why:
-                    got = rec.get("caption")
-                    error = ("caption bytes are not valid UTF-8" if why == "bad_encoding"
-                             else f"caption is a {type(got).__name__}, not text")  # fmt: skip
-                    yield _row(rid, key, rel, quarantine=why, error=error)
-                    continue
-                image = next((rec[c] for c in image_cols if rec.get(c) is not None), None)
-                url = rec.get("url") if isinstance(rec.get("url"), str) else None
-                if image is None and path_col and rec.get(path_col):
-                    image, why, err = _read_referenced(root, rec[path_col], max_bytes=max_bytes)
-                    if why:
-                        yield _row(rid, key, rel, caption=caption, url=url, quarantine=why, error=err)
-                        continue
-                yield _row(rid, key, rel, caption=caption, image=image, url=url)
+        # Only the columns read; dictionary-encoded text and bytes stay encoded (lengths are checked first); pages
+        # are streamed, not the whole row group buffered.
+        text_cols = [c for c in columns if _is_bytes_like(kinds[c])]
+        pf = pq.ParquetFile(path, read_dictionary=text_cols, pre_buffer=False, buffer_size=1 << 20)
+        for group in range(pf.metadata.num_row_groups):
+            meta = pf.metadata.row_group(group)
+            refused = _oversized_chunk(meta, columns, limits.row_group_bytes)
+            if refused:
+                yield _row(f"{rel}#{index:08d}", f"{rel} row group {group}", rel, quarantine="too_large",
+                           error=f"row group {group} (rows {index}-{index + meta.num_rows - 1}, {meta.num_rows} rows) "
+                           f"not read: {refused}")  # fmt: skip
+                index += meta.num_rows
+                continue
+            per_row = max(1, meta.total_byte_size // max(1, meta.num_rows))
+            rows = min(256, max(1, PARQUET_BATCH_BYTES // per_row))
+            for batch in pf.iter_batches(batch_size=rows, row_groups=[group], columns=columns):
+                for row in _parquet_rows(root, rel, batch, index, problems, image_cols, path_col, max_bytes, limits):
+                    index += 1
+                    yield row
     except Exception as exc:  # noqa: BLE001 - a shard that breaks mid-way: the rest of it is one quarantined row
         yield _row(
             f"{rel}#rest-{index:08d}",
@@ -364,21 +293,88 @@ def _read_parquet(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         )
 
 
-def unsafe_member(name: str, member: tarfile.TarInfo) -> str | None:
-    """Why a tar member may not be read (an absolute or escaping path, a link, not a regular file), or None."""
-    p = PurePosixPath(name)
-    if p.is_absolute() or name.startswith(("/", "\\")):
-        return "absolute member path"
-    if ".." in p.parts:
-        return "member path contains '..'"
-    if member.issym() or member.islnk():
-        return "symlink or hard link member"
-    if not member.isfile():
-        return "not a regular file"
+def _is_bytes_like(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _oversized_chunk(meta, columns: list[str], limit: int) -> str | None:
+    """Why a row group may not be read: a read column chunk declaring more than ``limit`` bytes uncompressed."""
+    for j in range(meta.num_columns):
+        chunk = meta.column(j)
+        top = chunk.path_in_schema.split(".")[0]
+        if top in columns and chunk.total_uncompressed_size > limit:
+            return over_limit(f"column {top!r} (declared uncompressed)", chunk.total_uncompressed_size,
+                              "decode.max_row_group_bytes", limit)  # fmt: skip
     return None
 
 
-def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
+def _byte_lengths(column: pa.Array) -> list[int] | None:
+    """Byte length of each value of a binary/string column (dictionary-encoded or not), -1 for nulls, without
+    expanding a dictionary; None for other types."""
+    values, indices = (column.dictionary, column.indices) if pa.types.is_dictionary(column.type) else (column, None)
+    if not _is_bytes_like(values.type):
+        return None
+    lengths = pc.fill_null(pc.binary_length(values), -1).to_pylist()
+    if indices is None:
+        return lengths
+    return [-1 if i is None else lengths[i] for i in indices.to_pylist()]
+
+
+def _heads(column: pa.Array) -> list[bytes | None]:
+    """The first :data:`CAPTION_HEAD_BYTES` of each value of a binary/string column, each dictionary value sliced
+    once (never expanded per row)."""
+    values, indices = (column.dictionary, column.indices) if pa.types.is_dictionary(column.type) else (column, None)
+    large = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    heads = pc.binary_slice(values.cast(pa.large_binary() if large else pa.binary()), 0, CAPTION_HEAD_BYTES)
+    heads = heads.to_pylist()
+    return heads if indices is None else [None if i is None else heads[i] for i in indices.to_pylist()]
+
+
+def _parquet_rows(root, rel, batch, first, problems, image_cols, path_col, max_bytes, limits) -> Iterator[dict]:
+    """The raw rows of one Parquet batch (``first``: the shard index of its first row)."""
+    cols = {name: batch.column(name) for name in batch.schema.names}
+    caption_len = _byte_lengths(cols["caption"]) if "caption" in cols else None
+    heads = _heads(cols["caption"]) if caption_len and max(caption_len) > limits.caption_bytes else None
+    image_len = {c: _byte_lengths(cols[c]) for c in image_cols}
+    for i in range(batch.num_rows):
+        rid = f"{rel}#{first + i:08d}"
+        key = cols["key"][i].as_py() if "key" in cols else None
+        key_str = str(key) if key is not None else rid
+        if problems:
+            yield _row(rid, key_str, rel, quarantine="bad_schema", error="; ".join(problems))
+            continue
+        if not isinstance(key, str) or not key.strip():
+            yield _row(rid, key_str, rel, quarantine="bad_schema", error=f"key {key!r} is not a string")
+            continue
+        if caption_len is not None and caption_len[i] > limits.caption_bytes:
+            head = caption_head(heads[i])
+            error = over_limit("caption", caption_len[i], "decode.max_caption_bytes", limits.caption_bytes)
+            yield _row(rid, key, rel, caption=head, quarantine="too_large", error=error)
+            continue
+        big = next((c for c in image_cols if image_len[c] is not None and image_len[c][i] > max_bytes), None)
+        if big:
+            yield _row(rid, key, rel, quarantine="too_large", error=f"{big}: {image_len[big][i]} bytes > {max_bytes}")
+            continue
+        got = cols["caption"][i].as_py() if "caption" in cols else None
+        caption, why = caption_text(got)
+        if why:
+            error = ("caption bytes are not valid UTF-8" if why == "bad_encoding"
+                     else f"caption is a {type(got).__name__}, not text")  # fmt: skip
+            yield _row(rid, key, rel, quarantine=why, error=error)
+            continue
+        image = next((v for v in (cols[c][i].as_py() for c in image_cols) if v is not None), None)
+        url = cols["url"][i].as_py() if "url" in cols else None
+        url = url if isinstance(url, str) else None
+        ref = cols[path_col][i].as_py() if path_col else None
+        if image is None and ref:
+            image, why, err = _read_referenced(root, ref, max_bytes=max_bytes)
+            if why:
+                yield _row(rid, key, rel, caption=caption, url=url, quarantine=why, error=err)
+                continue
+        yield _row(rid, key, rel, caption=caption, image=image, url=url)
+
+
+def _read_tar(root: Path, rel: str, *, max_bytes: int, limits: ReadLimits) -> Iterator[dict]:
     path = full_path(root, rel)
     try:
         handle, tar = open_tar(path)
@@ -432,14 +428,24 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
             if image_member.size > max_bytes:
                 yield _row(rid, key, rel, quarantine="too_large", error=f"{image_member.size} bytes > {max_bytes}")
                 continue
+            text, meta = parts.get(".txt"), parts.get(".json")
             try:
+                if text is not None and text.size > limits.caption_bytes:
+                    head = caption_head(tar.extractfile(text).read(CAPTION_HEAD_BYTES))
+                    error = over_limit(text.name, text.size, "decode.max_caption_bytes", limits.caption_bytes)
+                    yield _row(rid, key, rel, caption=head, quarantine="too_large", error=error)
+                    continue
+                if meta is not None and meta.size > limits.metadata_bytes:
+                    error = over_limit(meta.name, meta.size, "decode.max_metadata_bytes", limits.metadata_bytes)
+                    yield _row(rid, key, rel, quarantine="too_large", error=error)
+                    continue
                 image = tar.extractfile(image_member).read()
                 caption, why, url = None, None, None
-                if ".txt" in parts:
-                    caption, why = caption_text(tar.extractfile(parts[".txt"]).read())
-                if ".json" in parts:
-                    meta = json.loads(tar.extractfile(parts[".json"]).read() or b"{}")
-                    url = meta.get("url") if isinstance(meta, dict) and isinstance(meta.get("url"), str) else None
+                if text is not None:
+                    caption, why = caption_text(tar.extractfile(text).read())
+                if meta is not None:
+                    doc = json.loads(tar.extractfile(meta).read() or b"{}")
+                    url = doc.get("url") if isinstance(doc, dict) and isinstance(doc.get("url"), str) else None
             except Exception as exc:  # noqa: BLE001 - a truncated member is a quarantined row
                 yield _row(rid, key, rel, quarantine="bad_schema", error=f"member read failed: {exc}")
                 continue
@@ -449,7 +455,7 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
             yield _row(rid, key, rel, caption=caption, image=image, url=url)
 
 
-def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict]:
+def _read_folder(root: Path, source: Source, *, max_bytes: int, limits: ReadLimits) -> Iterator[dict]:
     for rel in source.files:
         path = root / rel
         rid = rel
@@ -469,7 +475,15 @@ def _read_folder(root: Path, source: Source, *, max_bytes: int) -> Iterator[dict
                 if sidecar.is_symlink() and not inside_root(root, sidecar):
                     yield _row(rid, key, source.path, quarantine="unsafe_path", error=f"{sidecar} links outside")
                     continue
-                caption, why = caption_text(read_regular(sidecar))
+                with open_regular(sidecar) as f:
+                    data = f.read(max(limits.caption_bytes + 1, CAPTION_HEAD_BYTES))
+                if len(data) > limits.caption_bytes:
+                    size = max(sidecar.stat().st_size, len(data))
+                    yield _row(rid, key, source.path, caption=caption_head(data),
+                               quarantine="too_large", error=over_limit(sidecar.name, size, "decode.max_caption_bytes",
+                                                                        limits.caption_bytes))  # fmt: skip
+                    continue
+                caption, why = caption_text(data)
         except SpecialFile as exc:
             yield _row(rid, key, source.path, quarantine="special_file", error=f"{rel}: {exc}")
             continue

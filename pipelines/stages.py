@@ -50,6 +50,7 @@ class CurateVideosSettings:
     """What the video curation job reads."""
 
     profile: str
+    decode: DecodeConfig
     video: ClipConfig
     pose: PoseConfig
     scorers: ScorersConfig
@@ -61,6 +62,7 @@ class RecaptionSettings:
     """What the recaptioning job reads."""
 
     profile: str
+    decode: DecodeConfig
     video: ClipConfig
     pose: PoseConfig
     captioner: CaptionerConfig

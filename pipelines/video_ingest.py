@@ -54,6 +54,7 @@ from models.video_io import (
     video_info,
 )
 from pipelines.config import ClipConfig
+from pipelines.safe_read import ReadLimits
 from pipelines.sources import input_root
 from pipelines.video_sources import VideoSource, discover_videos, localize, read_video_source
 
@@ -270,7 +271,8 @@ def to_table(rows: list[dict]) -> pa.Table:
 
 
 def read_ingest(
-    items: pa.Table, *, root: str, cfg: ClipConfig, cuts: CutPolicy, pose: PoseConfig, chunk: int
+    items: pa.Table, *, root: str, cfg: ClipConfig, cuts: CutPolicy, pose: PoseConfig, chunk: int,
+    limits: ReadLimits = ReadLimits(),  # noqa: B008 - frozen
 ) -> Iterator[pa.Table]:
     """Ray Data task: read each source of ``items`` and ingest its rows, yielding tables of up to ``chunk`` clips.
     ``root``: the input root, a directory or an object-store prefix (each source is then copied to a temporary
@@ -281,7 +283,7 @@ def read_ingest(
         source = VideoSource(kind=item["kind"], path=item["path"], items=tuple(item["items"] or ()))
         with tempfile.TemporaryDirectory(prefix="alcm-video-source-") as tmp:
             local = localize(root, source, Path(tmp)) if storage.is_uri(root) else Path(root)
-            for raw in read_video_source(local, source, max_bytes=cfg.max_bytes):
+            for raw in read_video_source(local, source, max_bytes=cfg.max_bytes, limits=limits):
                 rows.extend(ingest_row(local, raw, cfg, cuts, pose, annotator))
                 if len(rows) >= chunk:
                     yield to_table(rows)
@@ -314,6 +316,7 @@ def ingest_dataset(
     pose: PoseConfig,
     chunk: int,
     num_cpus: float,
+    limits: ReadLimits = ReadLimits(),  # noqa: B008 - frozen
 ) -> ray.data.Dataset:
     """The clips of ``sources`` as a Ray dataset: one read+ingest task per source, yielding ``chunk`` clips a block
     (the calling job's batch size, so blocks stream to its actor pool while large sources are still read)."""
@@ -321,7 +324,7 @@ def ingest_dataset(
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(
         read_ingest,
-        fn_kwargs={"root": str(root), "cfg": cfg, "cuts": cuts, "pose": pose, "chunk": chunk},
+        fn_kwargs={"root": str(root), "cfg": cfg, "cuts": cuts, "pose": pose, "chunk": chunk, "limits": limits},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=num_cpus,

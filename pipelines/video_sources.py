@@ -40,13 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from contracts import storage
-from pipelines.sources import (
+from pipelines.safe_read import (
+    ReadLimits,
     SpecialFile,
     caption_text,
     full_path,
     inside_root,
     json_problem,
     open_tar,
+    over_limit,
     read_regular,
     unsafe_member,
 )
@@ -336,27 +338,23 @@ def _localize_sequence(root: str, seq: str, local: Path) -> None:
             storage.download(storage.join(prefix, rel), local / seq / rel)
 
 
-def read_video_source(root: Path, source: VideoSource, *, max_bytes: int) -> Iterator[dict]:
+def read_video_source(root: Path, source: VideoSource, *, max_bytes: int, limits: ReadLimits = ReadLimits()) -> Iterator[dict]:  # noqa: B008, E501
     """Yield the raw rows of one source (columns :data:`RAW_VIDEO_COLUMNS`). Never raises for bad data: it yields
-    quarantined rows instead. Files above ``max_bytes`` are ``too_large`` and are not read."""
+    quarantined rows instead. Media above ``max_bytes``, captions and metadata (pose files included) above their
+    ``limits`` are ``too_large`` and are not read."""
     root = Path(root)
     if source.kind == "tiktok":
         for seq in source.items:
-            yield _read_sequence(root, source.path, seq, max_bytes=max_bytes)
+            yield _read_sequence(root, source.path, seq, max_bytes=max_bytes, limits=limits)
     elif source.kind == "video":
         for rel in source.items:
-            yield _read_video_file(root, source.path, rel, max_bytes=max_bytes)
+            yield _read_video_file(root, source.path, rel, max_bytes=max_bytes, limits=limits)
     elif source.kind == "tar":
-        yield from _read_tar(root, source.path, max_bytes=max_bytes)
+        yield from _read_tar(root, source.path, max_bytes=max_bytes, limits=limits)
     elif source.kind == "unsafe":
-        yield _quarantined(
-            f"{source.path}#{0:06d}",
-            PurePosixPath(source.path).stem,
-            source.path,
-            "unsafe",
-            "unsafe_path",
-            f"{source.path} is a symlink that leaves the input root",
-        )
+        why = f"{source.path} is a symlink that leaves the input root"
+        yield _quarantined(f"{source.path}#{0:06d}", PurePosixPath(source.path).stem, source.path, "unsafe",
+                           "unsafe_path", why)  # fmt: skip
     else:
         raise ValueError(f"unknown video source kind {source.kind!r}; expected tiktok, video, tar or unsafe")
 
@@ -366,22 +364,23 @@ def _base(root: Path) -> Path:
     return root if root.is_dir() else root.parent
 
 
-def _read_text_file(base: Path, path: Path, rel: str, *, max_bytes: int) -> tuple[str | None, str | None, str | None]:
-    """A caption or metadata sidecar → (text, quarantine reason, error); (None, None, None) if there is none."""
+def _read_text_file(base: Path, path: Path, rel: str, *, limit: int, key: str) -> tuple[str | None, str | None, str | None]:  # noqa: E501
+    """A caption or metadata sidecar → (text, quarantine reason, error); (None, None, None) if there is none.
+    Above ``limit`` bytes (config key ``key``) it is ``too_large``, unread."""
     if _escapes(base, path):
         return None, "unsafe_path", f"{rel} is a symlink that leaves the input root"
     if not os.path.lexists(path):  # a FIFO or other special file is there, and refused by read_regular
         return None, None, None
     size = path.stat().st_size
-    if size > max_bytes:
-        return None, "too_large", f"{rel}: {size} bytes > max_bytes={max_bytes}"
+    if size > limit:
+        return None, "too_large", over_limit(rel, size, key, limit)
     text, why = caption_text(read_regular(path))
     if why:
         return None, why, f"{rel} is not valid UTF-8"
     return text, None, None
 
 
-def _read_video_file(root: Path, source_path: str, rel: str, *, max_bytes: int) -> dict:
+def _read_video_file(root: Path, source_path: str, rel: str, *, max_bytes: int, limits: ReadLimits) -> dict:
     rid = f"{rel}#{0:06d}"
     path = full_path(root, rel)
     key = path.stem
@@ -393,11 +392,13 @@ def _read_video_file(root: Path, source_path: str, rel: str, *, max_bytes: int) 
         if size > max_bytes:
             return _quarantined(rid, key, source_path, "video", "too_large", f"{rel}: {size} bytes > {max_bytes}")
         stem_rel = rel[: -len(path.suffix)]
-        caption, why, err = _read_text_file(base, path.with_suffix(".txt"), f"{stem_rel}.txt", max_bytes=max_bytes)
+        caption, why, err = _read_text_file(base, path.with_suffix(".txt"), f"{stem_rel}.txt",
+                                            limit=limits.caption_bytes, key="decode.max_caption_bytes")  # fmt: skip
         if why:
             return _quarantined(rid, key, source_path, "video", why, err)
         meta_rel = f"{stem_rel}.json"
-        meta, why, err = _read_text_file(base, path.with_suffix(".json"), meta_rel, max_bytes=max_bytes)
+        meta, why, err = _read_text_file(base, path.with_suffix(".json"), meta_rel,
+                                         limit=limits.metadata_bytes, key="decode.max_metadata_bytes")  # fmt: skip
         if why:
             return _quarantined(rid, key, source_path, "video", why, err)
         bad_meta = json_problem(meta, meta_rel)
@@ -470,7 +471,7 @@ def _missing_numbers(numbers: list[int], limit: int) -> tuple[list[int], int]:
     return listed, (numbers[-1] - numbers[0] + 1) - len(numbers)
 
 
-def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int) -> dict:
+def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int, limits: ReadLimits) -> dict:
     rid = f"{seq}#{0:06d}"
     key = PurePosixPath(seq).name if seq != "." else root.resolve().name
     try:
@@ -487,13 +488,14 @@ def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int) ->
                 f"{seq}/images: missing frame numbers [{listed}] ({n_missing} missing between frames "
                 f"{numbers[0]} and {numbers[-1]})",
             )
-        poses = _numbered(root, seq, "pose", (".json",), max_bytes=max_bytes)
+        poses = _numbered(root, seq, "pose", (".json",), max_bytes=limits.metadata_bytes)
         masks = _numbered(root, seq, "masks", FRAME_EXTS, max_bytes=max_bytes)
         densepose = root / seq / "densepose"
         if _escapes(root, densepose):
             raise _SequenceProblem("unsafe_path", f"{seq}/densepose is a symlink that leaves the input root")
         caption_rel = f"{seq}/{CAPTION_FILE}"
-        caption, why, err = _read_text_file(root, root / caption_rel, caption_rel, max_bytes=max_bytes)
+        caption, why, err = _read_text_file(root, root / caption_rel, caption_rel,
+                                            limit=limits.caption_bytes, key="decode.max_caption_bytes")  # fmt: skip
         if why:
             raise _SequenceProblem(why, err)
     except _SequenceProblem as problem:
@@ -525,7 +527,7 @@ def _read_sequence(root: Path, source_path: str, seq: str, *, max_bytes: int) ->
     )
 
 
-def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
+def _read_tar(root: Path, rel: str, *, max_bytes: int, limits: ReadLimits) -> Iterator[dict]:
     path = full_path(root, rel)
     try:
         handle, tar = open_tar(path)
@@ -561,28 +563,24 @@ def _read_tar(root: Path, rel: str, *, max_bytes: int) -> Iterator[dict]:
         for key, parts in groups.items():
             rid = f"{rel}#{index:06d}"
             index += 1
-            yield _read_tar_sample(tar, rel, rid, key, parts, max_bytes=max_bytes)
+            yield _read_tar_sample(tar, rel, rid, key, parts, max_bytes=max_bytes, limits=limits)
 
 
 def _read_tar_sample(
-    tar: tarfile.TarFile, rel: str, rid: str, key: str, parts: dict[str, tarfile.TarInfo], *, max_bytes: int
+    tar: tarfile.TarFile, rel: str, rid: str, key: str, parts: dict[str, tarfile.TarInfo], *, max_bytes: int,
+    limits: ReadLimits,
 ) -> dict:
     video_member = next((parts[e] for e in VIDEO_EXTS if e in parts), None)
     if video_member is None:
-        return _quarantined(
-            rid,
-            key,
-            rel,
-            "tar",
-            "bad_schema",
-            f"{rel}: sample {key!r} is a member without its pair: no video member "
-            f"(members: {', '.join(sorted(parts))})",
-        )
-    for member in (video_member, parts.get(".txt"), parts.get(".json")):
-        if member is not None and member.size > max_bytes:
-            return _quarantined(
-                rid, key, rel, "tar", "too_large", f"{rel}: {member.name}: {member.size} bytes > {max_bytes}"
-            )
+        members = ", ".join(sorted(parts))
+        why = f"{rel}: sample {key!r} is a member without its pair: no video member (members: {members})"
+        return _quarantined(rid, key, rel, "tar", "bad_schema", why)
+    bounds = ((video_member, max_bytes, "video.max_bytes"), (parts.get(".txt"), limits.caption_bytes,
+              "decode.max_caption_bytes"), (parts.get(".json"), limits.metadata_bytes, "decode.max_metadata_bytes"))
+    for member, limit, name in bounds:
+        if member is not None and member.size > limit:
+            error = over_limit(f"{rel}: {member.name}", member.size, name, limit)
+            return _quarantined(rid, key, rel, "tar", "too_large", error)
     try:
         video = tar.extractfile(video_member).read()
         caption, why = caption_text(tar.extractfile(parts[".txt"]).read()) if ".txt" in parts else (None, None)
