@@ -14,7 +14,9 @@ renamed: files under a unique prefix, committed by writing the manifest last) sl
 before any work, so an unwritable destination fails at once), renamed into place; an overwritten output is moved
 aside and removed after the rename. Staging directories that a killed job left behind are removed by the next job
 for the same destination on this host. A failed job leaves nothing (its staging directory is removed); a full disk
-is reported as such, naming the output.
+is reported as such, naming the output. Without overwrite, a job never replaces an output another job published
+while it ran (it fails instead); files are flushed before the rename; an overwrite killed between its two renames
+is finished or undone by the next job for the same output (:func:`publish`).
 
 :class:`ObjectStorePublisher`, for ``s3://`` and ``gs://`` destinations, where nothing can be renamed: each job
 writes under a unique attempt prefix ``DEST/_attempts/<attempt>/`` (the files the job wrote locally are uploaded
@@ -29,6 +31,7 @@ first and removes the old attempt after, so a reader never sees a manifest whose
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -133,14 +136,20 @@ def _disk_full(exc: BaseException) -> bool:
 class LocalPublisher:
     """Staging directory beside the destination, renamed into place (see the module docstring)."""
 
+    def __init__(self) -> None:
+        self._overwrite: dict[Path, bool] = {}
+
     def prepare(self, destination: str, *, overwrite: bool) -> Path:
-        return prepare_output(Path(destination), overwrite=overwrite)
+        staging = prepare_output(Path(destination), overwrite=overwrite)
+        self._overwrite[staging] = overwrite
+        return staging
 
     def commit(self, staging: Path, destination: str, manifest: Manifest | dict) -> str:
         write_manifest(staging, manifest)
-        return str(publish(staging, Path(destination)))
+        return str(publish(staging, Path(destination), overwrite=self._overwrite.pop(staging, False)))
 
     def discard(self, staging: Path) -> None:
+        self._overwrite.pop(staging, None)
         shutil.rmtree(staging, ignore_errors=True)
         _owner_file(staging).unlink(missing_ok=True)
 
@@ -157,6 +166,9 @@ def prepare_output(out_dir: Path, *, overwrite: bool = False) -> Path:
     removed first (:func:`remove_stale_staging`).
     """
     out_dir = Path(out_dir).resolve()
+    if out_dir.parent.is_dir():
+        with _parent_lock(out_dir):
+            restore_interrupted(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -210,19 +222,89 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def publish(staging: Path, out_dir: Path) -> Path:
-    """Move a finished staging directory into place as ``out_dir`` (replacing an empty or overwritable one)."""
+def publish(staging: Path, out_dir: Path, *, overwrite: bool = False) -> Path:
+    """Move a finished staging directory into place as ``out_dir``; return it.
+
+    Every staged file and directory is flushed to disk first (``fsync``), so the rename never publishes data that a
+    power loss could still take back. Without ``overwrite`` the rename replaces at most an empty directory: if
+    another job published ``out_dir`` meanwhile, this one fails (``FileExistsError``) and that output stays as it
+    is, byte for byte. With ``overwrite`` the old output is renamed aside, the new one renamed in, and the old one
+    removed; if the second rename fails the old output is renamed back, and a process killed between the two
+    renames leaves ``.NAME.old-*``, which the next :func:`prepare_output` or :func:`publish` of the same output
+    restores (:func:`restore_interrupted`). Both steps hold a lock on the parent directory.
+    """
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-        os.rename(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out_dir)
+    _sync_tree(staging)
+    with _parent_lock(out_dir):
+        restore_interrupted(out_dir)
+        if overwrite and out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            try:
+                os.rename(staging, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            _fsync_path(out_dir.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(staging, out_dir)  # replaces an empty directory, never a published output
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise FileExistsError(errno.EEXIST, _taken(out_dir)) from exc
+            _fsync_path(out_dir.parent)
     _owner_file(staging).unlink(missing_ok=True)
     return out_dir
 
+
+def _taken(destination: str | Path) -> str:
+    return (f"output {destination} was published by another job while this one ran; without overwrite it is left "
+            "as it is, and this job's output is discarded")  # fmt: skip
+
+
+def restore_interrupted(out_dir: Path) -> list[Path]:
+    """Finish an overwrite that a killed process left between its two renames: with ``out_dir`` missing, the
+    newest ``.NAME.old-*`` beside it is renamed back; with ``out_dir`` there, the ``.old-*`` ones are removed.
+    Return the ``.old-*`` directories handled. Call it holding :func:`_parent_lock`."""
+    olds = sorted(out_dir.parent.glob(f".{out_dir.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out_dir.exists():
+        os.rename(olds[-1], out_dir)
+        _fsync_path(out_dir.parent)
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+    return olds
+
+
+@contextmanager
+def _parent_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``out_dir``'s parent directory (no lock file is left beside the outputs)."""
+    fd = os.open(out_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sync_tree(root: Path) -> None:
+    """``fsync`` every file and directory under ``root``, deepest first, then ``root`` itself."""
+    for here, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(here, name))
+        for name in dirs:
+            _fsync_path(Path(here, name))
+    _fsync_path(root)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------ object stores
@@ -237,6 +319,7 @@ class ObjectStorePublisher:
 
     def __init__(self) -> None:
         self._attempts: dict[Path, tuple[str, str]] = {}  # staging dir → (destination, attempt id)
+        self._overwrite: dict[Path, bool] = {}
 
     def prepare(self, destination: str, *, overwrite: bool) -> Path:
         dest = storage.normalize(destination)
@@ -254,6 +337,7 @@ class ObjectStorePublisher:
                           "nothing was started") from exc  # fmt: skip
         staging = Path(tempfile.mkdtemp(prefix="alcm-staging-"))
         self._attempts[staging] = (dest, attempt)
+        self._overwrite[staging] = overwrite
         return staging
 
     def location(self, staging: Path) -> str:
@@ -266,6 +350,9 @@ class ObjectStorePublisher:
         write_manifest(staging, manifest)
         storage.upload_tree(staging, storage.join(dest, root))
         previous = _committed_manifest(dest)
+        if previous is not None and not self._overwrite.pop(staging, False):
+            # Another job committed here while this one ran: its output stays; this attempt is discarded.
+            raise FileExistsError(errno.EEXIST, _taken(dest))
         written = json.loads((staging / MANIFEST).read_text())
         storage.write_bytes(storage.join(dest, MANIFEST), (json.dumps({**written, "storage_root": root}, indent=2,
                                                                       sort_keys=True) + "\n").encode())  # fmt: skip
@@ -278,6 +365,7 @@ class ObjectStorePublisher:
         return dest
 
     def discard(self, staging: Path) -> None:
+        self._overwrite.pop(staging, None)
         dest, attempt = self._attempts.pop(staging, (None, None))
         shutil.rmtree(staging, ignore_errors=True)
         if dest is not None:

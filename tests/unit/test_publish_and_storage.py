@@ -130,3 +130,109 @@ def test_a_file_where_the_storage_root_should_be_is_refused(tmp_path):
     (tmp_path / "runs").write_text("x")
     with pytest.raises(StorageError, match="is a file, not a directory"):
         check_storage(str(tmp_path / "runs"), "adapt.train.storage_path")
+
+
+# ------------------------------------------------------------------------------------------------ races, crashes
+
+
+def tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_writers_without_overwrite_the_second_fails_and_the_first_stays_byte_for_byte(tmp_path):
+    dest = tmp_path / "out"
+    with pytest.raises(FileExistsError, match=r"published by another job while this one ran"):
+        with staged_output(dest) as second:  # prepared before the first writer's output exists
+            (second.dir / "part-0").write_bytes(b"second writer")
+            with staged_output(dest) as first:
+                (first.dir / "part-0").write_bytes(b"first writer")
+                first.commit({"name": "first"})
+            published = tree(dest)
+            second.commit({"name": "second"})
+    assert tree(dest) == published and published["part-0"] == b"first writer"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the second writer's staging is gone too
+
+
+def test_a_writer_with_overwrite_replaces_a_concurrent_one(tmp_path):
+    dest = tmp_path / "out"
+    with staged_output(dest) as first, staged_output(dest, overwrite=True) as second:
+        (first.dir / "part-0").write_bytes(b"first")
+        (second.dir / "part-0").write_bytes(b"second")
+        first.commit({"name": "first"})
+        second.commit({"name": "second"})
+    assert tree(dest)["part-0"] == b"second" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+CRASH = """
+import os, shutil, sys
+from pathlib import Path
+from contracts.publish import staged_output
+dest, after = Path(sys.argv[1]), int(sys.argv[2])
+real, calls = os.rename, []
+def rename(a, b):
+    calls.append(a)
+    if len(calls) > after:
+        os._exit(9)  # killed: no cleanup of any kind runs
+    real(a, b)
+def rmtree(path, **kw):
+    if ".old-" in str(path):
+        os._exit(9)  # killed after both renames, before the old output is removed
+os.rename, shutil.rmtree = rename, rmtree
+with staged_output(dest, overwrite=True) as out:
+    (out.dir / "part-0").write_bytes(b"new")
+    out.commit({"name": "new"})
+"""
+
+
+@pytest.mark.parametrize(("renames_done", "expected"), [(1, b"old"), (2, b"new")], ids=["between", "after-both"])
+def test_an_overwrite_killed_around_its_renames_is_restored_or_finished_by_the_next_job(tmp_path, renames_done,
+                                                                                        expected):  # fmt: skip
+    dest = tmp_path / "out"
+    with staged_output(dest) as out:
+        (out.dir / "part-0").write_bytes(b"old")
+        out.commit({"name": "old"})
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(dest), str(renames_done)], capture_output=True)
+    assert proc.returncode == 9, proc.stderr.decode()
+    leftovers = [p.name for p in tmp_path.iterdir() if ".old-" in p.name]
+    assert len(leftovers) == 1 and dest.exists() == (renames_done == 2)  # the crash left what it says
+    with pytest.raises(FileExistsError, match="is not empty"):  # the next job, without overwrite
+        prepare_output(dest)
+    assert tree(dest)["part-0"] == expected
+    assert not [p for p in tmp_path.iterdir() if ".old-" in p.name]
+
+
+def test_a_failed_second_rename_puts_the_old_output_back_at_once(tmp_path, monkeypatch):
+    dest = tmp_path / "out"
+    with staged_output(dest) as out:
+        (out.dir / "part-0").write_bytes(b"old")
+        out.commit({"name": "old"})
+    real = os.rename
+
+    def rename(a, b):
+        if ".staging-" in str(a):
+            raise OSError(errno.EIO, "I/O error")
+        real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="I/O error"), staged_output(dest, overwrite=True) as out:
+        (out.dir / "part-0").write_bytes(b"new")
+        out.commit({"name": "new"})
+    assert tree(dest)["part-0"] == b"old" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_every_staged_file_is_flushed_before_the_rename_publishes_it(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])  # fmt: skip
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(a))), real_rename(a, b))[1])
+    with staged_output(tmp_path / "out") as out:
+        (out.dir / "kept").mkdir()
+        (out.dir / "kept" / "part-0.parquet").write_bytes(b"rows")
+        staging = str(out.dir)
+        out.commit({"name": "n"})
+    rename_at = events.index(("rename", staging))
+    synced = {path for kind, path in events[:rename_at] if kind == "fsync"}
+    for rel in ("kept/part-0.parquet", "manifest.json", "kept", ""):
+        assert os.path.join(staging, rel).rstrip("/") in synced, rel
+    assert ("fsync", str(tmp_path)) in events[rename_at:]  # the rename itself, made durable
