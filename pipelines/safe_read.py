@@ -52,6 +52,19 @@ def caption_head(data: bytes) -> str:
     return data[:CAPTION_HEAD_BYTES].decode("utf-8", errors="replace") + "…"
 
 
+def escape_name(text: str | None) -> str | None:
+    """A name (or a text quoting one) safe for Arrow and JSON: each byte that was not valid UTF-8 in a file or member
+    name (Python holds it as a lone surrogate, ``surrogateescape``) becomes ``\\xNN``. Valid text is unchanged."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                       c if not 0xD800 <= ord(c) <= 0xDFFF else f"\\u{ord(c):04x}" for c in text)  # fmt: skip
+
+
 class SpecialFile(OSError):
     """An input path that is not a regular file (a FIFO, socket, device or directory): refused before any read."""
 

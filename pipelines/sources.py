@@ -51,6 +51,7 @@ from pipelines.safe_read import (
     caption_head,
     caption_text,
     check_regular,
+    escape_name,
     full_path,
     inside_root,
     open_regular,
@@ -89,15 +90,15 @@ def _row(
     quarantine: str | None = None,
     error: str | None = None,
 ) -> dict:
-    return {
-        "id": rid,
-        "key": key,
-        "source": source,
+    return {  # names from the file system or a tar may hold bytes that are not UTF-8: escaped (escape_name)
+        "id": escape_name(rid),
+        "key": escape_name(key),
+        "source": escape_name(source),
         "caption": caption,
         "image": image,
-        "url": url,
+        "url": escape_name(url),
         "quarantine": quarantine,
-        "error": error,
+        "error": escape_name(error),
     }
 
 
@@ -156,7 +157,7 @@ def _group(sources: list[Source], folders: dict[str, list[str]], ignored: list[s
         for start in range(0, len(files), folder_chunk):
             sources.append(Source("folder", folder, tuple(files[start : start + folder_chunk])))
     sources.sort(key=lambda s: (s.path, s.files[:1]))
-    return sources, ignored
+    return sources, [escape_name(f) for f in ignored]  # reported in manifests: names that are not UTF-8 escaped
 
 
 def _discover_remote(root: str, *, folder_chunk: int) -> tuple[list[Source], list[str]]:

@@ -44,6 +44,7 @@ from pipelines.safe_read import (
     ReadLimits,
     SpecialFile,
     caption_text,
+    escape_name,
     full_path,
     inside_root,
     json_problem,
@@ -115,10 +116,10 @@ def _row(
     quarantine: str | None = None,
     error: str | None = None,
 ) -> dict:
-    return {
-        "id": rid,
-        "key": key,
-        "source": source,
+    return {  # names may hold bytes that are not UTF-8: escaped (paths to read stay as they are)
+        "id": escape_name(rid),
+        "key": escape_name(key),
+        "source": escape_name(source),
         "kind": kind,
         "caption": caption,
         "video": video,
@@ -132,8 +133,8 @@ def _row(
 
 
 def _quarantined(rid: str, key: str, source: str, kind: str, reason: str, error: str) -> dict:
-    log.debug("quarantined %s (%s): %s", rid, reason, error)
-    return _row(rid, key, source, kind, quarantine=reason, error=error)
+    log.debug("quarantined %s (%s): %s", escape_name(rid), reason, escape_name(error))
+    return _row(rid, key, source, kind, quarantine=reason, error=escape_name(error))
 
 
 def _escapes(root: Path, path: Path) -> bool:
@@ -243,7 +244,7 @@ def _chunked(root: Path | str, sources: list[VideoSource], ignored: list[str], s
         for start in range(0, len(files), chunk):
             sources.append(VideoSource("video", folder, tuple(files[start : start + chunk])))
     sources.sort(key=lambda s: (s.path, s.kind, s.items[:1]))
-    ignored.sort()
+    ignored = sorted(escape_name(f) for f in ignored)
     n_seqs, n_videos = sum(len(v) for v in seq_groups.values()), sum(len(v) for v in videos.values())
     log.info("found %d video sources (%d sequences, %d video files) and %d ignored files under %s", len(sources),
              n_seqs, n_videos, len(ignored), root)  # fmt: skip

@@ -20,6 +20,7 @@ written there.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import tarfile
 import zlib
@@ -160,9 +161,16 @@ def write_hostile_images(root: Path, *, seed: int = 77, tag: str = "hostile") ->
 
     # A webdataset tar with members that try to leave the root, a symlink, and members without their pair.
     good = next(clean)
+    # A member name that is not UTF-8 (Latin-1 "café"): read, its key escaped.
+    latin1 = next(clean)
     expects += _unsafe_tar(root / "f-unsafe.tar", tag, "jpg", good["image"], good["caption"], "image",
-                           extra=[(f"{tag}-nocaption.jpg", next(clean)["image"])])  # fmt: skip
+                           extra=[(f"{tag}-nocaption.jpg", next(clean)["image"]),
+                                  (f"{tag}-caf\udce9.jpg", latin1["image"]),
+                                  (f"{tag}-caf\udce9.txt", latin1["caption"].encode())])  # fmt: skip
     expects.append(Expect(f"{tag}-nocaption", "rejected", "caption_empty", "tar_member_without_caption"))
+    expects.append(Expect(f"{tag}-caf\\xe9", DECODED, None, "tar_member_name_not_utf8"))
+    # A stray image whose file name is not UTF-8, beside the shards: listed as ignored (escaped), never read.
+    (root / os.fsdecode(b"z-stray-\xff.png")).write_bytes(next(clean)["image"])
     return expects
 
 
@@ -193,6 +201,9 @@ def write_hostile_videos(root: Path, *, seed: int = 78, tag: str = "hostile") ->
     rng = np.random.default_rng(seed)
     long = rng.integers(0, 255, (1, 16, 16, 3), dtype=np.uint8).repeat(10_000, axis=0)
     loose("frames_10000", encode_mp4(long), "rejected", "too_long")
+    r = next(clean)
+    loose("name\udcff", encode_mp4(r["frames"]), DECODED, None, caption=r["caption"])  # a file name not UTF-8
+    expects[-1] = Expect(f"{tag}-name\\xff", DECODED, None, "file_name_not_utf8")
 
     # A dancer sequence (TikTok layout) with frame 0002 missing, next to an intact one.
     seqs = generate_dancer_sequences(seed, 2, frames=16, size=64)
@@ -201,8 +212,9 @@ def write_hostile_videos(root: Path, *, seed: int = 78, tag: str = "hostile") ->
     frames = sorted(gap_dir.iterdir())
     frames[2].unlink()
     names = sorted(p.parent.name for p in (root / "dancers").glob("*/images"))
+    (root / "dancers" / names[1]).rename(root / "dancers" / f"{names[1]}\udcfe")  # a folder name not UTF-8
     expects.append(Expect(names[0], "quarantined", "missing_frames", "sequence_gap"))
-    expects.append(Expect(names[1], DECODED, None, "sequence_intact"))
+    expects.append(Expect(f"{names[1]}\\xfe", DECODED, None, "sequence_intact_name_not_utf8"))
 
     good = next(clean)
     expects += _unsafe_tar(root / "unsafe.tar", tag, "mp4", encode_mp4(good["frames"]), good["caption"], "video")

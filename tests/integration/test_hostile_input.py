@@ -84,6 +84,7 @@ def test_hostile_images_are_each_accounted_for_with_their_reason_and_nothing_lea
     assert (rotated["width"], rotated["height"]) == (64, 40), "EXIF orientation was not applied"
     strip = next(r for r in audit if r["key"] == by_case["strip_1x100000"])
     assert (strip["width"], strip["height"]) == (1, 100_000)
+    assert result.manifest["ignored_files"] == ["z-stray-\\xff.png"]  # a name that is not UTF-8, escaped
 
 
 @pytest.mark.parametrize("job", ["curate_videos", "recaption"])
