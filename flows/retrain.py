@@ -43,7 +43,7 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, Field
 
 from contracts import storage
-from contracts.manifest import code_version, output_root, read_manifest
+from contracts.manifest import IntegrityError, code_version, output_root, read_manifest, verify_files
 from contracts.publish import link_output
 from flows.common import apply_env_defaults, run_io_job
 from flows.curate import CurateImagesParams
@@ -147,6 +147,22 @@ def _params(stage, p: RetrainParams, out: str, outs: dict[str, str]):
                                    submit=p.submit, overwrite=True)  # fmt: skip
 
 
+verified: dict[str, int] = {}
+"""Files checked per cached output by :func:`cached_problem` in this process (for the flow's log)."""
+
+
+def cached_problem(out: str) -> str | None:
+    """Why the cached output ``out`` may not be reused: a file its manifest lists that is missing or whose sha256
+    differs (:func:`contracts.manifest.verify_files`); None when it verifies, or when there is no output yet."""
+    if not storage.is_file(storage.join(out, "manifest.json")):
+        return None
+    try:
+        verified[out] = verify_files(out)
+    except IntegrityError as exc:
+        return str(exc)
+    return None
+
+
 def _link(work: str, stage, out: str) -> None:
     try:
         link_output(out, storage.join(work, stage.output))
@@ -225,9 +241,16 @@ def retrain_flow(params: RetrainParams) -> dict:
         key = stage.key(cfg, inputs, code)
         out = storage.join(work, "runs", stage.name, key[:16])
         t = time.monotonic()
-        if storage.is_file(storage.join(out, "manifest.json")):
+        corrupt = cached_problem(out)
+        if corrupt and stage.name not in params.stages:
+            raise IntegrityError(f"stage {stage.name} was not requested and its cached output failed its digest "
+                                 f"check: {corrupt}; add it to stages to make it again")  # fmt: skip
+        if corrupt:
+            logger.warning("%s: the cached output %s failed its digest check (%s): running the stage again",
+                           stage.name, out, corrupt)  # fmt: skip
+        if storage.is_file(storage.join(out, "manifest.json")) and not corrupt:
             status = "cached"
-            logger.info("%s: cached (%s)", stage.name, out)
+            logger.info("%s: cached (%s, %d files verified)", stage.name, out, verified.get(out, 0))
         elif stage.name not in params.stages:
             raise ValueError(f"stage {stage.name} was not requested and has no output for these inputs at {out}; "
                              "add it to stages")  # fmt: skip

@@ -44,7 +44,7 @@ import ray
 from ray.data.expressions import col
 
 from contracts import storage
-from contracts.digests import json_digest
+from contracts.digests import json_digest, sha256_file
 from filters.decode import DecodeConfig, decode_image
 from pipelines.config import to_dict
 
@@ -267,8 +267,15 @@ def encode_cached(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, 
     meta_file = root / "cache.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        log.info("latent cache hit: %s (%d rows encoded)", root, meta["counts"]["encoded"])
-        return data_dir, {**meta, "hit": True}
+        problem = cache_problem(root, meta)
+        if problem is None:
+            log.info("latent cache hit: %s (%d rows encoded, %d files verified)", root, meta["counts"]["encoded"],
+                     len(meta["files"]))  # fmt: skip
+            return data_dir, {**meta, "hit": True}
+        log.warning("latent cache %s is not used: %s; encoding it again", root, problem)
+        aside = root.parent / f".{key}.corrupt-{uuid.uuid4().hex[:8]}"
+        os.rename(root, aside)
+        shutil.rmtree(aside, ignore_errors=True)
     tmp = root.parent / f".{key}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -297,8 +304,13 @@ def _encode_to_store(spec: EncodeSpec, files: list[Path] | list[str], key: str, 
     meta_file = storage.join(root, "cache.json")
     if storage.is_file(meta_file):
         meta = json.loads(storage.read_bytes(meta_file))
-        log.info("latent cache hit: %s (%d rows encoded)", root, meta["counts"]["encoded"])
-        return storage.join(root, "data"), {**meta, "hit": True}
+        problem = cache_problem(root, meta)
+        if problem is None:
+            log.info("latent cache hit: %s (%d rows encoded, %d files verified)", root, meta["counts"]["encoded"],
+                     len(meta["files"]))  # fmt: skip
+            return storage.join(root, "data"), {**meta, "hit": True}
+        log.warning("latent cache %s is not used: %s; encoding it again", root, problem)
+        storage.delete_tree(meta_file)  # unfinished again: the files below are replaced
     with tempfile.TemporaryDirectory(prefix="alcm-latents-") as tmp:
         meta = _encode(spec, files, key, Path(tmp), pool)
         storage.delete_tree(storage.join(root, "data"))  # an unfinished attempt's files
@@ -307,6 +319,30 @@ def _encode_to_store(spec: EncodeSpec, files: list[Path] | list[str], key: str, 
     log.info("encoded %d rows into %s in %.1f s (failed: %s)", meta["counts"]["encoded"], root, meta["seconds"],
              meta["counts"]["failed"] or "none")  # fmt: skip
     return storage.join(root, "data"), {**meta, "hit": False}
+
+
+def cache_problem(root: Path | str, meta: dict) -> str | None:
+    """Why the finished cache at ``root`` (a path or an object-store prefix) may not be reused: a data file that
+    ``cache.json`` lists and is missing or whose sha256 differs, one it does not list, or no digests recorded (a
+    cache from before they were); None when every file verifies."""
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        return "its cache.json records no file digests (written before they were)"
+    try:
+        present = {f"data/{Path(f).name}" for f in cache_files(storage.join(root, "data"))}
+    except FileNotFoundError:
+        present = set()
+    extra = sorted(present - set(files))
+    if extra:
+        return f"{storage.join(root, extra[0])} is not listed in its cache.json"
+    for rel, expected in sorted(files.items()):
+        where = storage.join(root, rel)
+        if rel not in present:
+            return f"{where} is missing (cache.json lists it)"
+        actual = storage.sha256(where) if storage.is_uri(where) else sha256_file(Path(where))
+        if actual != expected:
+            return f"{where}: sha256:{actual} does not match sha256:{expected} recorded in its cache.json"
+    return None
 
 
 def _encode(spec: EncodeSpec, files: list[Path] | list[str], key: str, tmp: Path, pool: EncodePool) -> dict:
@@ -335,6 +371,7 @@ def _encode(spec: EncodeSpec, files: list[Path] | list[str], key: str, tmp: Path
         "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
         "columns": [c for c in CACHED_TENSORS if c in names],
         "seconds": round(time.monotonic() - t, 1),
+        "files": {f"data/{Path(f).name}": sha256_file(Path(f)) for f in cache_files(tmp / "data")},
     }
     (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

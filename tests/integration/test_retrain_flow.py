@@ -39,7 +39,16 @@ def runs(toy_images, toy_video_world, ray_local, prefect_harness, tmp_path_facto
     first = go(overrides=_overrides(tmp))
     second = go(overrides=_overrides(tmp))
     third = go(overrides=_overrides(tmp, adapt_steps=3), promote=False)
-    return {"tmp": tmp, "first": first, "second": second, "third": third}
+    # A byte flipped in a cached output (stage 3's): the next run finds it by its digest and makes it again.
+    adapt_out = Path(third["work_dir"]) / "adapters"
+    listed = json.loads((adapt_out / "manifest.json").read_text())["files"]
+    victim = adapt_out.resolve() / sorted(listed)[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    fourth = go(overrides=_overrides(tmp, adapt_steps=3), promote=False)
+    return {"tmp": tmp, "first": first, "second": second, "third": third, "fourth": fourth, "victim": victim,
+            "listed": listed}
 
 
 def _status(summary: dict) -> dict[str, str]:
@@ -109,3 +118,14 @@ def test_the_flow_publishes_the_stage_table_with_timings(runs):
     third = [a.data for a in arts if "| adapt | ran |" in a.data and "| curate_images | cached |" in a.data]
     assert len(arts) >= 3 and third  # one summary per run; the third re-ran stage 3 only
     assert "s outside them" in third[0] and "| evaluate | cached |" in third[0]
+
+
+def test_a_corrupted_cached_output_is_found_by_its_digest_and_made_again(runs):
+    from contracts.manifest import verify_files
+
+    status = _status(runs["fourth"])
+    assert status.pop("adapt") == "ran" and set(status.values()) == {"cached"}
+    out = runs["victim"].parent
+    while not (out / "manifest.json").is_file():
+        out = out.parent
+    assert verify_files(out) == len(runs["listed"])  # the remade output verifies, the flipped byte is gone
