@@ -109,8 +109,10 @@ def test_a_stage_key_changes_with_every_key_its_job_reads_and_with_no_other(s):
 
 def test_the_stages_read_the_sections_their_jobs_need_and_ray_is_in_none():
     assert stage("curate_images").sections == ("profile", "decode", "scorers", "curate_images")
-    assert stage("curate_videos").sections == ("profile", "video", "pose", "scorers", "curate_videos")
-    assert set(stage("recaption").sections) == {"profile", "video", "pose", "captioner", "scorers", "recaption"}
+    # decode: the text and metadata limits of the readers (decode.max_caption_bytes, max_metadata_bytes)
+    assert stage("curate_videos").sections == ("profile", "decode", "video", "pose", "scorers", "curate_videos")
+    assert set(stage("recaption").sections) == {"profile", "decode", "video", "pose", "captioner", "scorers",
+                                                "recaption"}  # fmt: skip
     for name in ("distill_image", "distill_video", "adapt"):
         assert stage(name).sections == ("profile", "decode", "teacher", "consistency", name)
     assert stage("evaluate").sections == ("profile", "scorers", "teacher", "consistency", "evaluate")
