@@ -70,10 +70,15 @@ class LavisConfig:
     """Allow a checkpoint that needs full (unsafe) unpickling. Only for files you trust; default refuses them."""
     startup_timeout_s: float = 600.0
     """Seconds to wait for the LAVIS worker process to import LAVIS and load the model."""
+    request_timeout_s: float = 600.0
+    """Seconds one request (a batch of ``batch_size`` images) may take. A worker that takes longer, or dies, is
+    killed and restarted and the batch sent once more; a second failure fails the job (nothing is published)."""
 
     def __post_init__(self) -> None:
         if self.startup_timeout_s <= 0:
             raise ValueError(f"startup_timeout_s={self.startup_timeout_s!r}: must be > 0")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s={self.request_timeout_s!r}: must be > 0")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 salesforce-lavis 1.0.2 pins libraries the main environment cannot take (transformers 4.26, timm 0.4.12, numpy<2), so
 it lives in ``.venv-lavis`` (``make lavis-env``) and runs ``models/lavis_worker.py`` there. One worker is started per
 :class:`LavisCaptioner` and kept for its lifetime; requests and replies are length-prefixed frames over its
-stdin/stdout (the protocol is described in ``lavis_worker.py``).
+stdin/stdout (the protocol is described in ``lavis_worker.py``). A request that outlives
+``captioner.lavis.request_timeout_s``, or a worker that dies mid-request, gets the worker killed and restarted and
+the request sent once more; a second failure raises :class:`LavisWorkerError` (the job fails, nothing is published).
+A request the worker answers with an error (bad input) is not retried.
 
 The architecture is read from the transformers ``config.json`` of ``captioner.weights`` (both backends describe the
 same network) and sent to the worker, which builds LAVIS's classes at that size; the weights come from the LAVIS
@@ -122,6 +125,8 @@ class LavisCaptioner:
         self._lock = threading.Lock()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._stderr_thread: threading.Thread | None = None
+        self.restarts = 0
+        """Times the worker was killed and started again after a request timed out or the worker died."""
         lavis = cfg.lavis
 
         python = _locate(lavis.python_path)
@@ -166,6 +171,7 @@ class LavisCaptioner:
             "device": cfg.device,
             "torch_threads": cfg.torch_threads,
         }
+        self._python, self._spec = python, spec
         self._start(python, spec)
 
     # ----------------------------------------------------------------------------------------------- process
@@ -321,15 +327,33 @@ class LavisCaptioner:
         return LavisWorkerError(f"LAVIS worker '{op}' failed: {reply.get('error_type')}: {reply.get('error')}")
 
     def _request(self, header: dict, arrays: list[np.ndarray]) -> tuple[dict, list[np.ndarray]]:
+        """Send one request and return the reply; a timeout or a dead worker restarts the worker and retries the
+        request once (see the module docstring)."""
+        op, timeout = header["op"], self.cfg.lavis.request_timeout_s
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                if self._proc is None:
-                    raise LavisWorkerError("the LAVIS captioner is closed")
-                raise self._died(header["op"])
-            self._send(header, arrays)
-            reply, blobs = self._receive(header["op"])
+            if self._proc is None:
+                raise LavisWorkerError("the LAVIS captioner is closed")
+            for attempt in (1, 2):
+                try:
+                    if self._proc.poll() is not None:
+                        raise self._died(op)
+                    self._send(header, arrays)
+                    reply, blobs = self._receive(op, deadline=time.monotonic() + timeout)
+                    break
+                except (TimeoutError, LavisWorkerError) as exc:
+                    why = (f"no reply within {timeout:g} s (captioner.lavis.request_timeout_s)"
+                           if isinstance(exc, TimeoutError) else str(exc).split("\n", 1)[0])  # fmt: skip
+                    self._kill()
+                    if attempt == 2:
+                        raise LavisWorkerError(f"LAVIS worker failed '{op}' twice, the second time: {why}; the "
+                                               f"batch was not captioned{self._tail_text()}") from None  # fmt: skip
+                    logger.warning("LAVIS worker pid %d: %s; restarting it and sending '%s' once more",
+                                   self._proc.pid, why, op)  # fmt: skip
+                    self.restarts += 1
+                    self._stderr_tail.clear()
+                    self._start(self._python, self._spec)
         if not reply.get("ok"):
-            raise self._error_from(reply, header["op"])
+            raise self._error_from(reply, op)
         return reply, blobs
 
     # ------------------------------------------------------------------------------------------------ public
