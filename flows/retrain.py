@@ -35,17 +35,17 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from contracts import storage
 from contracts.manifest import IntegrityError, code_version, output_root, read_manifest, verify_files
 from contracts.publish import link_output
-from flows.common import apply_env_defaults, run_io_job
+from flows.common import FormChecked, apply_env_defaults, run_io_job
 from flows.curate import CurateImagesParams
 from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
 from flows.evaluate import EvaluateParams, attach_report, run_gate
@@ -61,8 +61,11 @@ FLOW_PARAMS = {"curate_images": CurateImagesParams, "curate_videos": VideoJobPar
 """The parameters of each stage's flow (the inputs are the stage graph's, :mod:`pipelines.stages`)."""
 
 
-class RetrainParams(BaseModel):
+class RetrainParams(FormChecked):
     """Parameters of the ``retrain-animatelcm`` flow (rendered as a form in the Prefect UI)."""
+
+    FORM_INPUTS: ClassVar[tuple[str, ...]] = ("images", "videos", "dancers")
+    FORM_OUTPUTS: ClassVar[tuple[str, ...]] = ("work_dir",)
 
     images: str = Field(description="Raw image-text data: img2dataset Parquet shards, webdataset tars or images.")
     videos: str = Field(description="Raw text-video data: video files with .txt captions or video2dataset tars.")
@@ -114,15 +117,47 @@ def listing_digest(root: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+_DATA_ERRORS = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
+                NotADirectoryError, IsADirectoryError)
+"""Failures of the input or the settings: retrying cannot help, wherever in a cause chain they appear."""
+_RAY_WRAPPERS = {"RayTaskError", "UserCodeException", "RayDataUserCodeException", "TrainingFailedError",
+                 "WorkerGroupError"}  # fmt: skip
+"""Ray exceptions that only carry another failure (user code in a task, a training worker's error): classified by
+what they carry. Every other exception from Ray (a lost worker, actor, node or object, the raylet, out of memory)
+is infrastructure."""
+
+
 def is_infrastructure_error(exc: BaseException) -> bool:
-    """Whether a failure is worth a retry: Ray system errors (a lost worker, actor or node), connection and
-    timeout errors, other OS errors. Bad configs, missing inputs and data errors fail at once."""
-    if isinstance(exc, ConfigError | ValueError | TypeError | KeyError | FileNotFoundError | FileExistsError
-                  | PermissionError | NotADirectoryError | IsADirectoryError):  # fmt: skip
+    """Whether a failure is worth a retry, decided along its cause chain (:func:`cause_chain`: Ray's ``cause``,
+    ``__cause__``, ``__context__``): a bad config, a missing input or a data error anywhere in it is not (it would
+    fail the same way again); otherwise a Ray system error (a lost worker, actor, node or object), a connection or
+    timeout error or another OS error is. A chain with neither (a bug in our code, a failed remote job's message)
+    fails at once."""
+    chain = cause_chain(exc)
+    if any(isinstance(link, _DATA_ERRORS) for link in chain):
         return False
-    if type(exc).__module__.split(".")[0] == "ray":
-        return True
-    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+    for link in chain:
+        from_ray = type(link).__module__.split(".")[0] == "ray"
+        if from_ray and not _RAY_WRAPPERS & {c.__name__ for c in type(link).__mro__}:
+            return True
+        if isinstance(link, ConnectionError | TimeoutError | OSError):
+            return True
+    return False
+
+
+def cause_chain(exc: BaseException, limit: int = 32) -> list[BaseException]:
+    """``exc`` and what it wraps, outermost first: Ray's ``cause`` attribute (a task's or worker's own exception),
+    ``__cause__`` and ``__context__``; each once."""
+    chain: list[BaseException] = []
+    todo = [exc]
+    while todo and len(chain) < limit:
+        link = todo.pop(0)
+        if link is None or any(link is seen for seen in chain):
+            continue
+        chain.append(link)
+        nested = getattr(link, "cause", None)
+        todo += [c for c in (nested, link.__cause__, link.__context__) if isinstance(c, BaseException)]
+    return chain
 
 
 def _retry_condition(task, task_run, state) -> bool:
