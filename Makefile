@@ -89,7 +89,8 @@ test: lint lavis-env browser-env stack-env
 
 # The UI: a Prefect server (SQLite under $(DEMO_DIR)/prefect) on 127.0.0.1:4200 serving every flow's deployment, and
 # the MLflow UI on the demo's registry at 127.0.0.1:5000; forms default to the demo's data. Ctrl-C stops everything.
-# SERVE_ARGS passes further options (alcm serve --help), e.g. SERVE_ARGS="--auth-string admin:pass".
+# The API requires an auth string: ALCM_PREFECT_AUTH_STRING, or SERVE_ARGS="--auth-string-file FILE", or else one is
+# generated into $(DEMO_DIR)/prefect/auth-string. SERVE_ARGS passes further options (alcm serve --help).
 serve: export ALCM_REGISTRY_DIR := $(abspath $(DEMO_DIR))/registry
 serve: install
 	@test -d $(DEMO_DIR)/raw || $(VENV)/bin/alcm toy data --out $(DEMO_DIR)/raw --seed 1234 --images 2000 --videos 40 \

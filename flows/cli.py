@@ -434,15 +434,18 @@ def _check_stages(stages: list[str], option: str) -> None:
 def serve_cmd(
     data_root: Path = DATA_ROOT,
     work_dir: Path = SERVE_WORK,
-    port: int = typer.Option(4200, "--port", help="Prefect server port (127.0.0.1)."),
-    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow UI port; 0: no MLflow UI."),
-    auth_string: str = typer.Option(
-        None,
-        "--auth-string",
-        envvar="ALCM_PREFECT_AUTH_STRING",
-        show_default=False,
-        help="Require this user:password on the Prefect API (or set ALCM_PREFECT_AUTH_STRING).",
+    port: int = typer.Option(4200, "--port", help="Prefect server port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the Prefect server (UI and API) listens on; "
+                             "loopback by default."),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow UI port (127.0.0.1); 0: no MLflow UI."),
+    auth_string_file: Path = typer.Option(
+        None, "--auth-string-file", show_default=False,
+        help="File holding the user:password the Prefect API and UI require (or set ALCM_PREFECT_AUTH_STRING). "
+        "Neither: one is generated into WORK/prefect/auth-string.",
     ),  # fmt: skip
+    auth_string: str = typer.Option(None, "--auth-string", hidden=True, show_default=False),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="Serve the API without an auth string: "
+                                          "a local sandbox only (refused unless --host is a loopback address)."),
     retrain_cron: str = RETRAIN_CRON,
     stages: list[str] = RETRAIN_STAGES,
     trigger: bool = TRIGGER,
@@ -451,13 +454,26 @@ def serve_cmd(
     profile: str = PROFILE,
     overrides: list[str] = SET,
 ) -> None:
-    """Serve the UI: a Prefect server (SQLite) on 127.0.0.1 with a deployment of every flow, and the MLflow UI.
-    Ctrl-C stops everything."""
-    from flows.serve import run_services
+    """Serve the UI: a Prefect server (SQLite) with a deployment of every flow, and the MLflow UI. The API requires
+    an auth string and CSRF tokens; everything listens on 127.0.0.1 unless --host says otherwise. Ctrl-C stops
+    everything."""
+    from flows.serve import resolve_auth, run_services
 
+    if auth_string is not None:
+        fail("--auth-string on the command line is visible to every user in process listings: put it in "
+             "ALCM_PREFECT_AUTH_STRING or a file (--auth-string-file)")  # fmt: skip
+    given = os.environ.get("ALCM_PREFECT_AUTH_STRING") or None
+    if auth_string_file is not None:
+        if not auth_string_file.is_file():
+            fail(f"--auth-string-file {auth_string_file}: no such file")
+        given = auth_string_file.read_text().strip() or fail(f"--auth-string-file {auth_string_file} is empty")
     settings = _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, debounce_s,
                                gpu_slots)
-    raise typer.Exit(run_services(settings, port=port, mlflow_port=mlflow_port or None, auth_string=auth_string))
+    try:
+        auth = resolve_auth(work_dir, given, insecure=insecure_no_auth, host=host)
+    except ValueError as exc:
+        fail(str(exc))
+    raise typer.Exit(run_services(settings, port=port, mlflow_port=mlflow_port or None, auth_string=auth, host=host))
 
 
 def _serve_settings(data_root, work_dir, profile, overrides, retrain_cron, stages, trigger, debounce_s,

@@ -12,8 +12,9 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 #: Set for every CLI invocation and flow run unless the user set them: nothing may reach a model hub, and the
 #: embedded Prefect must not phone home. The project loggers are forwarded into Prefect's run logs.
@@ -53,7 +54,23 @@ def forward_project_logs() -> None:
             logger.addHandler(APILogHandler())
 
 
-class JobParams(BaseModel):
+class FormChecked(BaseModel):
+    """Parameters that a deployment run (a UI form, a schedule, an event) has checked by :mod:`flows.form_policy`
+    when they are validated: ``FORM_INPUTS`` are path parameters that must stay under the served roots,
+    ``FORM_OUTPUTS`` under the work directory."""
+
+    FORM_INPUTS: ClassVar[tuple[str, ...]] = ()
+    FORM_OUTPUTS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _form_policy(self):
+        from flows.form_policy import check
+
+        check(self, inputs=self.FORM_INPUTS, outputs=self.FORM_OUTPUTS)
+        return self
+
+
+class JobParams(FormChecked):
     """Parameters every job flow takes (rendered as a form in the Prefect UI)."""
 
     profile: str = Field("toy", description="Config profile: a name under configs/ (toy, sd15) or a YAML path.")
@@ -69,6 +86,9 @@ class JobParams(BaseModel):
 
 class IOJobParams(JobParams):
     """Parameters of a job that reads one input directory and writes one new output directory."""
+
+    FORM_INPUTS: ClassVar[tuple[str, ...]] = ("input_dir",)
+    FORM_OUTPUTS: ClassVar[tuple[str, ...]] = ("output_dir",)
 
     input_dir: str = Field(description="Input directory.")
     output_dir: str = Field(description="New output directory (published atomically, with manifest.json).")

@@ -8,6 +8,8 @@ summary artifact (inputs with digests, metrics, where the LoRA is).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -84,6 +86,8 @@ def distill_image_flow(params: DistillImageParams) -> dict:
 class DistillVideoParams(IOJobParams):
     """Parameters of the ``distill-video`` flow."""
 
+    FORM_INPUTS: ClassVar[tuple[str, ...]] = ("input_dir", "stage1")
+
     input_dir: str = Field(description="Curated video dataset (kept/ + manifest.json), as `alcm curate videos` writes.")
     stage1: str | None = Field(
         None,
@@ -98,6 +102,8 @@ class DistillVideoParams(IOJobParams):
 
 class AdaptParams(IOJobParams):
     """Parameters of the ``adapt`` flow."""
+
+    FORM_INPUTS: ClassVar[tuple[str, ...]] = ("input_dir", "control_data", "video_data")
 
     input_dir: str = Field(description="Stage 2's output (manifest.json + pipeline/), as `alcm distill video` writes.")
     control_data: str | None = Field(

@@ -16,11 +16,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from contracts import storage
 from contracts.manifest import output_root
-from flows.common import IOJobParams, apply_env_defaults, open_registry, run_io_job
+from flows.common import FormChecked, IOJobParams, apply_env_defaults, open_registry, run_io_job
 from flows.record import record_output, with_run_name
 from pipelines.config import Config, load_config
 from pipelines.stages import EVALUATED, canonical
@@ -38,7 +38,7 @@ class EvaluateParams(IOJobParams):
     promote: bool = Field(False, description="Run the promotion gate after evaluating (needs record).")
 
 
-class PromoteParams(BaseModel):
+class PromoteParams(FormChecked):
     """Parameters of the ``promote-checkpoint`` flow."""
 
     checkpoint: str = Field(description="A registered checkpoint, NAME@VERSION or NAME@candidate.")

@@ -13,8 +13,16 @@ with working defaults:
   every ``alcm.data.landed`` event (``alcm ingest``) starts it on the raw root, naming the landed shard.
 
 :func:`serve_deployments` is the serving process (``python -m flows.serve``); :func:`run_services` is
-``alcm serve``: a Prefect server on SQLite (``WORK/prefect``) at 127.0.0.1, the serving process and the MLflow UI on
-the registry, stopped together on Ctrl-C.
+``alcm serve``: a Prefect server on SQLite (``WORK/prefect``), the serving process and the MLflow UI on the registry,
+stopped together on Ctrl-C. Safe by default:
+
+- the API requires an auth string: the operator's (``ALCM_PREFECT_AUTH_STRING`` or ``--auth-string-file``, never the
+  command line, which process listings show), or else one generated into ``WORK/prefect/auth-string`` (mode 0600).
+  Only ``--insecure-no-auth``, and only on a loopback address, serves without one;
+- CSRF protection is on (``PREFECT_SERVER_CSRF_PROTECTION_ENABLED``; Prefect's clients and UI fetch the token);
+- everything listens on 127.0.0.1 unless ``--host`` says otherwise;
+- deployment runs check their parameters (:mod:`flows.form_policy`): the served roots reach them in
+  ``ALCM_FORM_ROOTS``.
 """
 
 from __future__ import annotations
@@ -141,8 +149,10 @@ def serve_deployments(s: ServeSettings) -> None:
     from prefect import serve
 
     from flows.common import apply_env_defaults, ensure_gpu_limit
+    from flows.form_policy import served_roots
 
     apply_env_defaults()
+    os.environ.update(served_roots(s.data_root, s.work_dir))  # inherited by the flow-run subprocesses
     ensure_gpu_limit(s.gpu_slots)
     serve(*build_deployments(s), print_starting_message=True)
 
@@ -192,18 +202,50 @@ def wait_healthy(url: str, proc: subprocess.Popen, name: str, timeout: float = 1
     raise TimeoutError(f"{name} did not answer {url} within {timeout:.0f} s")
 
 
-def service_env(s: ServeSettings, port: int, auth_string: str | None) -> dict[str, str]:
-    """The environment of the server and the serving process: API URL, SQLite home, auth, registry."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+AUTH_FILE = "auth-string"
+"""Under ``WORK/prefect/``: the auth string ``alcm serve`` generated when the operator gave none."""
+
+
+def resolve_auth(work_dir: str | Path, given: str | None, *, insecure: bool, host: str) -> str | None:
+    """The API auth string ``alcm serve`` uses: ``given`` (from the environment or a file), else one generated and
+    kept in ``WORK/prefect/auth-string`` (0600, reused on the next start); None only with ``insecure``, which a
+    non-loopback ``host`` refuses."""
+    if insecure:
+        if host not in LOOPBACK:
+            raise ValueError(f"--insecure-no-auth serves without an auth string: only on a loopback address, not "
+                             f"--host {host}")  # fmt: skip
+        return None
+    if given:
+        return given
+    path = Path(work_dir).resolve() / "prefect" / AUTH_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = f"admin:{secrets.token_urlsafe(18)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def service_env(s: ServeSettings, port: int, auth_string: str | None, host: str = "127.0.0.1") -> dict[str, str]:
+    """The environment of the server and the serving process: API URL, SQLite home, auth, CSRF, registry."""
     from flows.common import ENV_DEFAULTS
 
     work = Path(s.work_dir).resolve()
     env = {**ENV_DEFAULTS, **os.environ}
+    client = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     env.update({
         "PREFECT_HOME": str(work / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_API_URL": f"http://{client}:{port}/api",
+        "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_API_URL": f"http://{client}:{port}/api",
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
         "PREFECT_RUNNER_POLL_FREQUENCY": env.get("PREFECT_RUNNER_POLL_FREQUENCY", "5"),
     })  # fmt: skip
     env.setdefault("ALCM_REGISTRY_DIR", str(work / "registry"))
@@ -216,12 +258,13 @@ def service_env(s: ServeSettings, port: int, auth_string: str | None) -> dict[st
 
 
 def run_services(s: ServeSettings, *, port: int = 4200, mlflow_port: int | None = 5000,
-                 auth_string: str | None = None) -> int:  # fmt: skip
+                 auth_string: str | None = None, host: str = "127.0.0.1") -> int:  # fmt: skip
     """``alcm serve``: start the Prefect server, the serving process and the MLflow UI; stop them on Ctrl-C or when
-    one of them exits. Returns the exit code."""
+    one of them exits. Returns the exit code. ``auth_string``: see :func:`resolve_auth` (None: no auth)."""
     work = Path(s.work_dir).resolve()
     (work / "prefect").mkdir(parents=True, exist_ok=True)
-    env = service_env(s, port, auth_string)
+    env = service_env(s, port, auth_string, host)
+    client = env["PREFECT_API_URL"].removesuffix("/api")
     if mlflow_port:
         env["ALCM_MLFLOW_UI_URL"] = f"http://127.0.0.1:{mlflow_port}"  # the runs' links to their versions
     bin_dir = Path(sys.executable).parent
@@ -242,9 +285,9 @@ def run_services(s: ServeSettings, *, port: int = 4200, mlflow_port: int | None 
     # Both, explicitly: a process started in the background by a shell inherits SIGINT ignored.
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server = start("prefect server", [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+        server = start("prefect server", [str(bin_dir / "prefect"), "server", "start", "--host", host,
                                           "--port", str(port)], "server.log")  # fmt: skip
-        wait_healthy(f"http://127.0.0.1:{port}/api/health", server, "prefect server")
+        wait_healthy(f"{client}/api/health", server, "prefect server")
         settings = json.dumps(asdict(s))
         served = start("deployments", [sys.executable, "-m", "flows.serve", "--settings", settings], "serve.log")
         if mlflow_port:
@@ -254,9 +297,16 @@ def run_services(s: ServeSettings, *, port: int = 4200, mlflow_port: int | None 
             mlflow = start("mlflow ui", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", backend,
                                          "--default-artifact-root", (registry / "artifacts").as_uri(),
                                          "--host", "127.0.0.1", "--port", str(mlflow_port)], "mlflow.log")  # fmt: skip
-        print(f"\nPrefect UI:  http://127.0.0.1:{port}   (API: export PREFECT_API_URL={env['PREFECT_API_URL']})")
+        print(f"\nPrefect UI:  {client}   (API: export PREFECT_API_URL={env['PREFECT_API_URL']})")
         if auth_string:
-            print("             the API requires the auth string (PREFECT_API_AUTH_STRING for clients)")
+            generated = work / "prefect" / AUTH_FILE
+            where = f"the one in {generated}" if generated.is_file() and generated.read_text().strip() == \
+                auth_string else "yours"  # fmt: skip
+            print(f"             the API and UI require the auth string ({where}; PREFECT_API_AUTH_STRING for "
+                  "clients); CSRF protection is on")  # fmt: skip
+        else:
+            print("             WARNING: no auth string (--insecure-no-auth): anyone who can reach this address "
+                  "can run flows", flush=True)  # fmt: skip
         if mlflow_port:
             print(f"MLflow UI:   http://127.0.0.1:{mlflow_port}   (registry {env['ALCM_REGISTRY_DIR']})")
         print(f"deployments: <flow>/{DEPLOYMENT} for every flow; new data: alcm ingest PATH --kind images "
@@ -287,13 +337,17 @@ def deploy_to_pool(s: ServeSettings, pool: str, image: str | None = None, workin
     flow runs start in ``working_dir``, the project root holding the flows' entry points) instead of serving them;
     return their ids. The pool's workers then run the flow runs."""
     from flows.common import apply_env_defaults, ensure_gpu_limit
+    from flows.form_policy import served_roots
 
     apply_env_defaults()
     ensure_gpu_limit(s.gpu_slots)
     ids = []
     for d in build_deployments(s):
+        variables = dict(d.job_variables or {})
+        variables["env"] = {**variables.get("env", {}), **served_roots(s.data_root, s.work_dir)}
         if working_dir:
-            d.job_variables = {**(d.job_variables or {}), "working_dir": working_dir}
+            variables["working_dir"] = working_dir
+        d.job_variables = variables
         ids.append(str(d.apply(work_pool_name=pool, image=image)))
     return ids
 

@@ -261,8 +261,9 @@ def start_worker(stack: Stack, env: dict) -> None:
 
 def register_deployments(stack: Stack, env: dict) -> None:
     """Every flow's deployment in the process pool (the same deployments ``alcm serve`` and ``alcm deploy`` make),
-    its defaults reading ``DIR/raw`` and writing under ``DIR/work``."""
-    settings = {"data_root": str(stack.home / "raw"), "work_dir": str(stack.home / "work"), "trigger": False}
+    on the object store: reading ``s3://alcm-data/raw`` and writing under ``s3://alcm-data``, the roots a deployment
+    run's paths must stay in (``flows.form_policy``)."""
+    settings = {"data_root": "s3://alcm-data/raw", "work_dir": "s3://alcm-data", "trigger": False}
     run = subprocess.run([sys.executable, "-m", "flows.serve", "--settings", json.dumps(settings), "--pool", POOL,
                           "--working-dir", str(ROOT)],
                          env={**env, "PREFECT_HOME": str(stack.home / "prefect-client")}, cwd=ROOT,

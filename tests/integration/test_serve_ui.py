@@ -1,6 +1,6 @@
 """`alcm serve` as a user meets it: a real Prefect server with every deployment served, the new-data trigger end to
 end (`alcm ingest` → event → retrain run on the landed shard), a run started from the UI in headless Chromium, the
-API auth string, and Ctrl-C stopping every process."""
+API auth string (on by default) and CSRF, forms refused outside the platform, and Ctrl-C stopping every process."""
 
 from __future__ import annotations
 
@@ -35,10 +35,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, path: str, body: dict | None = None, auth: str | None = None) -> tuple[int, object]:
+_CSRF: dict[tuple[str, str | None], dict[str, str]] = {}
+
+
+def _csrf(url: str, auth: str | None) -> dict[str, str]:
+    """The CSRF headers a client of this server sends with a POST (a token fetched once per server and auth)."""
+    if (url, auth) not in _CSRF:
+        client = os.urandom(8).hex()
+        status, token = _api(url, f"/csrf-token?client={client}", auth=auth)
+        if status != 200:
+            return {}
+        _CSRF[url, auth] = {"Prefect-Csrf-Token": token["token"], "Prefect-Csrf-Client": client}
+    return _CSRF[url, auth]
+
+
+def _api(url: str, path: str, body: dict | None = None, auth: str | None = None, csrf: bool = True
+         ) -> tuple[int, object]:  # fmt: skip
+    headers = {"Content-Type": "application/json"}
+    if body is not None and csrf:
+        headers.update(_csrf(url, auth))
     req = urllib.request.Request(f"{url}/api{path}", data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 method="GET" if body is None else "POST", headers=headers)  # fmt: skip
     if auth:
         import base64
 
@@ -103,7 +120,9 @@ def served(tmp_path_factory):
     write_image_dataset(raw / "images", generate_image_records(5151, 160), rows_per_shard=80)
     work.mkdir()
     port = _free_port()
-    proc = _start_serve(raw, work, port, "--mlflow-port", "0", "--retrain-stage", "curate_images", "--debounce-s", "1")
+    # A local sandbox, said explicitly (the browser test then needs no login); auth itself: the test further down.
+    proc = _start_serve(raw, work, port, "--mlflow-port", "0", "--retrain-stage", "curate_images", "--debounce-s", "1",
+                        "--insecure-no-auth")  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deployments = _wait("the served deployments", lambda: _served(url), 180, 2)
@@ -236,19 +255,23 @@ def test_a_run_started_from_the_ui_completes_and_shows_its_reasons_table(served)
     assert manifest["counts"]["input"] >= 160 and shot.stat().st_size > 10_000
 
 
-def test_auth_string_guards_the_api_ctrl_c_stops_everything_and_no_secret_is_logged(tmp_path):
+def test_auth_is_on_by_default_with_csrf_ctrl_c_stops_everything_and_no_secret_is_logged(tmp_path):
     raw, work = tmp_path / "raw", tmp_path / "work"
     (raw / "images" / "parquet").mkdir(parents=True)
     work.mkdir()
     port, mlflow_port = _free_port(), _free_port()
-    secret = "platform:s3cret-" + os.urandom(4).hex()
-    proc = _start_serve(raw, work, port, "--mlflow-port", str(mlflow_port), auth=secret)
+    proc = _start_serve(raw, work, port, "--mlflow-port", str(mlflow_port))  # no auth string given
     url = f"http://127.0.0.1:{port}"
     try:
+        generated = _wait("the generated auth string", lambda: (work / "prefect" / "auth-string").is_file(), 60, 1)
+        assert generated and (work / "prefect" / "auth-string").stat().st_mode & 0o777 == 0o600
+        secret = (work / "prefect" / "auth-string").read_text().strip()
+        assert secret.startswith("admin:") and len(secret) > 20
         deps = _wait("the deployments, with the auth string", lambda: _served(url, secret), 180, 2)
         assert "retrain-animatelcm" in deps
         assert _api(url, "/deployments/filter", {})[0] == 401
-        assert _api(url, "/deployments/filter", {}, "platform:wrong")[0] == 401
+        assert _api(url, "/deployments/filter", {}, "admin:wrong")[0] == 401
+        assert _api(url, "/deployments/filter", {}, secret, csrf=False)[0] == 403  # CSRF: no token, no POST
         assert _api(url, "/health")[0] == 200
         mlflow = _wait("the MLflow UI", lambda: _http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, 2)
         assert mlflow
@@ -260,6 +283,7 @@ def test_auth_string_guards_the_api_ctrl_c_stops_everything_and_no_secret_is_log
         assert out.returncode == 0 and "registered 9 deployments with work pool cluster-pool" in out.stdout, out.stderr
         pooled = _served(url, secret)
         assert {d["work_pool_name"] for d in pooled.values()} == {"cluster-pool"}
+        assert all("ALCM_FORM_ROOTS" in d["job_variables"]["env"] for d in pooled.values())  # forms checked there too
         assert secret not in out.stdout + out.stderr
     finally:
         code = _stop(proc)
@@ -269,7 +293,39 @@ def test_auth_string_guards_the_api_ctrl_c_stops_everything_and_no_secret_is_log
             assert s.connect_ex(("127.0.0.1", p)) != 0, p
     logs = [*work.glob("prefect/*.log"), tmp_path / f"serve-{port}.log"]
     assert logs and all(secret not in p.read_text(errors="replace") for p in logs)
-    assert "s3cret" not in (tmp_path / f"serve-{port}.log").read_text()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--auth-string", "admin:s3cret"], "visible to every user in process listings"),
+    (["--insecure-no-auth", "--host", "0.0.0.0"], "only on a loopback address"),
+])  # fmt: skip
+def test_serve_refuses_a_secret_on_argv_and_no_auth_off_loopback(tmp_path, args, words):
+    (tmp_path / "raw").mkdir()
+    out = subprocess.run([ALCM, "serve", "--data-root", str(tmp_path / "raw"), "--work", str(tmp_path / "w"), *args],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and words in out.stderr, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+
+
+def test_a_form_reaching_outside_the_platform_fails_before_any_work(served, tmp_path):
+    url, dep = served["url"], served["deployments"]["curate-images"]
+    defaults = dep["parameters"]["params"]
+    outside = tmp_path / "outside-out"
+    cases = {
+        "output outside the work directory": ({**defaults, "output_dir": str(outside)}, "outside the served work"),
+        "an operator-only key": ({**defaults, "overrides": ["ray.address=ray://elsewhere:10001"]}, "ray.address"),
+    }
+    ids = {}
+    for case, (params, _) in cases.items():
+        status, run = _api(url, f"/deployments/{dep['id']}/create_flow_run", {"parameters": {"params": params}})
+        assert status == 201, case
+        ids[case] = run["id"]
+    for case, (_, words) in cases.items():
+        run = _wait(f"the refused run ({case})", lambda i=ids[case]: (lambda r: r if r and r["state_type"] in (
+            "FAILED", "CRASHED", "COMPLETED") else None)(_api(url, f"/flow_runs/{i}")[1]), 300, 2)  # fmt: skip
+        assert run["state_type"] == "FAILED", (case, run["state"])
+        assert words in (run["state"]["message"] or ""), (case, run["state"]["message"])
+    assert not outside.exists()
 
 
 def _http_ok(url: str) -> bool:
