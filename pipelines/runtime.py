@@ -267,18 +267,9 @@ def job_env(cfg: Config) -> dict[str, str]:
     if leaked:
         raise ValueError(f"config key {leaked} holds a credential, and Ray shows a job's environment in its "
                          "dashboard: put credentials in the environment (AWS_ACCESS_KEY_ID, ...), not in config")
-    secret = next((n for n in cfg.ray.forward_env if n in NEVER_FORWARDED), None)
-    if secret:
-        raise ValueError(f"ray.forward_env names {secret}: the Prefect API's credential never goes into a Ray job's "
-                         "environment (the Ray dashboard shows it)")  # fmt: skip
     env = {CONFIG_ENV: json.dumps(config), "HF_HUB_OFFLINE": "1"}
     env.update({name: os.environ[name] for name in cfg.ray.forward_env if os.environ.get(name)})
     return env
-
-
-NEVER_FORWARDED = ("PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "ALCM_PREFECT_AUTH_STRING",
-                   "PREFECT_API_KEY")  # fmt: skip
-"""Variables :func:`job_env` refuses to forward, whatever ``ray.forward_env`` says."""
 
 
 def _first_difference(a, b, key: str = "") -> str | None:
