@@ -199,6 +199,24 @@ def test_rerunning_through_the_flow_resumes_the_run_reuses_the_cache_and_publish
     assert f"| step | {STEPS + 2} |" in arts[0].data
 
 
+def test_a_corrupted_latest_checkpoint_is_passed_over_for_the_one_before(first_run, teacher_dir):
+    from pipelines.runtime import run_job
+
+    _, tmp, src, _ = first_run
+    (run_dir,) = [p for p in (tmp / "runs").iterdir() if p.is_dir()]
+    ckpts = sorted(p for p in run_dir.iterdir() if p.name.startswith("checkpoint_") and p.is_dir())
+    assert len(ckpts) >= 2 and all((c / "digests").is_dir() for c in ckpts)
+    latest, before = ckpts[-1], ckpts[-2]
+    victim = max((p for p in (latest / "ckpt").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    previous_step = json.loads((before / "step.json").read_text())["step"]
+    target = json.loads((latest / "step.json").read_text())["step"] + 2
+    m = run_job("distill_image", _cfg(teacher_dir, tmp, target), src, tmp / "out", overwrite=True).manifest
+    assert (m["metrics"]["resumed_from"], m["metrics"]["step"]) == (previous_step, target)
+
+
 def test_bad_inputs_fail_before_any_work_naming_what_is_wrong(teacher_dir, curated, tmp_path):
     from pipelines.runtime import run_job
 
