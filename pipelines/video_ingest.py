@@ -355,10 +355,10 @@ def inputs_with_digests(root: str | Path, sources) -> list[dict]:
         elif s.kind in ("video", "tiktok"):
             h = hashlib.sha256()
             for rel in _item_files(root, s.kind, s.items):
-                try:
-                    h.update(f"{rel}\0{_digest(root, rel)}\n".encode())
+                try:  # a name that is not UTF-8 is hashed as its own bytes (surrogateescape)
+                    h.update(f"{rel}\0{_digest(root, rel)}\n".encode("utf-8", "surrogateescape"))
                 except OSError:
-                    h.update(f"{rel}\0unreadable\n".encode())
+                    h.update(f"{rel}\0unreadable\n".encode("utf-8", "surrogateescape"))
             out.append({"path": s.path, "kind": s.kind, "items": len(s.items), "digest": "sha256:" + h.hexdigest()})
         else:
             out.append({"path": s.path, "kind": s.kind, "digest": None})

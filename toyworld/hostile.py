@@ -92,7 +92,7 @@ def write_hostile_images(root: Path, *, seed: int = 77, tag: str = "hostile") ->
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    clean = iter(generate_image_records(seed, 24, degraded_fraction=0.0))
+    clean = iter(generate_image_records(seed, 32, degraded_fraction=0.0))
     expects: list[Expect] = []
     rows: list[tuple[str, bytes | None, bytes | None]] = []  # key, caption bytes, image bytes
 
@@ -130,7 +130,10 @@ def write_hostile_images(root: Path, *, seed: int = 77, tag: str = "hostile") ->
     r = next(clean)
     add("exif_rotated", DECODED, None, record=r, image=_exif_rotated_jpeg(pil(r).crop((0, 12, 64, 52))))  # 64×40
     add("caption_not_utf8", "quarantined", "bad_encoding", caption=b"a red \xff\xfe circle")
-    add("caption_1mb", "rejected", "caption_too_long", caption=("a red circle " * 80_660).encode())
+    # Over decode.max_caption_bytes (64 KiB): quarantined unread beyond its first KiB; under it but over the
+    # filter's length: rejected.
+    add("caption_1mb", "quarantined", "too_large", caption=("a red circle " * 80_660).encode())
+    add("caption_10kb", "rejected", "caption_too_long", caption=("a red circle " * 800).encode())
     add("caption_control", "rejected", "caption_control_chars", caption=b"a red \x00circle\x1b[31m on grey")
     add("caption_whitespace", "rejected", "caption_empty", caption=b" \t\n  \r\n ")
     add("dup_key", DECODED, None)
