@@ -22,6 +22,7 @@ from contracts import storage
 from contracts.manifest import output_root
 from flows.common import FormChecked, IOJobParams, apply_env_defaults, open_registry, run_io_job
 from flows.record import record_output, with_run_name
+from flows.retry import retry_condition
 from pipelines.config import Config, load_config
 from pipelines.stages import EVALUATED, canonical
 from pipelines.stages import stage as stage_named
@@ -52,7 +53,8 @@ def run_eval_job(cfg: Config, params: EvaluateParams) -> dict:
     return run_io_job(EVALUATE.name, cfg, params)
 
 
-@task(name="attach-eval-report", cache_policy=NONE)
+@task(name="attach-eval-report", cache_policy=NONE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_condition)  # fmt: skip
 def attach_report(checkpoint_ref: str, report_dir: str) -> str:
     """Attach the report to the checkpoint's version and make it the ``candidate``."""
     registry = open_registry()
@@ -68,7 +70,8 @@ def gate_rules(cfg: Config, stage: str):
     raise ValueError(f"no promotion rules for stage {stage!r}; choose a checkpoint of {', '.join(EVALUATED)}")
 
 
-@task(name="promotion-gate", cache_policy=NONE)
+@task(name="promotion-gate", cache_policy=NONE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_condition)  # fmt: skip
 def run_gate(cfg: Config, checkpoint_ref: str) -> dict:
     """The gate's decision (recorded with the candidate)."""
     from registry.gate import promote

@@ -8,12 +8,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows.common import open_registry
+from flows.retry import retry_condition
 
 
-@task(name="record-in-registry", cache_policy=NONE)
+@task(name="record-in-registry", cache_policy=NONE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_condition)  # fmt: skip
 def record_output(output_dir: str) -> str:
     """Register a finished job output, after the job outputs it was made from; return its ``NAME@VERSION``.
-    Idempotent: a re-run that produced the same content returns the same version."""
+    Idempotent: a re-run that produced the same content returns the same version. A registry that is unreachable
+    (the MLflow server down) is retried twice, each attempt with a new client (no dead connection is reused)."""
     from prefect.artifacts import create_link_artifact
 
     registry = open_registry()

@@ -27,7 +27,7 @@ one ``manifest.json`` each naming the target (:func:`contracts.publish.link_outp
 
 Retries: a stage is retried (twice, with backoff) only on infrastructure errors — lost Ray workers or actors,
 connection and timeout errors, other OS errors — never on a bad config, a missing input or bad data
-(:func:`is_infrastructure_error`).
+(:func:`flows.retry.is_infrastructure_error`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ from flows.curate import CurateImagesParams
 from flows.distill import AdaptParams, DistillImageParams, DistillVideoParams
 from flows.evaluate import EvaluateParams, attach_report, run_gate
 from flows.record import record_output
+from flows.retry import retry_condition
 from flows.videos import RecaptionParams, VideoJobParams
-from pipelines.config import Config, ConfigError, load_config
+from pipelines.config import Config, load_config
 from pipelines.stages import BY_NAME, STAGES, needed
 
 Stage = Literal[tuple(s.name for s in STAGES)]
@@ -117,58 +118,7 @@ def listing_digest(root: str | Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-_DATA_ERRORS = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
-                NotADirectoryError, IsADirectoryError)
-"""Failures of the input or the settings: retrying cannot help, wherever in a cause chain they appear."""
-_RAY_WRAPPERS = {"RayTaskError", "UserCodeException", "RayDataUserCodeException", "TrainingFailedError",
-                 "WorkerGroupError"}  # fmt: skip
-"""Ray exceptions that only carry another failure (user code in a task, a training worker's error): classified by
-what they carry. Every other exception from Ray (a lost worker, actor, node or object, the raylet, out of memory)
-is infrastructure."""
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """Whether a failure is worth a retry, decided along its cause chain (:func:`cause_chain`: Ray's ``cause``,
-    ``__cause__``, ``__context__``): a bad config, a missing input or a data error anywhere in it is not (it would
-    fail the same way again); otherwise a Ray system error (a lost worker, actor, node or object), a connection or
-    timeout error or another OS error is. A chain with neither (a bug in our code, a failed remote job's message)
-    fails at once."""
-    chain = cause_chain(exc)
-    if any(isinstance(link, _DATA_ERRORS) for link in chain):
-        return False
-    for link in chain:
-        from_ray = type(link).__module__.split(".")[0] == "ray"
-        if from_ray and not _RAY_WRAPPERS & {c.__name__ for c in type(link).__mro__}:
-            return True
-        if isinstance(link, ConnectionError | TimeoutError | OSError):
-            return True
-    return False
-
-
-def cause_chain(exc: BaseException, limit: int = 32) -> list[BaseException]:
-    """``exc`` and what it wraps, outermost first: Ray's ``cause`` attribute (a task's or worker's own exception),
-    ``__cause__`` and ``__context__``; each once."""
-    chain: list[BaseException] = []
-    todo = [exc]
-    while todo and len(chain) < limit:
-        link = todo.pop(0)
-        if link is None or any(link is seen for seen in chain):
-            continue
-        chain.append(link)
-        nested = getattr(link, "cause", None)
-        todo += [c for c in (nested, link.__cause__, link.__context__) if isinstance(c, BaseException)]
-    return chain
-
-
-def _retry_condition(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except BaseException as exc:  # noqa: BLE001 - classified, not swallowed: the task fails if this returns False
-        return is_infrastructure_error(exc)
-    return False
-
-
-@task(name="run-stage", cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_condition)
+@task(name="run-stage", cache_policy=NONE, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_condition)
 def run_stage(stage: str, cfg: Config, params) -> dict:
     """Run one stage's job (here, or submitted to the cluster); retried only on infrastructure errors."""
     return run_io_job(stage, cfg, params)

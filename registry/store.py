@@ -210,6 +210,12 @@ class Registry:
                 raise
             return self._client.get_experiment_by_name(EXPERIMENT).experiment_id
 
+    def transaction(self):
+        """A context held across a read-decide-write sequence (the promotion gate's compare-and-set): on an embedded
+        store the store's file lock, so no other process or thread writes in between; a server's store has no such
+        lock (MLflow offers none), and callers re-check what they read before they write."""
+        return self._exclusive()
+
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Hold the embedded store's file lock against other processes and this object's other threads (re-entrant

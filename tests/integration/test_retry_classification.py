@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from flows.retrain import is_infrastructure_error
+from flows.retry import is_infrastructure_error
 
 
 def test_a_data_error_in_a_task_or_a_map_is_not_retried_and_a_dead_worker_is(ray_local):

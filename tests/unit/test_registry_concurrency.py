@@ -97,3 +97,111 @@ def test_a_duplicate_from_a_lost_race_is_dropped_for_the_older_version(store, tm
     assert [e.ref for e in early.list()] == ["race-late@1"]
     duplicate_runs = late._client.search_runs([late._experiment], filter_string="tags.`alcm.digest` != ''")
     assert [r.info.run_id for r in duplicate_runs] == [won.run_id]  # the loser's run is deleted too
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+
+
+def _gated_checkpoint(root: Path, name: str, index: int, fvd: float) -> Path:
+    """A checkpoint output and its eval report (``fvd@4``), as the gate reads them."""
+    import json
+
+    ckpt, ev = root / f"ckpt-{index}", root / f"eval-{index}"
+    ckpt.mkdir(parents=True)
+    ev.mkdir()
+    digest = "sha256:" + f"{index:04d}".ljust(64, "c")
+    write_manifest(ckpt, {"name": name, "digest": digest, "kind": "checkpoint", "metrics": {"loss": 0.1, "step": 1}})
+    (ev / "report.json").write_text(json.dumps({"checkpoint": {"name": name, "digest": digest},
+                                                "headline": {"fvd@4": fvd}}))  # fmt: skip
+    write_manifest(ev, {"name": name + "-eval", "digest": "sha256:" + f"{index:04d}".ljust(64, "e"),
+                        "kind": "eval-report"})  # fmt: skip
+    return ckpt, ev
+
+
+def _promote(uri: str, artifacts: str, ref: str, slow: bool, barrier, results) -> None:
+    """One promotion. ``slow``: the comparison with production takes 3 s (it reads production's report slowly), so
+    the other promotion runs while this one is deciding; the other starts 0.5 s after this one."""
+    import time
+
+    from contracts.gate import GateRule
+    from registry.gate import promote
+
+    try:
+        if slow:
+            real = Registry.eval_report
+
+            def eval_report(self, entry):
+                if (entry if isinstance(entry, str) else entry.ref) != ref:
+                    time.sleep(3.0)
+                return real(self, entry)
+
+            Registry.eval_report = eval_report
+        registry = Registry(uri, artifacts)
+        barrier.wait(TIMEOUT_S)
+        if not slow:
+            time.sleep(0.5)
+        results.put((ref, "ok", promote(registry, ref, [GateRule("fvd@4", "lower", 0.05)])))
+    except BaseException:  # noqa: BLE001 - the parent asserts on it, with the worker's traceback
+        results.put((ref, "error", traceback.format_exc()))
+
+
+def test_two_concurrent_promotions_end_with_the_better_in_production_and_both_decisions_recorded(store):
+    import json
+
+    from contracts.gate import GateRule
+    from registry.gate import promote
+
+    uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+    registry = Registry(uri, artifacts)
+    refs = {}
+    for index, fvd in ((0, 1.0), (1, 0.8), (2, 0.5)):  # production, a good candidate, a better one
+        ckpt, ev = _gated_checkpoint(store / "outputs", "t-gated", index, fvd)
+        refs[fvd] = registry.attach_eval(registry.register(ckpt).ref, ev).ref
+    assert promote(registry, refs[1.0], [GateRule("fvd@4", "lower", 0.05)])["promoted"]
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    # The worse candidate decides slowly; without compare-and-set it would move production after the better one did.
+    procs = [ctx.Process(target=_promote, args=(uri, artifacts, refs[0.8], True, barrier, results)),
+             ctx.Process(target=_promote, args=(uri, artifacts, refs[0.5], False, barrier, results))]  # fmt: skip
+    for p in procs:
+        p.start()
+    outcomes = {ref: (status, detail) for ref, status, detail in (results.get(timeout=TIMEOUT_S) for _ in procs)}
+    for p in procs:
+        p.join(TIMEOUT_S)
+    assert all(status == "ok" for status, _ in outcomes.values()), outcomes
+    assert registry.get("t-gated@production").ref == refs[0.5]
+    for ref in (refs[0.8], refs[0.5]):  # both decisions recorded with their candidates
+        assert json.loads(registry.get(ref).tags["alcm.promotion"]) == outcomes[ref][1]
+    better = outcomes[refs[0.5]][1]
+    assert better["promoted"] and better["production_before"] in (refs[1.0], refs[0.8])
+
+
+def test_the_decision_is_recorded_before_the_alias_moves_and_a_failed_record_moves_nothing(store, monkeypatch):
+    from contracts.gate import GateRule
+    from registry.gate import promote
+
+    registry = Registry(f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri())
+    refs = {}
+    for index, fvd in ((0, 1.0), (1, 0.5)):
+        ckpt, ev = _gated_checkpoint(store / "outputs", "t-order", index, fvd)
+        refs[fvd] = registry.attach_eval(registry.register(ckpt).ref, ev).ref
+    rules = [GateRule("fvd@4", "lower", 0.05)]
+    assert promote(registry, refs[1.0], rules)["promoted"]
+    calls = []
+    real_record, real_alias = Registry.record_decision, Registry.set_alias
+
+    def record(self, entry, decision):  # noqa: ARG001
+        calls.append("record")
+        raise ConnectionError("MLflow server went away")
+
+    monkeypatch.setattr(Registry, "record_decision", record)
+    monkeypatch.setattr(Registry, "set_alias", lambda self, ref, alias: calls.append("alias"))
+    with pytest.raises(ConnectionError):
+        promote(registry, refs[0.5], rules)
+    assert calls == ["record"] and registry.get("t-order@production").ref == refs[1.0]  # aliases unchanged
+    monkeypatch.setattr(Registry, "record_decision",
+                        lambda self, e, d: (calls.append("record"), real_record(self, e, d)))  # fmt: skip
+    monkeypatch.setattr(Registry, "set_alias", lambda self, r, a: (calls.append("alias"), real_alias(self, r, a))[1])
+    assert promote(registry, refs[0.5], rules)["promoted"]
+    assert calls[1:] == ["record", "alias"] and registry.get("t-order@production").ref == refs[0.5]

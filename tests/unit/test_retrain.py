@@ -9,7 +9,8 @@ import os
 import pytest
 from prefect.states import Completed, Failed
 
-from flows.retrain import _retry_condition, is_infrastructure_error, listing_digest
+from flows.retrain import listing_digest
+from flows.retry import is_infrastructure_error, retry_condition
 from pipelines.config import ConfigError
 
 
@@ -48,11 +49,11 @@ _RayActorDied.__module__ = "ray.exceptions"
 )
 def test_only_infrastructure_failures_are_retried(exc, retried):
     assert is_infrastructure_error(exc) is retried
-    assert _retry_condition(None, None, Failed(data=exc)) is retried
+    assert retry_condition(None, None, Failed(data=exc)) is retried
 
 
 def test_a_completed_state_is_not_retried():
-    assert _retry_condition(None, None, Completed(data=1)) is False
+    assert retry_condition(None, None, Completed(data=1)) is False
 
 
 # ------------------------------------------------------------------------------------------------ the cause chain
@@ -101,4 +102,4 @@ def _chains():
 @pytest.mark.parametrize(("case", "exc", "retried"), _chains(), ids=[c[0] for c in _chains()])
 def test_retries_are_decided_on_the_cause_chain(case, exc, retried):
     assert is_infrastructure_error(exc) is retried, case
-    assert _retry_condition(None, None, Failed(data=exc)) is retried
+    assert retry_condition(None, None, Failed(data=exc)) is retried
