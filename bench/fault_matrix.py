@@ -6,12 +6,14 @@ Faults (all real; see ``bench/faults.py``): SIGKILL to a scorer actor of image c
 of recaptioning (Ray restarts the actor and retries its batches); SIGKILL to a Ray Train worker of stage 1 while it
 writes its second checkpoint (Ray Train restarts the group from the last committed checkpoint); SIGKILL to the
 ``alcm retrain`` process while it curates videos, then the same command again; a disk that fills while writing; an
-output on a read-only mount; checkpoint storage URIs that name nothing. Each row: the fault, whether the work
-recovered (or, for faults nothing can recover from, failed cleanly before or without publishing anything), whether
-the outputs equal a clean run's, and the time the fault cost (the faulted run's extra wall time over the clean
-run's; the re-run's wall time for the killed flow; the time to the error for refused work). The tmpfs mounts are
-made here as root (CI and these machines run as root); without root the disk-full row runs in a user and mount
-namespace (``bench.faults.disk_full``) and the read-only row uses file permissions.
+output on a read-only mount; checkpoint storage URIs that name nothing; and (``bench/faults_integrity.py``) a byte
+flipped in a cached stage output and in the latest training checkpoint, a LAVIS worker that hangs, two writers of
+one output, the MLflow server down while a flow records, the Ray head gone between two attempts. Each row: the
+fault, whether the work recovered (or, for faults nothing can recover from, failed cleanly before or without
+publishing anything), whether the outputs equal a clean run's, and the time the fault cost (the faulted run's
+extra wall time over the clean run's; the re-run's wall time for the killed flow; the time to the error for refused
+work). The tmpfs mounts are made here as root (CI and these machines run as root); without root the disk-full row
+runs in a user and mount namespace (``bench.faults.disk_full``) and the read-only row uses file permissions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 import bench.common as common
-from bench import faults
+from bench import faults, faults_integrity
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         step("read-only output", faults.unwritable_output, cfg, images, tmp / "ro")
         for uri in faults.MISSING_STORAGE:
             step(f"storage {uri}", faults.missing_storage, [], curated, tmp / f"storage-{len(results)}", uri)
+        fi = faults_integrity
+        step("corrupted cached stage output", fi.corrupted_cached_output, raw, tmp / "cache-corrupt")
+        step("corrupted latest checkpoint", fi.corrupted_checkpoint, faults.stage1_config, curated, tmp / "ckpt")
+        step("LAVIS worker hangs", fi.lavis_worker_hang, cfg, dancers, tmp / "lavis")
+        step("two writers of one output", fi.concurrent_writers, images, tmp / "writers")
+        step("MLflow down while recording", fi.mlflow_down, raw, tmp / "mlflow")
+        step("Ray head gone", fi.ray_head_gone, tmp / "ray-head")
     ray.shutdown()
 
     print(f"\nfault matrix (toy profile, this machine; {time.monotonic() - t_all:.0f} s in all)\n")
     print(f"| {'fault':<52} | recovered?    | outputs identical? | time to recover |")
     print(f"|{'-' * 54}|---------------|--------------------|-----------------|")
     for r in results:
-        same = "n/a (refused)" if r.identical is None else ("yes" if r.identical else "NO")
+        same = "n/a" if r.identical is None else ("yes" if r.identical else "NO")
         rec = ("yes" if r.identical is not None else "clean failure") if r.recovered else "NO"
         print(f"| {r.fault:<52} | {rec:<13} | {same:<18} | {r.seconds:>13.1f} s |")
     print("\nDetails:")

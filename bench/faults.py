@@ -178,7 +178,7 @@ def compare_weights(a: Path, b: Path, atol: float = WEIGHT_ATOL) -> tuple[bool, 
     return worst <= atol, worst, f"{len(files)} weight files, max |difference| {worst:.3g} (tolerance {atol:g})"
 
 
-def _timed(fn, *args, **kwargs):
+def timed(fn, *args, **kwargs):
     t = time.monotonic()
     out = fn(*args, **kwargs)
     return out, time.monotonic() - t
@@ -197,7 +197,7 @@ def kill_data_actor(cfg, input_dir: Path, work: Path, *, job: str = "curate_imag
     clean_s = 0.0
     if clean is None:
         clean = work / "clean"
-        _, clean_s = _timed(run_job, job, cfg, input_dir, clean)
+        _, clean_s = timed(run_job, job, cfg, input_dir, clean)
     killer = Killer(kill_actor_after(DATA_ACTORS[job], delay))
     killer.start()
     t = time.monotonic()
@@ -231,13 +231,14 @@ MISSING_STORAGE = ("nosuch://bucket/runs", "file:///proc/alcm-missing/runs",
                    "s3://no-such-bucket/runs?endpoint_override=127.0.0.1:9&scheme=http")  # fmt: skip
 
 
-def stage1_config(root: Path):
-    """The toy profile with :data:`STAGE1_OVERRIDES`, checkpoints under ``root/runs`` and latents cached in
-    ``root/cache`` (one root per run, so both runs of a scenario encode their latents and their times compare)."""
+def stage1_config(root: Path, extra: tuple[str, ...] | list[str] = ()):
+    """The toy profile with :data:`STAGE1_OVERRIDES` (then ``extra``), checkpoints under ``root/runs`` and latents
+    cached in ``root/cache`` (one root per run, so both runs of a scenario encode their latents and their times
+    compare)."""
     from pipelines.config import load_config
 
     return load_config("toy", [*STAGE1_OVERRIDES, f"distill_image.train.storage_path={root / 'runs'}",
-                               f"distill_image.cache_dir={root / 'cache'}"])  # fmt: skip
+                               f"distill_image.cache_dir={root / 'cache'}", *extra])  # fmt: skip
 
 
 def _checkpoints(storage: Path) -> set[Path]:
@@ -252,7 +253,7 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     from pipelines.runtime import run_job
 
     clean_cfg, faulted_cfg = cfg_for(work / "run-clean"), cfg_for(work / "run-faulted")
-    clean, clean_s = _timed(run_job, "distill_image", clean_cfg, dataset, work / "clean")
+    clean, clean_s = timed(run_job, "distill_image", clean_cfg, dataset, work / "clean")
     storage = work / "run-faulted" / "runs"
 
     def find():
@@ -286,7 +287,7 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     )  # fmt: skip
 
 
-def _alcm(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def alcm(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
@@ -354,13 +355,13 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
         runs[name] = (w, {**os.environ, "ALCM_REGISTRY_DIR": str(w / "registry"), "PYTHONUNBUFFERED": "1"})
     w, env = runs["clean"]
     t = time.monotonic()
-    proc = _alcm([*args, "--work", str(w)], env, w / "run.log")
+    proc = alcm([*args, "--work", str(w)], env, w / "run.log")
     if proc.wait(timeout=900) != 0:
         raise RuntimeError(f"the clean retrain failed: see {w / 'run.log'}")
     clean_s = time.monotonic() - t
 
     w, env = runs["faulted"]
-    proc = _alcm([*args, "--work", str(w)], env, w / "killed.log")
+    proc = alcm([*args, "--work", str(w)], env, w / "killed.log")
     stage_dir = w / "runs" / kill_in
     deadline = time.monotonic() + 900
     while not list(stage_dir.glob(".*.staging-*")) and proc.poll() is None and time.monotonic() < deadline:
@@ -378,14 +379,15 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
             os.kill(pid, signal.SIGKILL)
     before = registry_check(w / "registry")
     t = time.monotonic()
-    again = _alcm([*args, "--work", str(w)], env, w / "rerun.log")
+    again = alcm([*args, "--work", str(w)], env, w / "rerun.log")
     rc = again.wait(timeout=900)
     rerun_s = time.monotonic() - t
     log = (w / "rerun.log").read_text()
     status = statuses(log)
     after = registry_check(w / "registry")
     litter = sorted(str(p.relative_to(w)) for p in (w / "runs").rglob(".*staging*"))
-    same = all(_digest(w / BY_NAME[s].output) == _digest(runs["clean"][0] / BY_NAME[s].output) for s in stages)
+    same = all(output_digest(w / BY_NAME[s].output) == output_digest(runs["clean"][0] / BY_NAME[s].output)
+               for s in stages)  # fmt: skip
     expected = {s: ("ran" if stages.index(s) >= stages.index(kill_in) else "cached") for s in stages}
     server_left = [n for n in names if "uvicorn" in n]  # the flow's temporary Prefect server (flows.lifeline)
     recovered = rc == 0 and status == expected and before[0] and after[0] and not litter and not server_left
@@ -399,7 +401,7 @@ def kill_flow(raw: Path, work: Path, *, stages: tuple[str, ...] = ("curate_image
     )  # fmt: skip
 
 
-def _digest(out: Path) -> str:
+def output_digest(out: Path) -> str:
     return json.loads((out / "manifest.json").read_text())["digest"]
 
 

@@ -3,6 +3,9 @@ timeout, another OS error), never a bad config, a missing input or bad data, jud
 
 from __future__ import annotations
 
+import builtins
+import re
+
 from pipelines.config import ConfigError
 
 _DATA_ERRORS = (ConfigError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, PermissionError,
@@ -15,22 +18,50 @@ what they carry. Every other exception from Ray (a lost worker, actor, node or o
 is infrastructure."""
 
 
+_USER_CODE = {"UserCodeException", "RayDataUserCodeException"}
+"""Ray Data's report that a map function raised: the function's own exception does not cross the process boundary
+(only its traceback text does, :func:`remote_types`)."""
+_NOISE = {"ObjectRefStreamEndOfStreamError"}
+"""Ray exceptions that appear as the context of another while a stream ends: never the failure itself."""
+_TYPE_LINE = re.compile(r"(?m)^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception))(?::|$)")
+
+
 def is_infrastructure_error(exc: BaseException) -> bool:
     """Whether a failure is worth a retry, decided along its cause chain (:func:`cause_chain`: Ray's ``cause``,
-    ``__cause__``, ``__context__``): a bad config, a missing input or a data error anywhere in it is not (it would
-    fail the same way again); otherwise a Ray system error (a lost worker, actor, node or object), a connection or
-    timeout error or another OS error is. A chain with neither (a bug in our code, a failed remote job's message)
-    fails at once."""
+    ``__cause__``, ``__context__``) and the exception types a Ray task's traceback names (:func:`remote_types`):
+    a bad config, a missing input or a data error anywhere is not (it would fail the same way again); nor is a map
+    function that raised anything but a connection or timeout error; otherwise a Ray system error (a lost worker,
+    actor, node or object), a connection or timeout error or another OS error is. A chain with neither (a bug in
+    our code, a failed remote job's message) fails at once."""
     chain = cause_chain(exc)
-    if any(isinstance(link, _DATA_ERRORS) for link in chain):
+    remote = [t for link in chain for t in remote_types(link)]
+    if any(isinstance(link, _DATA_ERRORS) for link in chain) or any(issubclass(t, _DATA_ERRORS) for t in remote):
         return False
-    for link in chain:
-        from_ray = type(link).__module__.split(".")[0] == "ray"
-        if from_ray and not _RAY_WRAPPERS & {c.__name__ for c in type(link).__mro__}:
-            return True
-        if isinstance(link, ConnectionError | TimeoutError | OSError):
-            return True
-    return False
+    if any(type(link).__module__.split(".")[0] == "ray" and not (_RAY_WRAPPERS | _NOISE) & _names(link)
+           for link in chain):  # fmt: skip
+        return True  # a Ray system error: a lost worker, actor, node or object
+    if any(_USER_CODE & _names(link) for link in chain):
+        return any(issubclass(t, ConnectionError | TimeoutError) for t in remote)
+    return any(isinstance(link, ConnectionError | TimeoutError | OSError) for link in chain) or \
+        any(issubclass(t, ConnectionError | TimeoutError) for t in remote)  # fmt: skip
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {c.__name__ for c in type(exc).__mro__}
+
+
+def remote_types(exc: BaseException) -> list[type]:
+    """The built-in exception classes (and :class:`pipelines.config.ConfigError`) that the traceback text of a Ray
+    task's error names (``KeyError: 'latents'``): what a worker raised, when only its text crossed over."""
+    if "RayTaskError" not in _names(exc):
+        return []
+    known = {"ConfigError": ConfigError}
+    found = []
+    for name in _TYPE_LINE.findall(str(exc)):
+        cls = known.get(name) or getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return found
 
 
 def cause_chain(exc: BaseException, limit: int = 32) -> list[BaseException]:

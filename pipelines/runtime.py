@@ -89,7 +89,12 @@ def connect(cfg: RayConfig | None = None) -> dict:
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
-        return {"mode": "existing", "address": ray.get_runtime_context().gcs_address}
+        current = ray.get_runtime_context().gcs_address
+        if _reachable(current):
+            return {"mode": "existing", "address": current}
+        # A retried stage after the head died: never reuse the dead connection.
+        log.warning("the Ray connection to %s is dead (its head is gone): reconnecting", current)
+        ray.shutdown()
     # No runtime_env here: a local Ray's workers inherit this process's environment, and a submitted job's
     # driver already carries the job's runtime_env (passing one again conflicts with it).
     if address and not address.startswith("http"):
@@ -108,6 +113,18 @@ def connect(cfg: RayConfig | None = None) -> dict:
     info = {"mode": mode, "address": ray.get_runtime_context().gcs_address}
     log.info("connected to Ray (%s) at %s", mode, info["address"])
     return info
+
+
+def _reachable(gcs_address: str, timeout: float = 5.0) -> bool:
+    """Whether the Ray head's GCS at ``host:port`` accepts a connection."""
+    import socket
+
+    host, _, port = gcs_address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def job_config(config_arg: str | None, overrides: list[str]) -> Config:

@@ -211,9 +211,8 @@ class Registry:
             return self._client.get_experiment_by_name(EXPERIMENT).experiment_id
 
     def transaction(self):
-        """A context held across a read-decide-write sequence (the promotion gate's compare-and-set): on an embedded
-        store the store's file lock, so no other process or thread writes in between; a server's store has no such
-        lock (MLflow offers none), and callers re-check what they read before they write."""
+        """A context held across a read-decide-write (the gate's compare-and-set): an embedded store's file lock; on
+        a server nothing (MLflow has no lock): callers re-check what they read before they write."""
         return self._exclusive()
 
     @contextmanager

@@ -269,8 +269,8 @@ def test_auth_is_on_by_default_with_csrf_ctrl_c_stops_everything_and_no_secret_i
         assert secret.startswith("admin:") and len(secret) > 20
         deps = _wait("the deployments, with the auth string", lambda: _served(url, secret), 180, 2)
         assert "retrain-animatelcm" in deps
-        assert _api(url, "/deployments/filter", {})[0] == 401
-        assert _api(url, "/deployments/filter", {}, "admin:wrong")[0] == 401
+        assert _api(url, "/csrf-token?client=probe")[0] == 401  # no auth string: nothing, not even a CSRF token
+        assert _api(url, "/csrf-token?client=probe", auth="admin:wrong")[0] == 401
         assert _api(url, "/deployments/filter", {}, secret, csrf=False)[0] == 403  # CSRF: no token, no POST
         assert _api(url, "/health")[0] == 200
         mlflow = _wait("the MLflow UI", lambda: _http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, 2)

@@ -100,3 +100,33 @@ def test_a_secret_on_the_forward_list_and_a_bad_timeout_are_refused_naming_the_k
         load_config("toy", ["ray.job_timeout_s.curate=10"])
     with pytest.raises(ConfigError, match=r"ray\.job_timeout_s\.adapt=0\.0: must be > 0"):
         load_config("toy", ["ray.job_timeout_s.adapt=0"])
+
+
+@pytest.mark.parametrize("head_alive", [True, False], ids=["head-alive", "head-gone"])
+def test_connect_reuses_a_live_ray_connection_and_drops_a_dead_one(monkeypatch, head_alive):
+    """A retried stage must not reuse the connection to a head that died (the real heads: the `Ray head gone` row of
+    bench/fault_matrix.py)."""
+    import socket
+    import types
+
+    from pipelines.data_config import RayConfig
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    if not head_alive:
+        listener.close()  # nothing listens there any more
+    calls = []
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(runtime.ray, "get_runtime_context", lambda: types.SimpleNamespace(gcs_address=address))
+    monkeypatch.setattr(runtime.ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(runtime.ray, "init", lambda **kw: calls.append(("init", kw.get("address"))))
+    try:
+        info = runtime.connect(RayConfig(address="10.0.0.9:6379"))
+    finally:
+        listener.close()
+    if head_alive:
+        assert info == {"mode": "existing", "address": address} and calls == []
+    else:
+        assert calls == ["shutdown", ("init", "10.0.0.9:6379")] and info["mode"] == "cluster"
