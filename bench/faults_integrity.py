@@ -101,12 +101,26 @@ def corrupted_checkpoint(cfg_for, dataset: Path, work: Path) -> FaultResult:
 
 
 def _lavis_workers() -> list[int]:
+    """LAVIS worker processes started under this process (its local Ray's actors): never another run's."""
     pids = []
     for cmd in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
-            if b"lavis_worker.py" in cmd.read_bytes():
+            if b"lavis_worker.py" in cmd.read_bytes() and _descends_from(int(cmd.parent.name), os.getpid()):
                 pids.append(int(cmd.parent.name))
     return pids
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
 
 
 def lavis_worker_hang(cfg, dancers: Path, work: Path, *, timeout_s: float = 20.0) -> FaultResult:
