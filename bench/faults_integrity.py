@@ -265,14 +265,17 @@ def ray_head_gone(work: Path) -> FaultResult:
                                 stdout=(work / f"head{n}.log").open("w"), stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
 
-    def up() -> None:
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def up(want: bool = True) -> None:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"no Ray head on port {port}")
+            if listening() == want:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the Ray head on port {port} did not {'come up' if want else 'go away'}")
 
     def say(line: str) -> list[str]:
         driver.stdin.write(line + "\n")
@@ -289,6 +292,7 @@ def ray_head_gone(work: Path) -> FaultResult:
         first = driver.stdout.readline().split()
         t = time.monotonic()
         os.killpg(heads[0].pid, signal.SIGKILL)
+        up(want=False)  # gone: its port refuses connections
         down = say("go")
         heads.append(head(2))
         up()
