@@ -177,7 +177,7 @@ AT_LEAST_ZERO = (
 """Seeds, optional counts, GPUs, penalties and margins: -1 is invalid."""
 ABOVE_ZERO = (
     r"(?!driver_)\w+_cpus|cpus_per_worker|lr|timestep_scaling|sigma_data|huber_c|frame_folder_fps|startup_timeout_s"
-    r"|max_duration_s|repetition_penalty|alpha|job_timeout_s"
+    r"|request_timeout_s|max_duration_s|repetition_penalty|alpha|job_timeout_s"
 )
 """CPUs, rates, scales and timeouts: 0 and -1 are invalid (a submitted driver may reserve no CPU: ≥ 0 above)."""
 CHOICES = (
