@@ -19,6 +19,7 @@ runs in a user and mount namespace (``bench.faults.disk_full``) and the read-onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
 import time
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dancers", type=int, default=12, help="toy dance sequences (the captioner-kill scenario)")
     ap.add_argument("--seed", type=int, default=4747)
     ap.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the rows whose name contains TEXT (repeatable; default: every row)")
+    ap.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                    help="work in DIR and keep it (each row's logs and outputs) instead of a temporary folder")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -46,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.monotonic()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     results: list[faults.FaultResult] = []
-    with tempfile.TemporaryDirectory(prefix="alcm-faults-") as tmp:
-        tmp = Path(tmp)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    place = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="alcm-faults-")
+    with place as tmp:
+        tmp = Path(tmp).resolve()
         cfg = load_config("toy")
         images = common.toy_image_world(tmp / "images", seed=args.seed, rows=args.images) / "parquet"
         dancers = common.toy_dancer_world(tmp / "dancers", seed=args.seed, dancers=args.dancers)
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toy inputs ready: {args.images} image rows, {args.dancers} dancers, a 120/24/2 raw world", flush=True)
 
         def step(name, fn, *a, **kw):
+            if args.only and not any(o.lower() in name.lower() for o in args.only):
+                return None
             print(f"- {name} …", flush=True)
             r = fn(*a, **kw)
             results.append(r)
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 54}|---------------|--------------------|-----------------|")
     for r in results:
         same = "n/a" if r.identical is None else ("yes" if r.identical else "NO")
-        rec = ("yes" if r.identical is not None else "clean failure") if r.recovered else "NO"
+        rec = (r.label or ("yes" if r.identical is not None else "clean failure")) if r.recovered else "NO"
         print(f"| {r.fault:<52} | {rec:<13} | {same:<18} | {r.seconds:>13.1f} s |")
     print("\nDetails:")
     for r in results:

@@ -53,6 +53,8 @@ class FaultResult:
     seconds: float
     detail: str
     data: dict = field(default_factory=dict)
+    label: str = ""
+    """The "recovered?" cell where neither "yes" (outputs to compare) nor "clean failure" says it (a reconnect)."""
 
 
 # ------------------------------------------------------------------------------------------------ killing

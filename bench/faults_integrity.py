@@ -253,8 +253,9 @@ print("second", runtime.connect(cfg)["mode"], ray.get(node.remote(), timeout=60)
 def ray_head_gone(work: Path) -> FaultResult:
     """A driver connected to a Ray head (``ray start --block``, token auth as the stack runs it); the head is killed.
     The driver's next ``runtime.connect`` (a retried stage) must drop the dead connection and fail with an error the
-    flow retries as infrastructure; once a new head is up on the same port, the next one must connect to it (a task
-    then runs on the new head's node). Ray takes minutes to give up on a dead head; that is the row's time."""
+    flow retries as infrastructure (at once: ``connect`` probes the address before ``ray.init``, which would wait
+    minutes); once a new head is up on the same port, the next one must connect to it (a task then runs on the new
+    head's node)."""
     work.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex()}  # as the stack's heads
@@ -310,4 +311,5 @@ def ray_head_gone(work: Path) -> FaultResult:
     return FaultResult("Ray head gone between two attempts", recovered, None, seconds,
                        f"attempt while gone: {' '.join(down[1:])} (retried as infrastructure); first node "
                        f"{first[2][:8] if len(first) == 3 else '-'}, after the new head "
-                       f"{second[2][:8] if len(second) == 3 else '-'}; reconnect logged: {reconnected}")  # fmt: skip
+                       f"{second[2][:8] if len(second) == 3 else '-'}; reconnect logged: {reconnected}",
+                       label="reconnected")  # fmt: skip

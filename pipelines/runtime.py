@@ -98,6 +98,11 @@ def connect(cfg: RayConfig | None = None) -> dict:
     # No runtime_env here: a local Ray's workers inherit this process's environment, and a submitted job's
     # driver already carries the job's runtime_env (passing one again conflicts with it).
     if address and not address.startswith("http"):
+        head = _head_endpoint(address)
+        if head is not None and not _reachable(head):
+            # ray.init would wait minutes for a head that is not there; fail now, as a retryable connection error.
+            raise ConnectionError(f"the Ray head at {address} (ray.address / RAY_ADDRESS) does not accept "
+                                  "connections: is the cluster up?")
         ray.init(address=address, log_to_driver=True)
         mode = "cluster"
     else:
@@ -113,6 +118,14 @@ def connect(cfg: RayConfig | None = None) -> dict:
     info = {"mode": mode, "address": ray.get_runtime_context().gcs_address}
     log.info("connected to Ray (%s) at %s", mode, info["address"])
     return info
+
+
+def _head_endpoint(address: str) -> str | None:
+    """``host:port`` of a Ray address to probe before connecting (``ray://`` included), or None where there is
+    nothing to probe (``auto``, a bare host)."""
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    return rest if host and port.isdigit() else None
 
 
 def _reachable(gcs_address: str, timeout: float = 5.0) -> bool:

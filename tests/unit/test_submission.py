@@ -102,19 +102,25 @@ def test_a_secret_on_the_forward_list_and_a_bad_timeout_are_refused_naming_the_k
         load_config("toy", ["ray.job_timeout_s.adapt=0"])
 
 
+def _listener():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 @pytest.mark.parametrize("head_alive", [True, False], ids=["head-alive", "head-gone"])
 def test_connect_reuses_a_live_ray_connection_and_drops_a_dead_one(monkeypatch, head_alive):
     """A retried stage must not reuse the connection to a head that died (the real heads: the `Ray head gone` row of
     bench/fault_matrix.py)."""
-    import socket
     import types
 
     from pipelines.data_config import RayConfig
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    listener, address = _listener()
+    new_head, new_address = _listener()  # the configured head, up again
     if not head_alive:
         listener.close()  # nothing listens there any more
     calls = []
@@ -123,10 +129,27 @@ def test_connect_reuses_a_live_ray_connection_and_drops_a_dead_one(monkeypatch, 
     monkeypatch.setattr(runtime.ray, "shutdown", lambda: calls.append("shutdown"))
     monkeypatch.setattr(runtime.ray, "init", lambda **kw: calls.append(("init", kw.get("address"))))
     try:
-        info = runtime.connect(RayConfig(address="10.0.0.9:6379"))
+        info = runtime.connect(RayConfig(address=new_address))
     finally:
         listener.close()
+        new_head.close()
     if head_alive:
         assert info == {"mode": "existing", "address": address} and calls == []
     else:
-        assert calls == ["shutdown", ("init", "10.0.0.9:6379")] and info["mode"] == "cluster"
+        assert calls == ["shutdown", ("init", new_address)] and info["mode"] == "cluster"
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_connect_to_a_head_that_is_not_listening_fails_at_once_as_a_retryable_error(monkeypatch, scheme):
+    """``ray.init`` waits minutes for a head that is down; connect probes the address first and raises a
+    connection error naming it, which the flows retry as infrastructure."""
+    from flows.retry import is_infrastructure_error
+    from pipelines.data_config import RayConfig
+
+    listener, address = _listener()
+    listener.close()
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.ray, "init", lambda **kw: pytest.fail("ray.init called for a head that is down"))
+    with pytest.raises(ConnectionError, match=f"the Ray head at {scheme}{address} .*does not accept") as err:
+        runtime.connect(RayConfig(address=scheme + address))
+    assert is_infrastructure_error(err.value)
