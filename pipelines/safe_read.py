@@ -15,15 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from filters.decode import DecodeConfig
+
+_DECODE = DecodeConfig()
+
 
 @dataclass(frozen=True)
 class ReadLimits:
     """Byte limits of what readers read besides the media (whose limit each job passes as ``max_bytes``).
-    Defaults match :class:`filters.decode.DecodeConfig`; jobs pass theirs (:meth:`of`)."""
+    Defaults are :class:`filters.decode.DecodeConfig`'s; jobs pass their profile's (:meth:`of`)."""
 
-    caption_bytes: int = 65_536
-    metadata_bytes: int = 1_048_576
-    row_group_bytes: int = 2_147_483_648
+    caption_bytes: int = _DECODE.max_caption_bytes
+    metadata_bytes: int = _DECODE.max_metadata_bytes
+    row_group_bytes: int = _DECODE.max_row_group_bytes
 
     @classmethod
     def of(cls, decode) -> ReadLimits:
