@@ -33,7 +33,14 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-install: $(STAMP)
+# DeepSpeed's CPU communication op, compiled once into this venv (pipelines/ds_ops.py) instead of in the first
+# training worker of every run.
+DS_OPS := $(VENV)/torch_extensions/.built
+$(DS_OPS): $(STAMP)
+	$(PY) -m pipelines.ds_ops 2> >(grep -v "Setting accelerator to CPU" >&2)
+	@touch $@
+
+install: $(STAMP) $(DS_OPS)
 
 $(LAVIS_STAMP):
 	@test -x $(LAVIS_PY) || $(PYTHON) -m venv $(LAVIS_VENV)

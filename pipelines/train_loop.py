@@ -191,6 +191,9 @@ def _worker(config: dict) -> None:
 
 def _engine(task, cfg: TrainConfig):
     """``deepspeed.initialize`` on the Task's student and trainable parameters, with :func:`deepspeed_config`."""
+    from pipelines.ds_ops import use_prebuilt
+
+    use_prebuilt()  # the environment's ops, built by `make install`, not a JIT build in this worker
     import deepspeed
     import torch
 

@@ -42,6 +42,11 @@ def test_deepspeed_json_comes_from_the_config():
 
 
 def test_two_workers_train_checkpoint_and_resume_without_inflating_steps(regression_data, tmp_path):
+    from pipelines.ds_ops import extensions_dir
+
+    op = extensions_dir() / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    assert op.is_file(), "make install builds DeepSpeed's op into the venv (python -m pipelines.ds_ops)"
+    built = op.stat().st_mtime_ns
     cfg = TrainConfig(name="probe", storage_path=str(tmp_path / "runs"), num_workers=2, steps=6, micro_batch_size=4,
                       lr=0.2, checkpoint_every=3, log_every=2, cpus_per_worker=0.5)  # fmt: skip
     first = train(make_probe, regression_data, cfg, export_dir=tmp_path / "export1")
@@ -66,6 +71,7 @@ def test_two_workers_train_checkpoint_and_resume_without_inflating_steps(regress
     assert mse(later) < mse(exported)  # the 3 resumed steps trained on: the fit to the whole data improved
     ema = load_file(str(tmp_path / "export2" / "probe_ema.safetensors"))
     assert not np.allclose(ema["weight"].numpy(), exported["weight"].numpy())
+    assert op.stat().st_mtime_ns == built  # both runs' workers loaded the prebuilt op, none compiled it again
 
 
 def test_every_rank_holds_the_same_online_and_target_weights_at_the_start_and_after_a_step(regression_data, tmp_path):
