@@ -167,10 +167,12 @@ def link_ray_job(job_id: str, address: str, attached: bool) -> None:
     from prefect.artifacts import create_link_artifact
     from prefect.context import FlowRunContext
 
+    from pipelines.runtime import job_link
+
     if FlowRunContext.get() is None:
         return
     what = "re-attached to" if attached else "submitted"
-    create_link_artifact(link=f"{address.rstrip('/')}/#/jobs/{job_id}", link_text=f"Ray job {job_id}",
+    create_link_artifact(link=job_link(address, job_id), link_text=f"Ray job {job_id}",
                          key=f"ray-job-{job_id}".lower()[:100].replace("_", "-"),
                          description=f"The Ray job this run {what}.")  # fmt: skip
 

@@ -233,7 +233,8 @@ def submit(
     start = time.monotonic()
     job_id, attached = _attach_or_submit(client, submission_id(job, args, cfg), entrypoint, cfg,
                                          fresh="--overwrite" in args)  # fmt: skip
-    log.info("%s Ray job %s at %s: %s", "re-attached to" if attached else "submitted", job_id, address, entrypoint)
+    log.info("%s Ray job %s: %s\n  dashboard: %s\n  the job's log follows (Ctrl-C stops the job)",
+             "re-attached to" if attached else "submitted", job_id, entrypoint, job_link(address, job_id))
     if on_submitted is not None:
         on_submitted(job_id, address, attached)
     tail = _LogTail(client, job_id)
@@ -254,6 +255,11 @@ def submit(
 
 
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def job_link(address: str, job_id: str) -> str:
+    """The Ray dashboard's page of a job (the Jobs API address is the dashboard's)."""
+    return f"{address.rstrip('/')}/#/jobs/{job_id}"
 
 
 def jobs_client(address: str):
