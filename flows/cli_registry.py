@@ -1,5 +1,6 @@
-"""The ``alcm registry``, ``alcm lineage`` and ``alcm audit`` commands: queries of the registry, printed by
-:mod:`registry.render`."""
+"""The ``alcm registry``, ``alcm lineage`` and ``alcm audit`` commands: queries of the registry, each turned into
+its command's view (:mod:`registry.views`) and printed as text (:mod:`registry.render`) or, with ``--json``, as one
+JSON document on stdout (errors and warnings go to stderr)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from flows.cli_common import PROFILE, SET, config, fail
 
 registry_app = typer.Typer(no_args_is_help=True, help="Registered datasets and checkpoints (MLflow-backed).")
 audit_app = typer.Typer(no_args_is_help=True, help="Audit queries: why rows were dropped, where a sample went.")
+JSON = typer.Option(False, "--json", help="Print one JSON document instead of text (its schema: README).")
 
 
 def _registry():
@@ -29,12 +31,20 @@ def _registry_call(fn, *args, **kwargs):
         fail(str(exc))
 
 
+def _print(command: str, view: dict, as_json: bool, text) -> None:
+    """The command's view as its JSON document (:func:`registry.views.document`), or as the lines ``text`` draws."""
+    from registry.views import document, dumps
+
+    typer.echo(dumps(document(command, view)) if as_json else "\n".join(text(view)))
+
+
 @registry_app.command("list")
-def registry_list(kind: str = typer.Option(None, "--kind", help="dataset or checkpoint")) -> None:
+def registry_list(kind: str = typer.Option(None, "--kind", help="dataset or checkpoint"), as_json: bool = JSON) -> None:
     """Every registered version, one line each: NAME@VERSION, kind, aliases, headline metrics."""
     from registry.render import entry_list
+    from registry.views import list_view
 
-    typer.echo("\n".join(entry_list(_registry_call(_registry().list, kind))))
+    _print("registry.list", list_view(_registry_call(_registry().list, kind), kind), as_json, entry_list)
 
 
 @registry_app.command("show")
@@ -43,14 +53,16 @@ def registry_show(
     metrics: list[str] = typer.Option(
         [], "--metric", "-m", help="Eval tables to print (default: FVD/FID, CLIPSIM, latency); repeatable"
     ),  # fmt: skip
+    as_json: bool = JSON,
 ) -> None:
     """One version: where it is, what it was made from, its aliases, headline and last gate decision, and the
     tables of its eval report."""
     from registry.render import entry_details
+    from registry.views import show_view
 
     registry = _registry()
     e = _registry_call(registry.get, ref)
-    typer.echo("\n".join(entry_details(e, registry.eval_report(e), list(metrics))))
+    _print("registry.show", show_view(e, registry.eval_report(e), list(metrics)), as_json, entry_details)
 
 
 @registry_app.command("register")
@@ -82,22 +94,25 @@ def registry_promote(ref: str = typer.Argument(..., help="NAME@VERSION or NAME@c
 
 
 @registry_app.command("diff")
-def registry_diff(a: str = typer.Argument(...), b: str = typer.Argument(...)) -> None:
+def registry_diff(a: str = typer.Argument(...), b: str = typer.Argument(...), as_json: bool = JSON) -> None:
     """What changed from A to B: config keys, inputs, training and eval metrics, code version."""
     from registry.render import diff_lines
+    from registry.views import diff_view
 
-    typer.echo("\n".join(diff_lines(_registry_call(_registry().diff, a, b))))
+    _print("registry.diff", diff_view(_registry_call(_registry().diff, a, b)), as_json, diff_lines)
 
 
 def lineage(
     ref: str = typer.Argument(..., help="NAME@VERSION or NAME@ALIAS (candidate, production)"),
     show_config: bool = typer.Option(False, "--config", help="Print every config key of every node."),
+    as_json: bool = JSON,
 ) -> None:
     """The tree checkpoint → parent checkpoints → dataset versions → raw inputs, with digests, configs and code
     versions."""
     from registry.render import lineage_lines
+    from registry.views import lineage_view
 
-    typer.echo("\n".join(lineage_lines(_registry_call(_registry().lineage, ref), show_config)))
+    _print("lineage", lineage_view(_registry_call(_registry().lineage, ref), show_config), as_json, lineage_lines)
 
 
 @audit_app.command("dataset")
@@ -106,38 +121,49 @@ def audit_dataset(
     reason: str = typer.Option(None, "--reason", help="Show rows with this reason (or kept)."),
     show: int = typer.Option(5, "--show", help="How many example rows."),
     thumbnails: Path = typer.Option(None, "--thumbnails", help="Write the example rows' images here."),
+    as_json: bool = JSON,
 ) -> None:
     """Counts per decision and reason of a dataset version, and example rows (keys, captions, scores)."""
     from registry.audit import dataset_audit
-    from registry.render import audit_lines
+    from registry.render import audit_lines, plain
+    from registry.views import audit_view, document, dumps
 
     a = _registry_call(dataset_audit, _registry(), ref, reason=reason, show=show)
-    typer.echo("\n".join(audit_lines(a, reason, show)))
+    if not as_json:  # the counts before the thumbnails, which take a while
+        typer.echo("\n".join(audit_lines(a, reason, show)))
+    written = None
     if thumbnails is not None:
         from pipelines.audit_samples import write_thumbnails
 
         if not a["input_root"]:
             fail(f"{a['ref']}: the manifest names no input_root to read images from")
-        for key, where in write_thumbnails(a["input_root"], a["examples"], thumbnails).items():
-            typer.echo(f"  thumbnail {key}: {where}")
+        written = write_thumbnails(a["input_root"], a["examples"], thumbnails)
+        for key, where in written.items() if not as_json else ():
+            typer.echo(f"  thumbnail {plain(key)}: {plain(where)}")
+    if as_json:  # one document: counts, examples and thumbnails together
+        typer.echo(dumps(document("audit.dataset", audit_view(a, written))))
 
 
 @audit_app.command("consumers")
-def audit_consumers(ref: str = typer.Argument(..., help="DATASET@VERSION (or a checkpoint)")) -> None:
+def audit_consumers(ref: str = typer.Argument(..., help="DATASET@VERSION (or a checkpoint)"),
+                    as_json: bool = JSON) -> None:  # fmt: skip
     """Every checkpoint trained, transitively, on a dataset version."""
-    from registry.render import headline
+    from registry.render import consumers_lines
+    from registry.views import consumers_view
 
-    entries = _registry_call(_registry().consumers, ref)
-    typer.echo(f"{len(entries)} checkpoint(s) made from {ref}:")
-    for e in entries:
-        typer.echo(f"  {e.ref}  {e.tags.get('alcm.stage', '')}  {headline(e)}")
+    registry = _registry()
+    entry = _registry_call(registry.get, ref)
+    view = consumers_view(entry, _registry_call(registry.consumers, entry.ref))
+    _print("audit.consumers", view, as_json, consumers_lines)
 
 
 @audit_app.command("sample")
-def audit_sample(key: str = typer.Argument(..., help="A raw sample key, e.g. img-1234-000042")) -> None:
+def audit_sample(key: str = typer.Argument(..., help="A raw sample key, e.g. img-1234-000042"),
+                 as_json: bool = JSON) -> None:  # fmt: skip
     """Where one raw sample went: its decision in every registered dataset version, and every checkpoint trained
     (transitively) on a version that kept it — the takedown question."""
     from registry.audit import sample_trace
     from registry.render import trace_lines
+    from registry.views import trace_view
 
-    typer.echo("\n".join(trace_lines(_registry_call(sample_trace, _registry(), key))))
+    _print("audit.sample", trace_view(_registry_call(sample_trace, _registry(), key)), as_json, trace_lines)
