@@ -108,7 +108,7 @@ def run_io_job(stage: str, cfg, params: IOJobParams) -> dict:
     from pipelines import runtime
 
     extra = params.extra_inputs()
-    with accelerator_slot(stage):
+    with accelerator_slot(stage), progress_artifact(stage):
         if submits(params.submit, cfg):
             args = ["--input", params.input_dir, "--output", params.output_dir]
             for name, path in extra.items():
@@ -175,6 +175,53 @@ def link_ray_job(job_id: str, address: str, attached: bool) -> None:
     create_link_artifact(link=job_link(address, job_id), link_text=f"Ray job {job_id}",
                          key=f"ray-job-{job_id}".lower()[:100].replace("_", "-"),
                          description=f"The Ray job this run {what}.")  # fmt: skip
+
+
+@contextmanager
+def progress_artifact(stage: str, every_s: float = 2.0) -> Iterator[None]:
+    """In a flow run: the progress of the stage's job (:mod:`pipelines.progress` events, from this process or parsed
+    from a submitted job's log) as a Prefect progress artifact per piece of work (``progress-<stage>-<what>``),
+    updated at most every ``every_s`` seconds and at 100%. Outside a flow run: nothing. Best effort: a failed
+    update never fails the job."""
+    import contextvars
+    import re
+    import threading
+    import time
+
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.context import FlowRunContext
+
+    from pipelines import progress
+
+    if FlowRunContext.get() is None:
+        yield
+        return
+    captured = contextvars.copy_context()  # events arrive on other threads: write in the run's context
+    shown: dict[str, tuple[object, float, float]] = {}  # what → (artifact id, percent shown, when)
+
+    def write(event) -> None:
+        pct = round(event.percent, 1)
+        ident, last, at = shown.get(event.what, (None, -1.0, 0.0))
+        if pct == last or (ident is not None and pct < 100 and time.monotonic() - at < every_s):
+            return
+        eta = f", about {event.eta_s:.0f} s left" if event.eta_s is not None else ""
+        text = f"{stage}: {event.what}, {event.n}/{event.total} {event.unit}{eta}"
+        if ident is None:
+            key = re.sub(r"[^a-z0-9-]+", "-", f"progress-{stage}-{event.what}".lower()).strip("-")[:100]
+            ident = create_progress_artifact(pct, key=key, description=text)
+        else:
+            update_progress_artifact(ident, pct, description=text)
+        shown[event.what] = (ident, pct, time.monotonic())
+
+    lock = threading.Lock()
+
+    def listener(event) -> None:
+        if event.percent is not None:
+            with lock:
+                captured.copy().run(write, event)
+
+    with progress.listen(listener):
+        yield
 
 
 def open_registry():

@@ -63,14 +63,16 @@ import ray
 
 from contracts import storage
 from contracts.digests import tree_digest
-from contracts.evalset import PROMPTS, REFERENCE, REFERENCE_B, TEACHER_OFFSET, has_set_b, item_seed, read_reference
+from contracts.evalset import REFERENCE, REFERENCE_B, TEACHER_OFFSET, has_set_b, item_seed, read_reference
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.mirror import local_copy
 from contracts.publish import staged_output
 from contracts.report import tables
 from pipelines import runtime
-from pipelines.config import PROJECT_ROOT, to_dict
+from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
+from pipelines.eval_prompts import PromptSet, load_prompts
+from pipelines.progress import RemoteProgress
 from pipelines.runtime import JobResult
 from pipelines.stages import EVALUATED, EvaluateSettings, canonical
 
@@ -109,64 +111,6 @@ def read_checkpoint(location: str | Path) -> tuple[dict, str]:
     return manifest, kind
 
 
-@dataclass(frozen=True)
-class PromptSet:
-    """The prompts of an evaluation (:mod:`contracts.evalset`) and, when the set has them, its reference renders."""
-
-    prompts: list[dict]
-    reference: Path | None = None
-    """The set's directory when it holds reference renders."""
-    settings: dict | None = None
-    """What the renders were made for (``seed``, ``videos_per_prompt``, ``frames``, ``size``)."""
-
-
-def load_prompts(cfg: EvaluateSettings, kind: str) -> PromptSet:
-    """``evaluate.prompts``: a YAML list of prompts, or a prompt-set directory (for ``kind``: its ``<kind>/``
-    subdirectory when it has one) with reference renders made for this evaluation's seed and seeds per prompt."""
-    import yaml
-
-    e = cfg.evaluate
-    path = Path(e.prompts) if Path(e.prompts).is_absolute() else PROJECT_ROOT / e.prompts
-    reference = settings = None
-    if path.is_dir():
-        path = path / kind if (path / kind / PROMPTS).is_file() else path
-        if not (path / PROMPTS).is_file():
-            raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} holds no {PROMPTS} (nor {kind}/{PROMPTS})")
-        if (path / "manifest.json").is_file():
-            manifest = read_manifest(path)
-            verify_files(path, manifest)
-            reference, settings = path, manifest["config"]
-        path = path / PROMPTS
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluate.prompts={e.prompts}: {path} does not exist (a YAML list of prompts or a "
-                                "prompt-set directory)")  # fmt: skip
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"evaluate.prompts={path}: expected a non-empty YAML list of prompts")
-    prompts = []
-    for i, item in enumerate(data):
-        caption = item.get("caption") if isinstance(item, dict) else item
-        if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"evaluate.prompts={path}: item {i} has no caption ({item!r})")
-        prompts.append({"caption": caption.strip()})
-    if e.num_prompts > len(prompts) and reference is not None:
-        raise ValueError(f"evaluate.num_prompts={e.num_prompts}: the prompt set {reference} has {len(prompts)}")
-    prompts = prompts[: e.num_prompts] if e.num_prompts else prompts
-    if len(prompts) * e.videos_per_prompt < 2:
-        raise ValueError(f"evaluate.prompts={path}: {len(prompts)} prompts × {e.videos_per_prompt} seeds; a Fréchet "
-                         "distance needs at least 2 samples")  # fmt: skip
-    if settings is not None:
-        for key in ("seed", "videos_per_prompt"):
-            if settings[key] != getattr(e, key):
-                raise ValueError(f"evaluate.{key}={getattr(e, key)}: the prompt set {reference}'s renders were made "
-                                 f"for {key} {settings[key]}; use that, or make a set for it (alcm toy "
-                                 "eval-set)")  # fmt: skip
-    if e.fvd_reference == "real" and reference is None:
-        raise ValueError(f"evaluate.fvd_reference=real needs reference renders: evaluate.prompts={e.prompts} is a "
-                         "prompt list; give a prompt-set directory, or use fvd_reference: teacher")  # fmt: skip
-    return PromptSet(prompts, reference, settings)
-
-
 def plan(cfg: EvaluateSettings, prompts: list[dict]) -> list[dict]:
     """One item per (prompt, seed): its index, prompt index, caption and noise seed."""
     e = cfg.evaluate
@@ -181,6 +125,12 @@ def methods_of(cfg: EvaluateSettings, kind: str) -> dict[str, tuple[int, ...]]:
     """Method → step counts, the checkpoint first."""
     e = cfg.evaluate
     return {STUDENT[kind]: e.student_steps, **{m: e.teacher_steps for m in e.teacher_methods}}
+
+
+def run_order(cfg: EvaluateSettings, kind: str) -> list[tuple[str, int]]:
+    """(method, steps) as an actor generates them: the reference first (every other latent is compared with it)."""
+    ref = ("ddim", cfg.evaluate.reference_steps)
+    return [ref, *((m, s) for m, steps in methods_of(cfg, kind).items() for s in steps if (m, s) != ref)]
 
 
 def guidance_of(cfg: EvaluateSettings) -> float:
@@ -249,19 +199,17 @@ class Evaluator:
         emb = np.stack([self.clip.image_embeddings(list(v)) for v in videos])
         return clip_video_features(emb)
 
-    def run(self, items: list[dict], grid: list[int]) -> dict:
+    def run(self, items: list[dict], grid: list[int], shown=None) -> dict:
         """Every method × steps on ``items``; per item: features, clipsim, temporal, latent distance to the
-        reference, latency; per method × steps: peak memory; the frames of the ``grid`` items."""
+        reference, latency; per method × steps: peak memory; the frames of the ``grid`` items. ``shown``: a
+        :class:`pipelines.progress.Reporter` told the generations done."""
         from models.evaluation import Timer, clipsim, generate, temporal_consistency
 
         e = self.cfg.evaluate
         text = self.clip.text_embeddings([it["caption"] for it in items])
-        order = [("ddim", e.reference_steps)]  # the reference first: every other latent is compared with it
-        order += [(m, s) for m, steps in methods_of(self.cfg, self.kind).items() for s in steps
-                  if (m, s) != ("ddim", e.reference_steps)]  # fmt: skip
         reference: dict[int, np.ndarray] = {}
         out: dict = {"per_item": {}, "peak_mem_mb": {}, "grid": {}}
-        for method, steps in order:
+        for done, (method, steps) in enumerate(run_order(self.cfg, self.kind)):
             guidance = 1.0 if method == STUDENT[self.kind] else self.guidance
             rows, peak = {}, 0.0
             for it, t in zip(items, text, strict=True):
@@ -281,6 +229,8 @@ class Evaluator:
                 }
                 if it["index"] in grid:
                     out["grid"][(method, steps, it["index"])] = frames
+                if shown is not None:
+                    shown.at(done * len(items) + len(rows))
             out["per_item"][(method, steps)] = rows
             out["peak_mem_mb"][(method, steps)] = peak
         # the teacher's reference once more from disjoint seeds: the set the *_teacher figures compare with
@@ -505,14 +455,16 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
         shards = [items[w::workers] for w in range(workers)]
         log.info("evaluating %s (%s) on %d items × %s with %d actors", storage.basename(input_dir), kind, len(items),
                  {m: list(s) for m, s in methods_of(cfg, kind).items()}, workers)  # fmt: skip
-        pending = {a.run.remote(shard, grid): w for w, (a, shard) in enumerate(zip(actors, shards, strict=True))}
         results_by_worker: dict[int, dict] = {}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            w = pending.pop(done[0])
-            results_by_worker[w] = ray.get(done[0])
-            log.info("eval: worker %d finished its %d items (%d/%d workers, %.0f s)", w, len(shards[w]),
-                     len(results_by_worker), workers, time.monotonic() - t)  # fmt: skip
+        with RemoteProgress("evaluate", len(items) * len(run_order(cfg, kind)), "generations") as shown:
+            pending = {a.run.remote(shard, grid, shown.reporter(str(w))): w
+                       for w, (a, shard) in enumerate(zip(actors, shards, strict=True))}  # fmt: skip
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                w = pending.pop(done[0])
+                results_by_worker[w] = ray.get(done[0])
+                log.info("eval: worker %d finished its %d items (%d/%d workers, %.0f s)", w, len(shards[w]),
+                         len(results_by_worker), workers, time.monotonic() - t)  # fmt: skip
         per_worker = [results_by_worker[w] for w in range(workers)]
         real = floor = None
         if e.fvd_reference == "real":

@@ -408,9 +408,14 @@ class _LogTail:
             self.logger.warning("Ray job %s: log stream ended early (%s)", self.job_id, exc)
 
     def _emit(self, line: str) -> None:
+        from pipelines import progress
+
         self.lines.append(line)
         if line.strip():
             self.logger.info("[%s] %s", self.job_id, line)
+            event = progress.parse(line)
+            if event is not None:  # the job's progress lines reach this process's listeners (a flow's artifact)
+                progress.emit(event)
 
     def finish(self, timeout_s: float = 30.0) -> None:
         """Wait for the stream to end (it ends once the job has)."""

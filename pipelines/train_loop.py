@@ -60,6 +60,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.checkpointer import EXPORT_DIR, Checkpointer
+from pipelines.progress import RemoteProgress
 from pipelines.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ def _worker(config: dict) -> None:
         if rank == 0:
             log.info("the run already reached step %d; nothing to train", start)
         return
+    shown = config.get("progress") if rank == 0 else None  # the driver's bar (pipelines.progress)
+    if shown is not None:
+        shown.resumed_at(start)
     replicas = {"replica_spread_start": replica_spread(task)}
     batches = _MicroBatches(ray.train.get_dataset_shard("train"), cfg, rank, world, skip=step * cfg.grad_accum)
     progress = _Progress(cfg, rank)
@@ -182,6 +186,8 @@ def _worker(config: dict) -> None:
         last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": batches.reads, **replicas,
                 **{name: float(value) for name, value in metrics.items()}}  # fmt: skip
         progress.log(step, last["loss"], engine)
+        if shown is not None:
+            shown.at(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpointer.save(step, {**last, "optimizer_state_bytes": optimizer_state_bytes(engine),
                                      "loss_history": list(progress.history)}, final=step == cfg.steps)  # fmt: skip
@@ -360,24 +366,25 @@ def train(
     # That is what makes the skip-on-resume land on the micro-batches an uninterrupted run would train next.
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    trainer = TorchTrainer(
-        train_loop_per_worker=_worker,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
-        train_loop_config={"train": cfg, "make_task": make_task},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.resources},
-        ),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-        datasets={"train": dataset},
-    )
-    result = trainer.fit()
+    with RemoteProgress(f"train {cfg.name}", cfg.steps, "steps") as shown:  # rank 0 reports its steps
+        trainer = TorchTrainer(
+            train_loop_per_worker=_worker,
+            dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
+            train_loop_config={"train": cfg, "make_task": make_task, "progress": shown.reporter("rank0")},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.resources},
+            ),
+            run_config=RunConfig(
+                name=cfg.name,
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            ),
+            datasets={"train": dataset},
+        )
+        result = trainer.fit()
     ckpt = result.checkpoint
     if export_dir is not None:
         if ckpt is None:
