@@ -35,6 +35,10 @@ REJECT_REASONS: dict[str, str] = {
     "watermark": "watermark probability above curate_images.filters.watermark_max",
     "low_aesthetic": "aesthetic score below curate_images.filters.aesthetic_min",
     "low_clip_score": "CLIP image-text score below curate_images.filters.clip_min (caption does not match the image)",
+    "below_clip_percentile": "CLIP image-text score below the threshold that keeps the top "
+    "curate_images.filters.clip_top_percent % of the scored rows (threshold in the manifest's percentiles)",
+    "below_aesthetic_percentile": "aesthetic score below the threshold that keeps the top "
+    "curate_images.filters.aesthetic_top_percent % of the scored rows (threshold in the manifest's percentiles)",
     "duplicate": "exact (sha256) or near (perceptual hash) duplicate of the kept row named in duplicate_of",
     # Video curation (curate_videos.filters.*).
     "too_short": "fewer frames than the clip needs (curate_videos.filters.min_frames, after scene-cut splitting)",
