@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contracts.reasons import REJECT_REASONS
+from contracts.reasons import REJECT_REASONS, percentile_lines
 from filters.percentile import PERCENTILE_FILTERS, apply_percentiles, keep_count, top_percent_threshold
 from filters.rules import FilterConfig
 from pipelines.config import ConfigError, load_config
@@ -153,3 +153,23 @@ def test_the_global_step_without_percentiles_gathers_no_scores_and_records_no_cu
     meta = _meta([("s#0", "a", "kept", "h1", "0000000000000001", 64, 64, 90.0)]).drop(columns=["clip_score"])
     decided = global_decisions(meta, cfg)
     assert decided.updates == {} and decided.percentiles == {}
+
+
+def test_the_recorded_cut_reads_as_one_line_in_the_cli_the_flow_summary_and_the_audit():
+    from pipelines.curate_images import percentile_record
+    from registry.render import audit_lines
+
+    _, cuts = apply_percentiles({"clip_score": np.array([1.0, 2.0, 3.0, 4.0])}, FilterConfig(clip_top_percent=50),
+                                rows=4)  # fmt: skip
+    record = percentile_record(cuts)
+    assert record["clip_percentile"]["config_key"] == "curate_images.filters.clip_top_percent"
+    (line,) = percentile_lines(record)
+    assert line == ("curate_images.filters.clip_top_percent=50: kept clip_score ≥ 3 (2 of 4 scored rows; 2 "
+                    "below_clip_percentile)")  # fmt: skip
+    _, empty = apply_percentiles({"clip_score": np.array([])}, FilterConfig(clip_top_percent=50), rows=0)
+    assert percentile_lines(percentile_record(empty)) == [
+        "curate_images.filters.clip_top_percent=50: no scored row to rank, nothing rejected"]
+    assert percentile_lines({}) == percentile_lines(None) == []
+    audit = {"ref": "d@1", "rows": 4, "location": "x", "consistent": True, "by_decision": {"kept": 2, "rejected": 2},
+             "by_reason": {"below_clip_percentile": 2}, "percentiles": record}  # fmt: skip
+    assert f"  top percent: {line}" in audit_lines(audit, None, 0)
