@@ -76,6 +76,7 @@ class PercentileCut:
     """Population rows rejected with :attr:`reason`."""
 
     def to_dict(self) -> dict:
+        """The cut as plain JSON (the manifest's ``percentiles`` entry, less its config key)."""
         return {
             "score": self.score,
             "reason": self.reason,
