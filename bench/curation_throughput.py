@@ -43,8 +43,8 @@ def single_process(cfg, input_dir: Path, out: Path) -> int:
         for chunk in job.read_decode(items.slice(i, 1), root=str(input_dir), cfg=cfg.decode, chunk=cur.batch_size)
     ]
     table = pa.concat_tables(tables)
-    meta = table.select(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
-    table = job.apply_global(table, updates=job.global_decisions(meta, cfg))
+    meta = table.select(job.meta_columns(cfg)).to_pandas()
+    table = job.apply_global(table, updates=job.global_decisions(meta, cfg).updates)
     table = table.drop_columns(["decodable", "quarantine"])
     out.mkdir(parents=True)
     kept = table.filter(pa.compute.equal(table.column("decision"), "kept"))

@@ -12,6 +12,9 @@ Decisions:
 
 Accounting: every input row appears in the audit exactly once, with one decision, and kept rows are exactly the
 rows written (:func:`check_accounting`).
+
+The top-percent reasons (``below_clip_percentile``, ``below_aesthetic_percentile``) depend on the whole input: the
+threshold a row was compared with is in its dataset manifest's ``percentiles`` (:func:`percentile_lines`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ REJECT_REASONS: dict[str, str] = {
     "watermark": "watermark probability above curate_images.filters.watermark_max",
     "low_aesthetic": "aesthetic score below curate_images.filters.aesthetic_min",
     "low_clip_score": "CLIP image-text score below curate_images.filters.clip_min (caption does not match the image)",
+    "below_clip_percentile": "CLIP image-text score below the threshold that keeps the top "
+    "curate_images.filters.clip_top_percent % of the scored rows (threshold in the manifest's percentiles)",
+    "below_aesthetic_percentile": "aesthetic score below the threshold that keeps the top "
+    "curate_images.filters.aesthetic_top_percent % of the scored rows (threshold in the manifest's percentiles)",
     "duplicate": "exact (sha256) or near (perceptual hash) duplicate of the kept row named in duplicate_of",
     # Video curation (curate_videos.filters.*).
     "too_short": "fewer frames than the clip needs (curate_videos.filters.min_frames, after scene-cut splitting)",
@@ -70,3 +77,17 @@ def check_accounting(ids: Sequence[str], decisions: Sequence[str], kept_keys: Se
     if counts[KEPT] != len(kept_keys) or len(set(kept_keys)) != len(kept_keys):
         raise RuntimeError(f"row accounting broken: {counts[KEPT]} kept in audit, {len(kept_keys)} written")
     return counts
+
+
+def percentile_lines(percentiles: dict[str, dict] | None) -> list[str]:
+    """One line per top-percent filter of a curation manifest's ``percentiles``: the percent asked, the population
+    ranked and the threshold it gave (``filters.percentile``); none when no percentile filter was set."""
+    lines = []
+    for cut in (percentiles or {}).values():
+        asked = f"{cut['config_key']}={cut['percent']:g}"
+        if cut["threshold"] is None:
+            lines.append(f"{asked}: no scored row to rank, nothing rejected")
+            continue
+        lines.append(f"{asked}: kept {cut['score']} ≥ {cut['threshold']:.6g} ({cut['at_or_above']} of "
+                     f"{cut['population']} scored rows; {cut['below']} {cut['reason']})")  # fmt: skip
+    return lines

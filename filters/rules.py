@@ -3,7 +3,8 @@
 A batch is a ``dict[str, np.ndarray]`` (Ray Data's numpy batch format). Each filter is a :class:`Filter`: a name,
 a version (bumped whenever its behaviour changes, and recorded in the manifest), the columns it reads, the reason it
 emits, and a function ``fn(batch, cfg) -> np.ndarray[bool]`` that marks the rows to reject. Thresholds come from
-:class:`FilterConfig`; nothing is hard-coded in a filter.
+:class:`FilterConfig`; nothing is hard-coded in a filter. The top-percent filters (``clip_top_percent``,
+``aesthetic_top_percent``) need the whole input, not a batch: they are in :mod:`filters.percentile`.
 
 Filters run only over decodable rows (``decodable`` column true); model scores for other rows are NaN. A NaN score
 never rejects (it cannot be judged) — such rows are quarantined before scoring anyway.
@@ -40,6 +41,12 @@ class FilterConfig:
     """Lowest allowed aesthetic score, on the scorer's own scale (``low_aesthetic`` below it)."""
     clip_min: float = 20.0
     """Lowest allowed CLIP image-text score, cosine × 100 (``low_clip_score`` below it)."""
+    clip_top_percent: float | None = None
+    """Keep only the top this-many percent of the scored rows by CLIP score, in (0, 100] (``below_clip_percentile``
+    below the threshold, :mod:`filters.percentile`); null: off. Applies on top of ``clip_min``."""
+    aesthetic_top_percent: float | None = None
+    """Keep only the top this-many percent of the scored rows by aesthetic score, in (0, 100]
+    (``below_aesthetic_percentile``, :mod:`filters.percentile`); null: off. Applies on top of ``aesthetic_min``."""
 
     def __post_init__(self) -> None:
         if self.min_side < 1:
@@ -54,6 +61,17 @@ class FilterConfig:
             raise ValueError(f"watermark_max={self.watermark_max!r}: must be a probability in [0, 1]")
         if not -100.0 <= self.clip_min <= 100.0:
             raise ValueError(f"clip_min={self.clip_min!r}: must be in [-100, 100] (cosine × 100)")
+        for name in ("clip_top_percent", "aesthetic_top_percent"):
+            check_percent(name, getattr(self, name))
+
+
+def check_percent(name: str, percent: float | None) -> None:
+    """Raise ``ValueError`` naming ``name=value`` unless ``percent`` is None (off) or a percent in (0, 100]."""
+    if percent is None:
+        return
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0.0 < percent <= 100.0:
+        raise ValueError(f"{name}={percent!r}: must be a percent in (0, 100] of the scored rows to keep (e.g. 30 "
+                         "keeps the top 30%), or null for no percentile filter")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,10 @@ def curate_images(
     submit: bool | None = SUBMIT,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Curate image-text data for quality and watermarks (flow ``curate-images``)."""
+    """Curate image-text data for quality and watermarks (flow ``curate-images``). Thresholds come from the profile's
+    ``curate_images.filters``; ``--set curate_images.filters.clip_top_percent=30`` (or ``aesthetic_top_percent``)
+    also keeps only the top 30% of the scored rows by that score, DataComp-style."""
+    from contracts.reasons import percentile_lines
     from flows.curate import CurateImagesParams, curate_images_flow
 
     config(profile, overrides)
@@ -146,6 +149,8 @@ def curate_images(
     params = io_params(CurateImagesParams, input_dir, output_dir, profile, overrides, submit, overwrite)
     manifest = curate_images_flow(params)
     print_counts("curated", manifest["counts"])
+    for line in percentile_lines(manifest.get("percentiles")):
+        typer.echo(f"top percent: {line}")
     print_outputs(output_dir, "kept", "kept rows")
 
 

@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import Field
 
-from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS
+from contracts.reasons import ALL_REASONS, QUARANTINE_REASONS, percentile_lines
 from flows.common import IOJobParams, apply_env_defaults, run_io_job
 from flows.record import record_output, with_run_name
 from pipelines.config import Config, load_config
@@ -60,7 +60,8 @@ def curate_images_flow(params: CurateImagesParams) -> dict:
         markdown=(
             f"### Curated {counts['input']} rows\n\n| decision | rows |\n|---|---|\n"
             + "".join(f"| {d} | {n} |\n" for d, n in by.items())
-            + f"\nOutput: `{params.output_dir}` (kept/, audit/, manifest.json), version `{manifest['version']}`"
+            + "".join(f"\n- top percent: {line}" for line in percentile_lines(manifest.get("percentiles")))
+            + f"\n\nOutput: `{params.output_dir}` (kept/, audit/, manifest.json), version `{manifest['version']}`"
         ),
         description="Curation summary",
     )

@@ -10,10 +10,15 @@ Stages and where they run:
    (:class:`models.scorers.ImageTextScorer`), the models loaded once per actor; then the rule filters
    (:mod:`filters.rules`) list every failing reason per row. Every decodable row is scored, so the audit holds
    every score of every row, including rows that a cheap filter rejects anyway.
-3. **deduplicate** (driver, global): duplicate keys (the later row in reading order is quarantined as
-   ``duplicate_key``), then exact and near duplicates among all judged rows (:mod:`filters.dedup`): in each group
-   one representative (a kept row if there is one) stays, every other member gets ``duplicate`` added to its
-   reasons with the representative's key in ``duplicate_of`` — so a copy of a rejected row says so too.
+3. **global decisions** (driver, over a few columns of every row, gathered once): duplicate keys (the later row in
+   reading order is quarantined as ``duplicate_key``); then the top-percent filters, when
+   ``curate_images.filters.clip_top_percent`` / ``aesthetic_top_percent`` are set (:mod:`filters.percentile`: the
+   threshold is the k-th highest score, k = ceil(N · P / 100), over the N judged rows with a score, ties kept;
+   rows below it get ``below_clip_percentile`` / ``below_aesthetic_percentile``; the manifest's ``percentiles``
+   records percent, population and threshold); then exact and near duplicates among all judged rows
+   (:mod:`filters.dedup`): in each group one representative (a row that passed every filter, percentiles
+   included, if there is one) stays, every other member gets ``duplicate`` added to its reasons with the
+   representative's key in ``duplicate_of`` — so a copy of a rejected row says so too.
 4. **write**: ``kept/*.parquet`` (kept rows with image bytes and scores), ``audit/*.parquet`` (every input row,
    no image bytes), then ``manifest.json``; all into a staging directory renamed into place at the end, so a
    failed run leaves no partial dataset visible.
@@ -30,7 +35,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,6 +52,7 @@ from contracts.publish import staged_output
 from contracts.reasons import KEPT, QUARANTINED, REJECTED
 from filters.decode import DecodeConfig, decode_image, thumbnail_array
 from filters.dedup import find_duplicates
+from filters.percentile import PERCENTILE_FILTERS, PercentileCut, apply_percentiles, enabled, percentile_versions
 from filters.rules import FilterConfig, apply_filters, filter_versions
 from models.scorer_config import ScorersConfig
 from pipelines import runtime
@@ -212,8 +220,35 @@ def decide(table: pa.Table, *, cfg: FilterConfig) -> pa.Table:
     )
 
 
-def apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | None, str | None]]) -> pa.Table:
-    """Apply the driver's global decisions: id → (decision, reason, duplicate_of, error)."""
+class Update(NamedTuple):
+    """One row's global decision: its new decision, the reasons it adds, and for duplicates the kept row's key."""
+
+    decision: str
+    reasons: tuple[str, ...]
+    duplicate_of: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GlobalDecisions:
+    """What the driver's global step decided: per-row updates (by id) and each enabled percentile filter's cut."""
+
+    updates: dict[str, Update]
+    percentiles: dict[str, PercentileCut] = field(default_factory=dict)
+
+
+#: Columns of every row the global step gathers on the driver (plus the score of each enabled percentile filter).
+META_COLUMNS = ["id", "key", "decision", "sha256", "phash", "width", "height"]
+
+
+def meta_columns(cfg: CurateImagesSettings) -> list[str]:
+    """:data:`META_COLUMNS` and the score columns the enabled percentile filters rank."""
+    return META_COLUMNS + [f.score for f in enabled(cfg.curate_images.filters)]
+
+
+def apply_global(table: pa.Table, *, updates: dict[str, Update]) -> pa.Table:
+    """Apply the driver's global decisions (id → :class:`Update`): a quarantine replaces the row's reasons, a
+    rejection adds its reasons after the row's own."""
     if not updates:
         return table
     ids = table.column("id").to_pylist()
@@ -222,10 +257,12 @@ def apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | No
     dup = table.column("duplicate_of").to_pylist()
     error = table.column("error").to_pylist()
     for i, rid in enumerate(ids):
-        if rid in updates:
-            decision[i], reason, dup[i], err = updates[rid]
-            reasons[i] = [reason] if decision[i] == QUARANTINED else [*reasons[i], reason]
-            error[i] = err if err is not None else error[i]
+        u = updates.get(rid)
+        if u is None:
+            continue
+        decision[i], dup[i] = u.decision, u.duplicate_of
+        reasons[i] = list(u.reasons) if u.decision == QUARANTINED else [*reasons[i], *u.reasons]
+        error[i] = u.error if u.error is not None else error[i]
     for name, values, tp in (
         ("decision", decision, pa.string()),
         ("reasons", reasons, pa.list_(pa.string())),
@@ -236,18 +273,24 @@ def apply_global(table: pa.Table, *, updates: dict[str, tuple[str, str, str | No
     return table
 
 
-def global_decisions(meta: pd.DataFrame,
-                      cfg: CurateImagesSettings) -> dict[str, tuple[str, str, str | None, str | None]]:  # fmt: skip
-    """Duplicate keys, then exact/near duplicates among judged rows (see the module docstring)."""
-    updates: dict[str, tuple[str, str, str | None, str | None]] = {}
+def global_decisions(meta: pd.DataFrame, cfg: CurateImagesSettings) -> GlobalDecisions:
+    """Duplicate keys, then the top-percent filters, then exact/near duplicates among judged rows (see the module
+    docstring). ``meta`` holds :func:`meta_columns` of every row."""
+    updates: dict[str, Update] = {}
     judged = meta[meta["decision"] != QUARANTINED].sort_values("id")
     first_id: dict[str, str] = {}
     for rid, key in zip(judged["id"], judged["key"], strict=True):
         if key in first_id:
-            updates[rid] = (QUARANTINED, "duplicate_key", None, f"key {key!r} already read as {first_id[key]}")
+            updates[rid] = Update(QUARANTINED, ("duplicate_key",), None, f"key {key!r} already read as {first_id[key]}")
         else:
             first_id[key] = rid
     rows = judged[~judged["id"].isin(updates.keys())]
+    filters = cfg.curate_images.filters
+    scores = {f.score: rows[f.score].to_numpy(np.float64) for f in enabled(filters)}
+    below, cuts = apply_percentiles(scores, filters, rows=len(rows))
+    for rid, reasons in zip(rows["id"], below, strict=True):
+        if reasons:
+            updates[rid] = Update(REJECTED, tuple(reasons))
     dups = find_duplicates(
         ids=rows["id"].tolist(),
         keys=rows["key"].tolist(),
@@ -255,11 +298,16 @@ def global_decisions(meta: pd.DataFrame,
         phash=[int(h, 16) for h in rows["phash"]],
         pixels=(rows["width"].astype(np.int64) * rows["height"].astype(np.int64)).tolist(),
         cfg=cfg.curate_images.dedup,
-        preferred=(rows["decision"] == KEPT).tolist(),
+        # A group's representative is a row that passed every filter, the percentile filters included, if it can be.
+        preferred=[d == KEPT and not r for d, r in zip(rows["decision"], below, strict=True)],
     )
     for rid, kept_key in dups.items():
-        updates[rid] = (REJECTED, "duplicate", kept_key, None)
-    return updates
+        earlier = updates[rid].reasons if rid in updates else ()
+        updates[rid] = Update(REJECTED, (*earlier, "duplicate"), kept_key)
+    for name, cut in cuts.items():
+        log.info("%s: top %g%% of %d scored rows by %s: threshold %s; %d rows below it (%s)", name, cut.percent,
+                 cut.population, cut.score, cut.threshold, cut.below, cut.reason)  # fmt: skip
+    return GlobalDecisions(updates, cuts)
 
 
 # ------------------------------------------------------------------------------------------------ job
@@ -312,13 +360,15 @@ def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0
     timings["read_decode_score_decide_s"] = time.monotonic() - t0
 
     t = time.monotonic()
-    meta = ds.select_columns(["id", "key", "decision", "sha256", "phash", "width", "height"], num_cpus=LIGHT_CPUS)
-    meta = meta.to_pandas()
+    # The one global pass: dedup's columns and the percentile filters' scores of every row, from the materialised
+    # blocks (no second read of the input).
+    meta = ds.select_columns(meta_columns(cfg), num_cpus=LIGHT_CPUS).to_pandas()
     timings["collect_dedup_columns_s"] = time.monotonic() - t
     t = time.monotonic()
-    updates = global_decisions(meta, cfg)
+    decided = global_decisions(meta, cfg)
     # Not materialised again: each of the two writes below applies the updates to the materialised blocks.
-    ds = ds.map_batches(apply_global, fn_kwargs={"updates": updates}, batch_format="pyarrow", num_cpus=LIGHT_CPUS)
+    ds = ds.map_batches(apply_global, fn_kwargs={"updates": decided.updates}, batch_format="pyarrow",
+                        num_cpus=LIGHT_CPUS)  # fmt: skip
     ds = ds.drop_columns(["decodable", "quarantine"], num_cpus=LIGHT_CPUS)
     timings["deduplicate_s"] = time.monotonic() - t
 
@@ -346,7 +396,7 @@ def _run(cfg, ray_cfg, input_dir, output_dir, out, sources, ignored, timings, t0
     timings["write_s"] = time.monotonic() - t
 
     manifest = _manifest(cfg, input_dir, out.location, sources, ignored, rows_read=len(meta), timings=timings,
-                         t0=t0)  # fmt: skip
+                         t0=t0, percentiles=decided.percentiles)  # fmt: skip
     out.commit(manifest)
     log.info("curated %d rows → %s: %s", manifest.counts["input"], output_dir, manifest.counts["by_decision"])
     for reason, count in sorted(manifest.counts["by_reason"].items()):
@@ -359,7 +409,7 @@ def _read_table(location: str, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
-def _manifest(cfg, input_dir, staging: str, sources, ignored, *, rows_read, timings, t0) -> Manifest:
+def _manifest(cfg, input_dir, staging: str, sources, ignored, *, rows_read, timings, t0, percentiles) -> Manifest:
     audit = _read_table(storage.join(staging, "audit"), ["id", "key", "decision", "reasons"])
     kept = (
         _read_table(storage.join(staging, "kept"), ["key", "sha256", "caption"])
@@ -411,8 +461,17 @@ def _manifest(cfg, input_dir, staging: str, sources, ignored, *, rows_read, timi
         timings={k: round(v, 3) for k, v in timings.items()},
         files=files_map(staging, ("kept", "audit")),
         extra={"input_root": str(input_dir), "ignored_files": ignored, "outputs": {"kept": "kept/", "audit": "audit/"},
-               "filters": filter_versions()},
+               "filters": {**filter_versions(), **percentile_versions()},
+               "percentiles": percentile_record(percentiles)},
     )  # fmt: skip
+
+
+def percentile_record(cuts: dict[str, PercentileCut]) -> dict[str, dict]:
+    """The manifest's ``percentiles``: for each enabled percentile filter, its config key, the percent asked, the
+    population ranked, the resulting threshold and the rows at/above and below it (empty when none is set)."""
+    fields = {f.name: f.percent_field for f in PERCENTILE_FILTERS}
+    return {name: {"config_key": f"curate_images.filters.{fields[name]}", **cut.to_dict()}
+            for name, cut in cuts.items()}  # fmt: skip
 
 
 def _digest(root: str | Path, rel: str) -> str:

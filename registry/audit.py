@@ -41,7 +41,8 @@ def audit_table(entry: Entry, columns: list[str] | None = None, filter=None):
 
 
 def dataset_audit(registry: Registry, ref: str, *, reason: str | None = None, show: int = 5) -> dict:
-    """Counts per decision and per reason (read from the audit table, checked against the manifest) and up to
+    """Counts per decision and per reason (read from the audit table, checked against the manifest), the manifest's
+    top-percent thresholds (``percentiles``, empty when none was set) and up to
     ``show`` example rows, of rows carrying ``reason`` when given (``kept`` for kept rows)."""
     entry = registry.get(ref)
     table = audit_table(entry)
@@ -68,6 +69,7 @@ def dataset_audit(registry: Registry, ref: str, *, reason: str | None = None, sh
         "matching": len(chosen),
         "examples": examples,
         "input_root": manifest.get("input_root"),
+        "percentiles": manifest.get("percentiles") or {},
     }
 
 

@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from contracts.reasons import percentile_lines
 from contracts.report import tables
 from registry.views import unicode_text
 
@@ -120,6 +121,7 @@ def audit_lines(a: dict, reason: str | None, show: int) -> list[str]:
     if not a["consistent"]:
         lines.append(f"  the manifest says {a['manifest_by_decision']}: audit and manifest disagree")
     lines += [f"  {plain(r):<24} {n}" for r, n in a["by_reason"].items()]
+    lines += [f"  top percent: {plain(line)}" for line in percentile_lines(a.get("percentiles"))]
     if reason is None and not show:
         return lines
     lines.append(f"\n{a['matching']} rows {'with reason ' + reason if reason else ''}; {len(a['examples'])} shown:")

@@ -162,3 +162,75 @@ def test_a_folder_of_captioned_images_is_curated_with_sidecars(toy_images, ray_l
     for key in audit.index:
         if labels.loc[key, "label"] in ("corrupt", "oversized"):
             assert audit.loc[key, "decision"] == "quarantined"
+
+
+PERCENTS = {"clip_percentile": ("clip_score", 30.0), "aesthetic_percentile": ("aesthetic_score", 60.0)}
+
+
+@pytest.fixture(scope="module")
+def curated_top_percent(toy_images, ray_local, tmp_path_factory):
+    """The toy Parquet shards curated with both top-percent filters on (30% by CLIP score, 60% by aesthetic)."""
+    from pipelines.config import load_config
+    from pipelines.runtime import run_job
+
+    src, _ = toy_images
+    cfg = load_config("toy", ["curate_images.filters.clip_top_percent=30",
+                              "curate_images.filters.aesthetic_top_percent=60"])  # fmt: skip
+    return run_job("curate_images", cfg, src / "parquet", tmp_path_factory.mktemp("top") / "out")
+
+
+@pytest.mark.parametrize("name", list(PERCENTS))
+def test_top_percent_keeps_that_share_of_the_scored_rows_and_records_the_threshold(curated_top_percent, name):
+    score, percent = PERCENTS[name]
+    short = score.split("_")[0]
+    reason = f"below_{short}_percentile"
+    manifest = json.loads((curated_top_percent.output / "manifest.json").read_text())
+    audit = audit_of(curated_top_percent.output)
+    # The population: every row that reached scoring and was not quarantined.
+    scored = audit[(audit.decision != "quarantined") & audit[score].notna()]
+    values = scored[score].astype("float64")
+    n = len(scored)
+    k = -(-n * int(percent) // 100)  # ceil(N · P / 100) in integers
+    threshold = float(values.sort_values(ascending=False).iloc[k - 1])
+    at_or_above, ties = int((values >= threshold).sum()), int((values == threshold).sum())
+    assert manifest["percentiles"][name] == {
+        "config_key": f"curate_images.filters.{short}_top_percent", "score": score, "reason": reason,
+        "percent": percent, "population": n, "threshold": threshold, "at_or_above": at_or_above,
+        "below": n - at_or_above,
+    }  # fmt: skip
+    assert 0 < n < len(audit)  # the toy world has quarantined rows: they are not ranked
+    # The share passing the filter is the requested percent, up to rounding k up and rows tied at the threshold.
+    assert (values > threshold).sum() < k <= at_or_above
+    assert 0 <= at_or_above / n - percent / 100 < ties / n
+    flagged = audit.reasons.apply(lambda rs: reason in list(rs))
+    assert (audit.loc[flagged, score].astype("float64") < threshold).all()
+    assert set(audit.index[flagged]) == set(scored.index[values < threshold])
+    assert (audit.loc[flagged, "decision"] == "rejected").all()
+    kept = kept_of(curated_top_percent.output)
+    assert len(kept) > 0 and (kept[score].astype("float64") >= threshold).all()
+    assert manifest["counts"]["by_reason"][reason] == n - at_or_above == int(flagged.sum())
+    assert manifest["filters"][name] == "1"
+    assert manifest["config"]["curate_images"]["filters"][f"{short}_top_percent"] == percent
+
+
+def test_top_percent_keeps_every_row_accounted_exactly_once(curated_top_percent, toy_images):
+    _, labels = toy_images
+    manifest = json.loads((curated_top_percent.output / "manifest.json").read_text())
+    audit = audit_of(curated_top_percent.output)
+    assert len(audit) == len(labels) == manifest["counts"]["input"] and audit["id"].is_unique
+    assert sorted(audit["key"]) == sorted(labels.index)
+    assert sum(manifest["counts"]["by_decision"].values()) == len(labels)
+    assert manifest["counts"]["by_decision"] == {d: int((audit.decision == d).sum())
+                                                 for d in ("kept", "rejected", "quarantined")}  # fmt: skip
+    assert manifest["counts"]["by_reason"] == audit.explode("reasons").reasons.dropna().value_counts().to_dict()
+    kept = kept_of(curated_top_percent.output)
+    assert set(kept["key"]) == set(audit.loc[audit.decision == "kept", "key"])
+    # Both filters apply on top of the absolute thresholds, so fewer rows are kept than with the profile alone.
+    both = manifest["percentiles"]
+    assert len(kept) <= min(c["at_or_above"] for c in both.values())
+
+
+def test_without_a_percent_the_manifest_records_no_cut(curated):
+    manifest = json.loads((curated.output / "manifest.json").read_text())
+    assert manifest["percentiles"] == {}
+    assert not {"below_clip_percentile", "below_aesthetic_percentile"} & set(manifest["counts"]["by_reason"])

@@ -199,6 +199,7 @@ DOMAIN: list[tuple[str, Callable[[Leaf], list[Any]]]] = [
     (r"dropout|ema_decay", lambda leaf: _typed(leaf, -0.1, 1.0)),
     (r"max_aspect", lambda leaf: [0.5]),
     (r"clip_min", lambda leaf: [-101.0, 101.0]),
+    (r"\w+_top_percent", lambda leaf: [0.0, -5.0, 100.5, 1000]),
     (r"phash_max_distance", lambda leaf: [17]),
     (r"positive_index", lambda leaf: [2, -1]),
     (r"zero_stage", lambda leaf: [4, -1]),

@@ -80,10 +80,10 @@ def test_later_duplicate_keys_are_quarantined_and_exact_duplicates_point_at_the_
         ]
     )
     meta = table.select(["id", "key", "decision", "sha256", "phash", "width", "height"]).to_pandas()
-    updates = global_decisions(meta, CFG)
-    assert updates["s#00000001"][:2] == ("quarantined", "duplicate_key")
+    updates = global_decisions(meta, CFG).updates
+    assert updates["s#00000001"][:2] == ("quarantined", ("duplicate_key",))
     # k0 and k1 share bytes; the smaller key is kept.
-    assert updates["s#00000000"] == ("rejected", "duplicate", "k0", None)
+    assert updates["s#00000000"] == ("rejected", ("duplicate",), "k0", None)
     out = apply_global(table, updates=updates)
     assert out.column("decision").to_pylist() == ["rejected", "quarantined", "kept"]
     assert out.column("reasons").to_pylist() == [["duplicate"], ["duplicate_key"], []]
