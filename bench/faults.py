@@ -247,11 +247,21 @@ def _checkpoints(storage: Path) -> set[Path]:
     return set(storage.glob("*/checkpoint_*")) if storage.is_dir() else set()
 
 
+def _committed(storage: Path) -> int:
+    """Checkpoints Ray Train has committed in the runs under ``storage`` (its controller's snapshot file lists them
+    once every rank has reported; a checkpoint directory alone may still be uncommitted)."""
+    count = 0
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json") if storage.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError):
+            count += len(json.loads(snapshot.read_text()).get("checkpoint_results") or [])
+    return count
+
+
 def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Path) -> FaultResult:
     """Stage 1 twice on the same data and settings: uninterrupted, then with one Ray Train worker SIGKILLed as soon
-    as the run's second checkpoint is being written. ``cfg_for(root)`` gives a run's config (small ``steps`` and
-    ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``): :func:`stage1_config`. Ray Train
-    restarts the worker group from that checkpoint."""
+    as the run's first checkpoint is committed and its second is being written. ``cfg_for(root)`` gives a run's
+    config (small ``steps`` and ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``):
+    :func:`stage1_config`. Ray Train restarts the worker group from the committed checkpoint."""
     from pipelines.runtime import run_job
 
     clean_cfg, faulted_cfg = cfg_for(work / "run-clean"), cfg_for(work / "run-faulted")
@@ -259,10 +269,10 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     storage = work / "run-faulted" / "runs"
 
     def find():
-        # The second checkpoint's directory appearing means the first is committed (Ray Train commits a checkpoint
-        # once every rank has reported it; a worker killed while reporting leaves it uncommitted, and the restart
-        # then begins at step 0, which is correct but does not exercise the resume).
-        if len(_checkpoints(storage)) < 2:
+        # Once the first checkpoint is committed (a worker killed before that restarts the run at step 0, which is
+        # correct but does not exercise the resume; a checkpoint directory alone is not committed yet: on a loaded
+        # machine the controller registers it seconds later), as soon as the second is being written.
+        if _committed(storage) < 1 or len(_checkpoints(storage)) < 2:
             return None
         workers = sorted(alive_actors(TRAIN_WORKER).items())
         return (int(workers[0][1]["Pid"]), workers[0][0]) if workers else None
