@@ -106,11 +106,17 @@ def audit_dataset(
     reason: str = typer.Option(None, "--reason", help="Show rows with this reason (or kept)."),
     show: int = typer.Option(5, "--show", help="How many example rows."),
     thumbnails: Path = typer.Option(None, "--thumbnails", help="Write the example rows' images here."),
+    sheet: Path = typer.Option(None, "--sheet", help="Write a contact sheet here (FILE.png, and FILE.html next to "
+                               "it): per reason and for kept rows, example thumbnails with keys and scores, and a "
+                               "bar chart of the counts."),  # fmt: skip
+    per_reason: int = typer.Option(6, "--per-reason", min=0, help="Examples per row of the contact sheet."),
 ) -> None:
     """Counts per decision and reason of a dataset version, and example rows (keys, captions, scores)."""
     from registry.audit import dataset_audit
     from registry.render import audit_lines
 
+    if sheet is not None and sheet.suffix.lower() != ".png":
+        fail(f"--sheet {sheet}: the contact sheet is a .png file (its page is written next to it as .html)")
     a = _registry_call(dataset_audit, _registry(), ref, reason=reason, show=show)
     typer.echo("\n".join(audit_lines(a, reason, show)))
     if thumbnails is not None:
@@ -120,6 +126,15 @@ def audit_dataset(
             fail(f"{a['ref']}: the manifest names no input_root to read images from")
         for key, where in write_thumbnails(a["input_root"], a["examples"], thumbnails).items():
             typer.echo(f"  thumbnail {key}: {where}")
+    if sheet is not None:
+        from pipelines.contact_sheet import write_contact_sheet
+        from registry.audit import sheet_audit
+
+        layout = write_contact_sheet(_registry_call(sheet_audit, _registry(), ref, per_reason=per_reason), sheet)
+        tiles = [t for row in layout.rows for t in row.tiles]
+        typer.echo(f"contact sheet: {sheet} ({len(layout.rows)} rows, {len(tiles)} examples, "
+                   f"{sum(t.placeholder is not None for t in tiles)} shown as placeholders); page: "
+                   f"{sheet.with_suffix('.html')}")  # fmt: skip
 
 
 @audit_app.command("consumers")
