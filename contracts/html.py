@@ -18,12 +18,13 @@ from urllib.parse import quote
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
+th.num, td.num { text-align: right; }
 thead th { background: #eee; }
 code { background: #f4f4f4; padding: 0 0.2em; }
-img { display: block; margin: 0.5em 0 1.5em; max-width: 100%; }
-figure { margin: 0; }
+img { display: block; margin: 0.5em 0; max-width: 100%; }
+figure { margin: 0 0 1.5em; }
+.figures { display: flex; flex-wrap: wrap; gap: 0 1.5em; }
 figcaption { font-size: 0.9em; color: #555; }
 """
 
@@ -51,10 +52,20 @@ def relative_src(name: str) -> str:
     return quote(name, safe="")
 
 
-def table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
-    """A ``<table>`` with a ``<thead>`` row of ``header`` cells and one ``<tr>`` per row; every cell escaped."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+def table(header: Sequence[object], rows: Iterable[Sequence[object]], *, right: Iterable[int] | None = None) -> str:
+    """A ``<table>`` with a ``<thead>`` row of ``header`` cells and one ``<tr>`` per row; every cell escaped.
+    ``right``: the columns aligned right (default: those whose every cell is a number)."""
+    rows = [list(row) for row in rows]
+    if right is None:
+        right = [i for i in range(len(header)) if rows and all(
+            isinstance(row[i], int | float) and not isinstance(row[i], bool) for row in rows)]  # fmt: skip
+    right = set(right)
+
+    def cell(tag: str, i: int, value: object) -> str:
+        return f'<{tag} class="num">{esc(value)}</{tag}>' if i in right else f"<{tag}>{esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -120,10 +120,10 @@ def report_html(report: dict, root: str | Path) -> str:
     parts = ["<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in summary(report)) + "</ul>"]
     for metric in report["metrics"]:
         header, rows = metric_rows(report, metric)
-        parts += [f'<h3 id="metric-{esc(metric)}">{esc(metric_title(metric))}</h3>', table(header, rows)]
+        table_html = table(header, rows, right=range(1, len(header)))
+        parts += [f'<h3 id="metric-{esc(metric)}">{esc(metric_title(metric))}</h3>', table_html]
     parts.append("<h2>Plots</h2>")
-    for rel in plot_files(report):
-        parts.append(_figure(root, rel, rel))
+    parts.append('<div class="figures">' + "".join(_figure(root, rel, rel) for rel in plot_files(report)) + "</div>")
     parts.append("<h2>Samples</h2>")
     parts.append(_figure(root, report["samples"], report["samples_layout"]))
     return page(report_title(report), "\n".join(parts))

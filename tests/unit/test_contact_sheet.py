@@ -137,8 +137,9 @@ def test_the_page_next_to_the_sheet_shows_it_and_the_counts_escaped(registry, ve
     write_contact_sheet(sheet_audit(registry, version, per_reason=2), tmp_path / "my sheet.png")
     html = (tmp_path / "my sheet.html").read_text()
     assert '<img src="my%20sheet.png"' in html and "<title>Audit contact sheet: t-sheet@1</title>" in html
-    assert "<th>group</th><th>decision</th><th>rows</th><th>shown</th><th>meaning</th>" in html
-    assert "<td>watermark</td><td>rejected</td><td>2</td><td>2</td>" in html
+    num = '<th class="num">'
+    assert f"<th>group</th><th>decision</th>{num}rows</th>{num}shown</th><th>meaning</th>" in html
+    assert '<td>watermark</td><td>rejected</td><td class="num">2</td><td class="num">2</td>' in html
     assert "c&quot;&lt;b&gt;" in html and 'c"<b>' not in html
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html)
 
@@ -206,9 +207,10 @@ def test_the_eval_report_page_embeds_every_table_plot_and_the_samples_and_escape
     html = report_html(report, tmp_path)
 
     for metric in report["metrics"]:
-        assert f"{metric_title(metric)}</h3>\n<table><thead><tr><th>method</th><th>1</th><th>4</th></tr>" in html
-    assert "<td>lcm-lora</td><td>2.000 [1.000, 3.000]</td>" in html
-    assert "<td>floor: reference A vs B</td><td>0.500</td>" in html
+        header = '<th>method</th><th class="num">1</th><th class="num">4</th>'
+        assert f"{metric_title(metric)}</h3>\n<table><thead><tr>{header}</tr>" in html
+    assert '<td>lcm-lora</td><td class="num">2.000 [1.000, 3.000]</td>' in html
+    assert '<td>floor: reference A vs B</td><td class="num">0.500</td>' in html
     sources = re.findall(r"""(?:src|href)=["']([^"']*)""", html)
     assert len(sources) == 3 and all(s.startswith(("data:image/png;base64,", "data:image/gif;base64,"))
                                      for s in sources)  # fmt: skip
