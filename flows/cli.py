@@ -328,7 +328,7 @@ def evaluate_checkpoint(
     promote: bool = typer.Option(False, "--promote", help="Run the promotion gate afterwards."),
 ) -> None:
     """Evaluate a checkpoint: few-step tables against the teacher's DDIM and DPM-Solver++ (FVD/FID, CLIPSIM,
-    distance to the teacher, latency, memory), report.md + plots + samples; registered with the checkpoint
+    distance to the teacher, latency, memory), report.md/.html + plots + samples; registered with the checkpoint
     (flow ``evaluate``; ``alcm eval`` is the same command)."""
     from flows.evaluate import EvaluateParams, evaluate_flow
 
@@ -338,7 +338,7 @@ def evaluate_checkpoint(
                         record=register, promote=promote)  # fmt: skip
     out = evaluate_flow(params)
     typer.echo(read_text(at(output_dir, "report.md")))
-    typer.echo(f"report:     {at(output_dir, 'report.md')} (report.json, plots/, "
+    typer.echo(f"report:     {at(output_dir, 'report.md')} (report.html, report.json, plots/, "
                f"{out['manifest']['files'][-1]})")  # fmt: skip
     if out["checkpoint"]:
         typer.echo(f"registered: {out['checkpoint']} (alias candidate)")

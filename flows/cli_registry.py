@@ -121,6 +121,10 @@ def audit_dataset(
     reason: str = typer.Option(None, "--reason", help="Show rows with this reason (or kept)."),
     show: int = typer.Option(5, "--show", help="How many example rows."),
     thumbnails: Path = typer.Option(None, "--thumbnails", help="Write the example rows' images here."),
+    sheet: Path = typer.Option(None, "--sheet", help="Write a contact sheet here (FILE.png, and FILE.html next to "
+                               "it): per reason and for kept rows, example thumbnails with keys and scores, and a "
+                               "bar chart of the counts."),  # fmt: skip
+    per_reason: int = typer.Option(6, "--per-reason", min=0, help="Examples per row of the contact sheet."),
     as_json: bool = JSON,
 ) -> None:
     """Counts per decision and reason of a dataset version, and example rows (keys, captions, scores)."""
@@ -128,6 +132,8 @@ def audit_dataset(
     from registry.render import audit_lines, plain
     from registry.views import audit_view, document, dumps
 
+    if sheet is not None and sheet.suffix.lower() != ".png":
+        fail(f"--sheet {sheet}: the contact sheet is a .png file (its page is written next to it as .html)")
     a = _registry_call(dataset_audit, _registry(), ref, reason=reason, show=show)
     if not as_json:  # the counts before the thumbnails, which take a while
         typer.echo("\n".join(audit_lines(a, reason, show)))
@@ -140,8 +146,21 @@ def audit_dataset(
         written = write_thumbnails(a["input_root"], a["examples"], thumbnails)
         for key, where in written.items() if not as_json else ():
             typer.echo(f"  thumbnail {plain(key)}: {plain(where)}")
-    if as_json:  # one document: counts, examples and thumbnails together
-        typer.echo(dumps(document("audit.dataset", audit_view(a, written))))
+    sheet_note = None
+    if sheet is not None:
+        from pipelines.contact_sheet import write_contact_sheet
+        from registry.audit import sheet_audit
+
+        layout = write_contact_sheet(_registry_call(sheet_audit, _registry(), ref, per_reason=per_reason), sheet)
+        tiles = [t for row in layout.rows for t in row.tiles]
+        placeholders = sum(t.placeholder is not None for t in tiles)
+        sheet_note = {"png": str(sheet), "html": str(sheet.with_suffix(".html")), "rows": len(layout.rows),
+                      "examples": len(tiles), "placeholders": placeholders}  # fmt: skip
+        if not as_json:
+            typer.echo(f"contact sheet: {sheet} ({sheet_note['rows']} rows, {sheet_note['examples']} examples, "
+                       f"{sheet_note['placeholders']} shown as placeholders); page: {sheet_note['html']}")  # fmt: skip
+    if as_json:  # one document: counts, examples, thumbnails and the sheet together
+        typer.echo(dumps(document("audit.dataset", audit_view(a, written, sheet_note))))
 
 
 @audit_app.command("consumers")

@@ -139,10 +139,11 @@ def evaluate_flow(params: EvaluateParams) -> dict:
 
 
 def plot_links(manifest: dict, report_dir: str, checkpoint: str | None) -> list[str]:
-    """The report's plots and samples as Markdown: served over HTTP by MLflow once the report is attached to a
-    registered checkpoint and an MLflow UI is reachable (images inline, so they open in the Prefect UI; a browser
-    blocks ``file://`` links from a web page), else links to the files where the job wrote them."""
-    files = [p for p in manifest["files"] if p.startswith(("plots/", "samples"))]
+    """The report's page (``report.html``), plots and samples as Markdown: served over HTTP by MLflow once the
+    report is attached to a registered checkpoint and an MLflow UI is reachable (images inline, so they open in the
+    Prefect UI; a browser blocks ``file://`` links from a web page), else links to the files where the job wrote
+    them."""
+    files = [p for p in manifest["files"] if p == "report.html" or p.startswith(("plots/", "samples"))]
     registry = open_registry() if checkpoint else None
     entry = registry.get(checkpoint) if registry else None
     lines = []

@@ -45,7 +45,8 @@ keys the promotion gate reads), ``report.md`` (a table per metric: rows = method
 cell the figure and its interval; the floor as a last row), ``plots/<metric>.png`` (metric vs steps per method, the
 intervals as error bars, the floor as a dashed line), ``samples.gif`` (videos) or ``samples.png`` (images): a grid
 of ``grid_prompts`` prompts (rows) × the checkpoint at each student step, then the teacher at each teacher step
-with DDIM (columns), and ``manifest.json`` (kind ``eval-report``).
+with DDIM (columns), ``report.html`` (report.md's text and tables, the plots and the samples embedded in one page
+that fetches nothing: :func:`contracts.report.report_html`) and ``manifest.json`` (kind ``eval-report``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from contracts.evalset import REFERENCE, REFERENCE_B, TEACHER_OFFSET, has_set_b,
 from contracts.manifest import Manifest, code_version, read_manifest, verify_files
 from contracts.mirror import local_copy
 from contracts.publish import staged_output
-from contracts.report import tables
+from contracts.report import markdown, report_html
 from pipelines import runtime
 from pipelines.config import to_dict
 from pipelines.data_config import RayConfig
@@ -331,31 +332,6 @@ def headline_of(kind: str, results: dict) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def markdown(report: dict) -> str:
-    """``report.md``: what was evaluated, then a table per metric (rows = method, columns = steps)."""
-    ck, setup = report["checkpoint"], report["setup"]
-    lines = [
-        f"# Eval report: `{ck['name']}` ({ck['stage']})",
-        "",
-        f"- checkpoint: `{ck['path']}` `{ck['digest']}`",
-        f"- prompts: {setup['prompts']} ({setup['num_prompts']} × {setup['videos_per_prompt']} seeds), "
-        f"{setup['frames'] or 1} frame(s) at {setup['size']}×{setup['size']}",
-        f"- {setup['fd']}: {setup['extractor']}; reference: {setup['reference']}",
-        f"- teacher CFG guidance_scale {setup['guidance_scale']:g}; the checkpoint samples without CFG",
-        *([f"- N = {setup['n']} samples per method and step count; [lo, hi]: {setup['intervals']}"]
-          if "n" in setup else []),
-        *(["- floor (reference set A against set B): " + ", ".join(
-            f"{m} {report['floor'][m]:.4g}" for m in (setup["fd"], "kid") if m in report["floor"])]
-          if report.get("floor") else []),
-        f"- speed-up of the checkpoint at 4 steps over teacher DDIM {setup['reference_steps']} (CFG): "
-        + (f"{report['speedup'].get('4', float('nan')):.1f}×" if "4" in report["speedup"] else "n/a"),
-    ]
-    lines.append(tables(report))
-    lines += ["", "Plots: " + ", ".join(f"`plots/{m}.png`" for m in report["metrics"] if m != "unet_evals"),
-              f"Samples: `{report['samples']}` ({report['samples_layout']})"]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 def write_plots(report: dict, out: Path) -> list[str]:
     """``plots/<metric>.png``: metric vs steps (log scale), one line per method."""
     import matplotlib
@@ -515,6 +491,7 @@ def run(cfg: EvaluateSettings, input_dir: Path, output_dir: Path, *, ray_config:
         write_plots(report, staging / "plots")
         (staging / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (staging / "report.md").write_text(markdown(report))
+        (staging / "report.html").write_text(report_html(report, staging))
         timings["total_s"] = time.monotonic() - t0
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         manifest = Manifest(

@@ -163,10 +163,10 @@ def raw_input_view(record: dict, input_root: str | None) -> dict:
             "files": record.get("digests") or None}  # fmt: skip
 
 
-def audit_view(a: dict, thumbnails: dict[str, str] | None = None) -> dict:
+def audit_view(a: dict, thumbnails: dict[str, str] | None = None, sheet: dict | None = None) -> dict:
     """``alcm audit dataset`` (:func:`registry.audit.dataset_audit`), with ``key → thumbnail written (or why
-    not)`` when thumbnails were asked for."""
-    return {**a, "thumbnails": thumbnails}
+    not)`` when thumbnails were asked for, and the contact sheet written (files and counts) when one was."""
+    return {**a, "thumbnails": thumbnails, "sheet": sheet}
 
 
 def consumers_view(dataset: Entry, checkpoints: list[Entry]) -> dict:

@@ -6,6 +6,7 @@ pipelines, the toy CLIP), the MLflow-backed registry, the promotion gate, and ev
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,13 @@ def test_the_report_tables_every_method_at_every_step_and_the_reference_is_at_di
     assert grid.shape == (2 * 64 + 2, 4 * 64 + 3 * 2, 3)  # 2 prompts × (lcm-lora@1, @4, ddim@1, @4)
     manifest = json.loads((report_dir / "manifest.json").read_text())
     assert manifest["kind"] == "eval-report"
+    # report.html: every table, the plots and the samples embedded; nothing it would fetch (the browser test opens one)
+    page = (report_dir / "report.html").read_text()
+    assert "report.html" in manifest["files"] and page.count("<table>") == len(report["metrics"])
+    assert all(f'<h3 id="metric-{metric}">' in page for metric in report["metrics"])
+    plots = [m for m in report["metrics"] if m != "unet_evals"]
+    assert re.findall(r'src="data:image/(png|gif);base64,', page) == ["png"] * (len(plots) + 1)  # + samples.png
+    assert all(url.startswith("data:") for url in re.findall(r"""(?:src|href)=["']?([^"'\s>]*)""", page))
     assert manifest["inputs"]["checkpoint"]["digest"] == chain["manifest"][0]["digest"]
 
 

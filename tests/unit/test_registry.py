@@ -363,8 +363,10 @@ def test_an_attached_reports_plot_is_served_over_http_by_the_mlflow_server(mlflo
         assert answer.read() == png
     # The eval flow's report artifact shows the plot inline from that URL, never as a file:// link.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    files = {"plots/few_step.png": "d1", "report.md": "d2"}
+    files = {"plots/few_step.png": "d1", "report.md": "d2", "report.html": "d3"}
     shown = plot_links({"files": files}, str(rep), entry.ref)
-    assert shown == [f"- plots/few_step.png\n\n  ![plots/few_step.png]({url})"]
+    page = registry.artifact_url(entry, "eval/report.html")
+    assert shown == [f"- plots/few_step.png\n\n  ![plots/few_step.png]({url})", f"- [report.html]({page})"]
     unattached = plot_links({"files": files}, str(rep), None)
-    assert unattached == [f"- [plots/few_step.png]({rep.resolve().as_uri()}/plots/few_step.png)"]
+    assert unattached == [f"- [plots/few_step.png]({rep.resolve().as_uri()}/plots/few_step.png)",
+                          f"- [report.html]({rep.resolve().as_uri()}/report.html)"]  # fmt: skip

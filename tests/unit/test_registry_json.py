@@ -161,7 +161,7 @@ def test_audit_dataset_json_counts_per_decision_add_up_to_the_audited_rows(store
     assert doc["by_decision"] == {"kept": 2, "quarantined": 1, "rejected": 2}
     assert doc["manifest_by_decision"] == doc["by_decision"] and doc["consistent"] is True
     assert doc["by_reason"] == {"watermark": 2, "low_clip_score": 1, "undecodable": 1}
-    assert (doc["reason"], doc["matching"], doc["thumbnails"]) == ("watermark", 2, None)
+    assert (doc["reason"], doc["matching"], doc["thumbnails"], doc["sheet"]) == ("watermark", 2, None, None)
     assert doc["examples"] == [{"id": "part-0.parquet#00000001", "key": "b", "source": "part-0.parquet",
                                 "caption": "caption of b", "decision": "rejected", "reasons": ["watermark"],
                                 "clip_score": 1.0}]  # fmt: skip
