@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: install lavis-env browser-env stack-env stack stack-down test lint unit integration demo serve bench \
+.PHONY: install lavis-env browser-env stack-env stack stack-down test test-fast lint unit integration demo serve bench \
 	video-ablations train-zoo clean-demo
 
 $(STAMP): pyproject.toml
@@ -87,6 +87,10 @@ lint: install
 
 unit: install
 	$(PY) -m pytest -q tests/unit
+
+# The inner loop: lint and the unit tests on every core (no Ray cluster, no servers but the embedded ones).
+test-fast: lint
+	$(PY) -m pytest -q -n auto -p no:cacheprovider tests/unit
 
 integration: install lavis-env browser-env stack-env
 	$(PY) -m pytest -q tests/integration
