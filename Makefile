@@ -88,9 +88,10 @@ lint: install
 unit: install
 	$(PY) -m pytest -q tests/unit
 
-# The inner loop: lint and the unit tests on every core (no Ray cluster, no servers but the embedded ones).
+# The inner loop: lint and the unit tests on every core, less those marked slow (the committed teachers' sampling
+# quality, the fake-GPU runs of every stage), which make test runs.
 test-fast: lint
-	$(PY) -m pytest -q -n auto -p no:cacheprovider tests/unit
+	$(PY) -m pytest -q -n auto -p no:cacheprovider -m "not slow" tests/unit
 
 integration: install lavis-env browser-env stack-env
 	$(PY) -m pytest -q tests/integration

@@ -51,6 +51,7 @@ def test_the_committed_teacher_files_match_its_manifest(committed):
         assert sha256_file(Path(DEFAULT_DIR) / rel) == digest, rel
 
 
+@pytest.mark.slow  # 50-step sampling of a dozen prompts
 def test_the_committed_teacher_draws_the_prompted_colour_and_shape(committed):
     """Fresh 50-step DDIM samples (with CFG) of held-out prompts, read back from pixels and by the toy CLIP."""
     import torch
@@ -84,6 +85,7 @@ def test_the_dancer_reader_finds_every_ground_truth_dancer_and_nothing_on_a_blan
     assert len({p["caption"] for p in prompts}) > 6 and all("dancing" in p["caption"] for p in prompts)
 
 
+@pytest.mark.slow  # 50-step sampling of a dozen prompts
 def test_the_committed_teacher_draws_held_out_dancers(committed):
     """Fresh 50-step DDIM samples (with CFG) of held-out dancer captions (a stream the teacher never trained on):
     the prompted shirt colour shows in most samples, in a figure of most of a dancer's height; the teacher before

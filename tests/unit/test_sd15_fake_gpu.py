@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
 
+pytestmark = pytest.mark.slow  # whole fake-GPU runs of every stage: make test, not make test-fast
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
