@@ -243,13 +243,19 @@ def stage1_config(root: Path, extra: tuple[str, ...] | list[str] = ()):
                                f"distill_image.cache_dir={root / 'cache'}", *extra])  # fmt: skip
 
 
-def _checkpoints(storage: Path) -> set[Path]:
-    return set(storage.glob("*/checkpoint_*")) if storage.is_dir() else set()
+def _committed(storage: Path) -> int:
+    """Checkpoints Ray Train has committed in the runs under ``storage``: those its controller's checkpoint manager
+    recorded (``checkpoint_manager_snapshot.json``, rewritten at each commit)."""
+    n = 0
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json") if storage.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError):  # being rewritten: poll again
+            n = max(n, len(json.loads(snapshot.read_text()).get("checkpoint_results") or []))
+    return n
 
 
 def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Path) -> FaultResult:
     """Stage 1 twice on the same data and settings: uninterrupted, then with one Ray Train worker SIGKILLed as soon
-    as the run's second checkpoint is being written. ``cfg_for(root)`` gives a run's config (small ``steps`` and
+    as the run's first checkpoint is committed. ``cfg_for(root)`` gives a run's config (small ``steps`` and
     ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``): :func:`stage1_config`. Ray Train
     restarts the worker group from that checkpoint."""
     from pipelines.runtime import run_job
@@ -259,10 +265,12 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     storage = work / "run-faulted" / "runs"
 
     def find():
-        # The second checkpoint's directory appearing means the first is committed (Ray Train commits a checkpoint
-        # once every rank has reported it; a worker killed while reporting leaves it uncommitted, and the restart
-        # then begins at step 0, which is correct but does not exercise the resume).
-        if len(_checkpoints(storage)) < 2:
+        # Kill once Ray Train has committed a checkpoint (its controller commits one after collecting every rank's
+        # report, which it polls for: a checkpoint whose reports were not collected before the kill is lost, and the
+        # restart then begins at step 0, correct but not exercising the resume). A second checkpoint's directory
+        # appearing used to stand for that, until the workers stopped reading the whole cache per pass
+        # (issue 23): steps 3 and 6 then came 2 s apart, and the kill lost both.
+        if _committed(storage) < 1:
             return None
         workers = sorted(alive_actors(TRAIN_WORKER).items())
         return (int(workers[0][1]["Pid"]), workers[0][0]) if workers else None
