@@ -180,8 +180,9 @@ def pixels(images: list[np.ndarray]) -> np.ndarray:
 
 
 class Encoder:
-    """Ray Data actor: decodes and encodes a batch of rows (images or clips) as ``spec`` says; the VAE, the text
-    encoder and the tokenizer are loaded once per actor."""
+    """Decodes and encodes a batch of rows (images or clips) as ``spec`` says; built once per encode actor
+    (:class:`pipelines.cache_write.CacheWriter`), so the VAE, the text encoder and the tokenizer load once per
+    actor."""
 
     def __init__(self, spec: EncodeSpec, threads: int, use_gpu: bool) -> None:
         import torch
