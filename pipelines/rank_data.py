@@ -65,15 +65,34 @@ class CacheShards:
 # ------------------------------------------------------------------------------------------------ reading bytes
 
 
-class _Counted:
-    """A pyarrow random-access file seen as a Python file, counting the bytes read through it into ``meter``."""
+class _Files:
+    """Opens a cache's files through pyarrow file systems (one per bucket: building one from a URI may itself ask
+    the store for the bucket's region) and counts the bytes read through them (:attr:`bytes`)."""
 
-    def __init__(self, raw, meter: list[int]) -> None:
-        self.raw, self.meter = raw, meter
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._stores: dict[str, object] = {}
+
+    def open(self, location: str) -> _Counted:
+        if storage.is_uri(location) and "?" not in location:
+            root = "/".join(location.split("/", 3)[:3])  # scheme://bucket
+            if root not in self._stores:
+                self._stores[root] = storage.filesystem(location)[0]
+            fs, path = self._stores[root], location.split("://", 1)[1]
+        else:
+            fs, path = storage.filesystem(location)
+        return _Counted(fs.open_input_file(path), self)
+
+
+class _Counted:
+    """A pyarrow random-access file seen as a Python file, counting the bytes read through it into ``files``."""
+
+    def __init__(self, raw, files: _Files) -> None:
+        self.raw, self.files = raw, files
 
     def read(self, nbytes: int = -1) -> bytes:
         data = self.raw.read() if nbytes is None or nbytes < 0 else self.raw.read(nbytes)
-        self.meter[0] += len(data)
+        self.files.bytes += len(data)
         return data
 
     def seek(self, pos: int, whence: int = 0) -> int:
@@ -100,11 +119,6 @@ class _Counted:
 
     def writable(self) -> bool:
         return False
-
-
-def _open(location: str, meter: list[int]) -> _Counted:
-    fs, path = storage.filesystem(location)
-    return _Counted(fs.open_input_file(path), meter)
 
 
 def _footer(f: _Counted, location: str) -> pq.FileMetaData:
@@ -178,18 +192,18 @@ def _chunk_bytes(group: pq.RowGroupMetaData, columns: set[str]) -> int:
                if group.column(j).path_in_schema.split(".", 1)[0] in columns)  # fmt: skip
 
 
-def read_index(shards: CacheShards, meter: list[int] | None = None) -> CacheIndex:
-    """Index ``shards`` (footers and ``error`` columns only; see the module docstring), counting the bytes read into
-    ``meter[0]``."""
-    meter = meter if meter is not None else [0]
+def read_index(shards: CacheShards, files: _Files | None = None) -> CacheIndex:
+    """Index ``shards`` (footers and ``error`` columns only; see the module docstring), opening them with ``files``
+    (which counts the bytes read)."""
+    opener = files if files is not None else _Files()
     wanted = set(shards.columns)
-    files = []
+    found = []
     for location in shards.files:
-        f = _open(location, meter)
+        f = opener.open(location)
         try:
-            before = meter[0]
+            before = opener.bytes
             metadata = _footer(f, location)
-            footer_bytes = meter[0] - before
+            footer_bytes = opener.bytes - before
             names = metadata.schema.to_arrow_schema().names
             missing = [c for c in (ERROR_COLUMN, *shards.columns) if c not in names]
             if missing:
@@ -199,13 +213,13 @@ def read_index(shards: CacheShards, meter: list[int] | None = None) -> CacheInde
             f.close()
         ok = pc.fill_null(pc.equal(errors.column(ERROR_COLUMN), ""), False)
         groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
-        files.append(FileIndex(
+        found.append(FileIndex(
             location=location, metadata=metadata, group_rows=tuple(g.num_rows for g in groups),
             group_bytes=tuple(_chunk_bytes(g, wanted) for g in groups),
             error_bytes=sum(_chunk_bytes(g, {ERROR_COLUMN}) for g in groups), footer_bytes=footer_bytes,
             encoded=np.flatnonzero(ok.to_numpy(zero_copy_only=False)),
         ))  # fmt: skip
-    return CacheIndex(tuple(files), shards.columns)
+    return CacheIndex(tuple(found), shards.columns)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -315,13 +329,13 @@ class RankReader:
 
     def __init__(self, shards: CacheShards, *, rank: int, world: int, micro_batch_size: int) -> None:
         self.shards = shards
-        self._meter = [0]
-        self.index = read_index(shards, self._meter)
+        self._files = _Files()
+        self.index = read_index(shards, self._files)
         self.plan = rank_plan(self.index, rank, world, micro_batch_size)
 
     @property
     def bytes_read(self) -> int:
-        return self._meter[0]
+        return self._files.bytes
 
     def batches(self) -> Iterator[dict]:
         """One pass: the plan's micro-batches in order, each a dict of torch tensors ``(m, *shape)``."""
@@ -336,7 +350,7 @@ class RankReader:
                     if f is not None:
                         f.close()
                     info = self.index.files[read.file]
-                    f, opened = _open(info.location, self._meter), read.file
+                    f, opened = self._files.open(info.location), read.file
                     pf = _parquet(f, info.metadata)
                 table = pf.read_row_group(read.group, columns=columns, use_threads=False).take(read.rows)
                 arrays = {c: tensor_numpy(table.column(c), table.schema.field(c)) for c in columns}
