@@ -3,8 +3,8 @@
     python bench/fault_matrix.py [--images 1000] [--dancers 12] [--out bench/results/fault_matrix.json]
 
 Faults (all real; see ``bench/faults.py``): SIGKILL to a scorer actor of image curation and to a captioner actor
-of recaptioning (Ray restarts the actor and retries its batches); SIGKILL to a Ray Train worker of stage 1 while it
-writes its second checkpoint (Ray Train restarts the group from the last committed checkpoint); SIGKILL to the
+of recaptioning (Ray restarts the actor and retries its batches); SIGKILL to a Ray Train worker of stage 1 once its
+first checkpoint is committed (Ray Train restarts the group from the last committed checkpoint); SIGKILL to the
 ``alcm retrain`` process while it curates videos, then the same command again; a disk that fills while writing; an
 output on a read-only mount; checkpoint storage URIs that name nothing; and (``bench/faults_integrity.py``) a byte
 flipped in a cached stage output and in the latest training checkpoint, a LAVIS worker that hangs, two writers of

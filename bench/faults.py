@@ -243,25 +243,21 @@ def stage1_config(root: Path, extra: tuple[str, ...] | list[str] = ()):
                                f"distill_image.cache_dir={root / 'cache'}", *extra])  # fmt: skip
 
 
-def _checkpoints(storage: Path) -> set[Path]:
-    return set(storage.glob("*/checkpoint_*")) if storage.is_dir() else set()
-
-
 def _committed(storage: Path) -> int:
-    """Checkpoints Ray Train has committed in the runs under ``storage`` (its controller's snapshot file lists them
-    once every rank has reported; a checkpoint directory alone may still be uncommitted)."""
-    count = 0
-    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json") if storage.is_dir() else []:
-        with contextlib.suppress(OSError, ValueError):
-            count += len(json.loads(snapshot.read_text()).get("checkpoint_results") or [])
-    return count
+    """Checkpoints Ray Train has committed in the runs under ``storage``: those its controller's checkpoint manager
+    recorded (``checkpoint_manager_snapshot.json``, rewritten at each commit)."""
+    n = 0
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json") if storage.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError):  # being rewritten: poll again
+            n = max(n, len(json.loads(snapshot.read_text()).get("checkpoint_results") or []))
+    return n
 
 
 def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Path) -> FaultResult:
     """Stage 1 twice on the same data and settings: uninterrupted, then with one Ray Train worker SIGKILLed as soon
-    as the run's first checkpoint is committed and its second is being written. ``cfg_for(root)`` gives a run's
-    config (small ``steps`` and ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``):
-    :func:`stage1_config`. Ray Train restarts the worker group from the committed checkpoint."""
+    as the run's first checkpoint is committed. ``cfg_for(root)`` gives a run's config (small ``steps`` and
+    ``checkpoint_every``, ``max_failures`` ≥ 1, checkpoints under ``root/runs``): :func:`stage1_config`. Ray Train
+    restarts the worker group from that checkpoint."""
     from pipelines.runtime import run_job
 
     clean_cfg, faulted_cfg = cfg_for(work / "run-clean"), cfg_for(work / "run-faulted")
@@ -269,10 +265,12 @@ def kill_train_worker(cfg_for: Callable[[Path], object], dataset: Path, work: Pa
     storage = work / "run-faulted" / "runs"
 
     def find():
-        # Once the first checkpoint is committed (a worker killed before that restarts the run at step 0, which is
-        # correct but does not exercise the resume; a checkpoint directory alone is not committed yet: on a loaded
-        # machine the controller registers it seconds later), as soon as the second is being written.
-        if _committed(storage) < 1 or len(_checkpoints(storage)) < 2:
+        # Kill once Ray Train has committed a checkpoint (its controller commits one after collecting every rank's
+        # report, which it polls for: a checkpoint whose reports were not collected before the kill is lost, and the
+        # restart then begins at step 0, correct but not exercising the resume). A second checkpoint's directory
+        # appearing used to stand for that, until the workers stopped reading the whole cache per pass
+        # (issue 23): steps 3 and 6 then came 2 s apart, and the kill lost both.
+        if _committed(storage) < 1:
             return None
         workers = sorted(alive_actors(TRAIN_WORKER).items())
         return (int(workers[0][1]["Pid"]), workers[0][0]) if workers else None

@@ -163,6 +163,16 @@ def download(location: str, local: Path) -> Path:
     return local
 
 
+def upload(local: Path, location: str) -> None:
+    """Copy the local file ``local`` to ``location`` (one object on a store: readers see all of it or none)."""
+    fs, path = filesystem(location)
+    try:
+        with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except OSError as exc:
+        raise StorageError(f"{location}: cannot be written ({exc})") from exc
+
+
 def upload_tree(local_dir: Path, location: str, *, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy every file under ``local_dir`` to the same relative path under ``location`` (names in ``skip`` left
     out); return the relative paths copied."""
@@ -171,13 +181,7 @@ def upload_tree(local_dir: Path, location: str, *, skip: tuple[str, ...] = ()) -
         rel = f.relative_to(local_dir).as_posix()
         if rel in skip:
             continue
-        target = join(location, rel)
-        fs, path = filesystem(target)
-        try:
-            with open(f, "rb") as src, fs.open_output_stream(path) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except OSError as exc:
-            raise StorageError(f"{target}: cannot be written ({exc})") from exc
+        upload(f, join(location, rel))
         copied.append(rel)
     return copied
 

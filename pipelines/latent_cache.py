@@ -7,13 +7,20 @@ directory replaced by the digests of the weights the encoders load, plus the dat
 (:func:`cache_key`). A second run on the same data and encoders, by any stage, finds the cache and skips the step;
 another resolution, other weights or other data encode anew.
 
-A cache is ``<cache_dir>/<key>/`` with ``data/part-NNNNN.parquet`` (one row per input row, in the dataset's order:
-the tensor columns and ``error``, "" when the row encoded, else ``reason: detail``) and ``cache.json`` (the counts
-by reason, the tensor columns written). It is written in a temporary directory renamed into place, so a concurrent
-run publishing the same key first wins and a killed run leaves no partial cache. ``cache_dir`` may be an object-store
-URI: the cache is encoded locally, uploaded, and committed by writing ``cache.json`` last; the training workers'
-read tasks read it from there on any node. The rows are written by the driver
-in the dataset's order (:func:`write_in_order`): the order of a cache is the order the stages train in.
+A cache is ``<cache_dir>/<key>/`` with ``data/part-<row offset, 12 digits>.parquet`` (one row per input row, in
+the dataset's order: the tensor columns, ``key``, ``caption`` and ``error``, "" when the row encoded, else ``reason:
+detail``) and ``cache.json`` (the counts by reason, the tensor columns written, every file's sha256). The encode
+actors write the files themselves, each a fixed range of input rows named by its offset
+(:mod:`pipelines.cache_write`), so the files' sorted names are the dataset's order whatever actor finished first:
+the order of a cache is the order the stages train in, and the same data gives the same bytes. Locally the cache is
+written in a temporary directory renamed into place, so a concurrent run publishing the same key first wins and a
+killed run leaves no partial cache. ``cache_dir`` may be an object-store URI: the actors write the files straight
+under the key's prefix and the driver commits the cache by writing ``cache.json`` last. A local ``cache_dir`` on a
+cluster must be a filesystem every node mounts (the actors write it, the training workers read it).
+
+The training workers receive the cache as a :class:`pipelines.rank_data.CacheShards` (its files and tensor
+columns) and each reads its own rank's rows (:mod:`pipelines.rank_data`); :func:`cached_dataset` gives the same
+rows as a Ray Dataset for other readers.
 
 Clips: the first ``frames`` frames of a clip, latents (C, F, h, w); images: latents (C, h, w). Captions: the text
 encoder's last hidden state, or token ids (``text: false``: the workers run the text encoder). A row that fails to
@@ -30,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -39,21 +45,21 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
 from contracts import storage
 from contracts.digests import json_digest, sha256_file
 from filters.decode import DecodeConfig, decode_image
+from pipelines.cache_write import write_cache
 from pipelines.config import to_dict
+from pipelines.rank_data import CacheShards
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
-"""Bumped whenever what the encode step writes changes (so older caches are not reused)."""
-CACHE_FILE_BYTES = 256 * 2**20
-"""A cache file is closed once it holds this many bytes of Arrow data (several files let readers run in parallel)."""
+CACHE_FORMAT = 3
+"""Bumped whenever what the encode step writes changes (so older caches are not reused). 3: files written by the
+encode actors, one per fixed range of input rows (:mod:`pipelines.cache_write`)."""
 LIGHT_CPUS = 0.25
 """CPUs of each read task feeding the training workers: the workers hold most CPUs while they train (a read task
 asking for a whole CPU would wait for ever on a machine the workers fill)."""
@@ -109,8 +115,9 @@ class EncodePool:
 class TrainingData:
     """What the workers train on, and how the dataset's rows were accounted for."""
 
-    dataset: ray.data.Dataset
-    """Tensor columns only, in the cache's order."""
+    dataset: ray.data.Dataset | CacheShards
+    """A latent cache's files and tensor columns (each training worker reads its rank's rows:
+    :mod:`pipelines.rank_data`), or a Ray Dataset (pixels, without a cache)."""
     counts: dict
     """``rows``, ``encoded`` and ``failed`` (reason → rows)."""
     cache: dict | None
@@ -173,8 +180,9 @@ def pixels(images: list[np.ndarray]) -> np.ndarray:
 
 
 class Encoder:
-    """Ray Data actor: decodes and encodes a batch of rows (images or clips) as ``spec`` says; the VAE, the text
-    encoder and the tokenizer are loaded once per actor."""
+    """Decodes and encodes a batch of rows (images or clips) as ``spec`` says; built once per encode actor
+    (:class:`pipelines.cache_write.CacheWriter`), so the VAE, the text encoder and the tokenizer load once per
+    actor."""
 
     def __init__(self, spec: EncodeSpec, threads: int, use_gpu: bool) -> None:
         import torch
@@ -297,8 +305,8 @@ def encode_cached(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, 
 
 def _encode_to_store(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, cache_dir: str,
                      pool: EncodePool) -> tuple[str, dict]:  # fmt: skip
-    """:func:`encode_cached` into an object-store prefix: encoded in a local temporary directory, its files
-    uploaded to ``cache_dir/<key>/``, ``cache.json`` written last (a cache without it is unfinished and encoded
+    """:func:`encode_cached` into an object-store prefix: the encode actors write the files straight under
+    ``cache_dir/<key>/data/``, the driver writes ``cache.json`` last (a cache without it is unfinished and encoded
     again; the files are deterministic, so two runs writing one key write the same bytes)."""
     root = storage.join(cache_dir, key)
     meta_file = storage.join(root, "cache.json")
@@ -311,11 +319,8 @@ def _encode_to_store(spec: EncodeSpec, files: list[Path] | list[str], key: str, 
             return storage.join(root, "data"), {**meta, "hit": True}
         log.warning("latent cache %s is not used: %s; encoding it again", root, problem)
         storage.delete_tree(meta_file)  # unfinished again: the files below are replaced
-    with tempfile.TemporaryDirectory(prefix="alcm-latents-") as tmp:
-        meta = _encode(spec, files, key, Path(tmp), pool)
-        storage.delete_tree(storage.join(root, "data"))  # an unfinished attempt's files
-        storage.upload_tree(Path(tmp), root, skip=("cache.json",))
-        storage.write_bytes(meta_file, (json.dumps(meta, indent=2) + "\n").encode())
+    storage.delete_tree(storage.join(root, "data"))  # an unfinished attempt's files
+    meta = _encode(spec, files, key, root, pool)
     log.info("encoded %d rows into %s in %.1f s (failed: %s)", meta["counts"]["encoded"], root, meta["seconds"],
              meta["counts"]["failed"] or "none")  # fmt: skip
     return storage.join(root, "data"), {**meta, "hit": False}
@@ -345,63 +350,25 @@ def cache_problem(root: Path | str, meta: dict) -> str | None:
     return None
 
 
-def _encode(spec: EncodeSpec, files: list[Path] | list[str], key: str, tmp: Path, pool: EncodePool) -> dict:
-    """Encode the rows of ``files`` into ``tmp/data`` in their order and write ``tmp/cache.json``; return it."""
+def _encode(spec: EncodeSpec, files: list[Path] | list[str], key: str, root: Path | str, pool: EncodePool) -> dict:
+    """Encode the rows of ``files`` into ``root/data`` (a local directory or an object-store prefix; the actors
+    write the files: :func:`pipelines.cache_write.write_cache`), then write ``root/cache.json``; return it."""
     t = time.monotonic()
-    ds = ray.data.read_parquet([str(f) for f in files], columns=spec.columns)
-    # The cache keeps the dataset's row order (this dataset's own context: reads copy the global one), so the
-    # training data order, and with it the trained weights, do not depend on which encode actor finished first.
-    ds.context.execution_options.preserve_order = True
-    encoded = ds.map_batches(
-        Encoder,
-        fn_constructor_args=(spec, int(pool.cpus), pool.gpus > 0),
-        batch_size=pool.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool.actors),
-        num_cpus=pool.cpus,
-        num_gpus=pool.gpus,
-    )
-    written = write_in_order(encoded, tmp / "data")
-    errors = pq.read_table(tmp / "data", columns=["error"]).column("error").to_pylist()
-    if len(errors) != written:
-        raise RuntimeError(f"latent cache {tmp}: wrote {written} rows, read back {len(errors)}")
-    names = pq.read_schema(cache_files(tmp / "data")[0]).names
+    written = write_cache(functools.partial(Encoder, spec, int(pool.cpus), pool.gpus > 0), files,
+                          storage.join(root, "data"), columns=spec.columns, batch_size=pool.batch_size,
+                          actors=pool.actors, cpus=pool.cpus, gpus=pool.gpus)  # fmt: skip
+    reasons: Counter = Counter()
+    for w in written:
+        reasons.update(w["reasons"])
     meta = {
         "key": key,
-        "counts": _counts(Counter(e.split(":", 1)[0] for e in errors)),
-        "columns": [c for c in CACHED_TENSORS if c in names],
+        "counts": _counts(reasons),
+        "columns": [c for c in CACHED_TENSORS if c in written[0]["columns"]],
         "seconds": round(time.monotonic() - t, 1),
-        "files": {f"data/{Path(f).name}": sha256_file(Path(f)) for f in cache_files(tmp / "data")},
+        "files": {f"data/{w['file']}": w["sha256"] for w in written},
     }
-    (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
+    storage.write_bytes(storage.join(root, "cache.json"), (json.dumps(meta, indent=2) + "\n").encode())
     return meta
-
-
-def write_in_order(ds: ray.data.Dataset, out_dir: Path, max_file_bytes: int = CACHE_FILE_BYTES) -> int:
-    """Write ``ds`` to ``out_dir/part-NNNNN.parquet`` in its row order; return the number of rows written.
-
-    The driver iterates the dataset (in order under ``preserve_order``) and appends each block as a row group. Ray
-    Data's ``write_parquet`` can bundle blocks into a file in the order they arrive, even under ``preserve_order``
-    (measured on Ray 2.60: 1 run in 4 moved a 64-row block), and the order of a latent cache is the order the
-    stages train in."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    writer, part, size, rows = None, 0, 0, 0
-    try:
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if block.num_rows == 0:
-                continue
-            if writer is not None and (size >= max_file_bytes or not block.schema.equals(writer.schema)):
-                writer.close()
-                writer, part, size = None, part + 1, 0
-            if writer is None:
-                writer = pq.ParquetWriter(str(out_dir / f"part-{part:05d}.parquet"), block.schema)
-            writer.write_table(block)
-            size += block.nbytes
-            rows += block.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    return rows
 
 
 def cache_files(data_dir: Path | str) -> list[Path] | list[str]:
@@ -416,9 +383,15 @@ def cache_files(data_dir: Path | str) -> list[Path] | list[str]:
     return files
 
 
+def cache_shards(data_dir: Path | str, columns: list[str]) -> CacheShards:
+    """A cache as the training workers receive it: its files in order (absolute paths or URIs) and ``columns``."""
+    files = cache_files(data_dir)
+    return CacheShards(tuple(f if storage.is_uri(f) else str(Path(f).resolve()) for f in files), tuple(columns))
+
+
 def cached_dataset(data_dir: Path | str, columns: list[str]) -> ray.data.Dataset:
     """The encoded rows of a cache (``error == ""``), tensor ``columns`` only, in the cache's order, read with
-    light tasks."""
+    light tasks (the rows the training workers divide among themselves: :mod:`pipelines.rank_data`)."""
     ds = ray.data.read_parquet([str(f) for f in cache_files(data_dir)], columns=["error", *columns],
                                ray_remote_args={"num_cpus": LIGHT_CPUS})  # fmt: skip
     ds.context.execution_options.preserve_order = True  # for any reader (the training loop sets it for its own)
@@ -430,7 +403,7 @@ def training_data(spec: EncodeSpec, files: list[Path] | list[str], key: str, *, 
     """The encoded rows of ``files`` from the cache ``cache_dir/<key>`` (encoded first if it is not there)."""
     data_dir, meta = encode_cached(spec, files, key, cache_dir=cache_dir, pool=pool)
     cache = {"path": str(data_dir)[: -len("/data")], "key": key, "seconds": meta["seconds"], "hit": meta["hit"]}
-    return TrainingData(cached_dataset(data_dir, meta["columns"]), meta["counts"], cache)
+    return TrainingData(cache_shards(data_dir, meta["columns"]), meta["counts"], cache)
 
 
 # ------------------------------------------------------------------------------------------------ without a cache

@@ -3,14 +3,24 @@
 How a run goes:
 
 1. The driver builds a ``TorchTrainer`` with ``ScalingConfig(num_workers, use_gpu)``, ``RunConfig(name,
-   storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep))`` and the training dataset (Ray Data).
-   Every worker reads the dataset in its order (``preserve_order``) in global batches of ``micro_batch_size ×
-   num_workers`` rows and trains on its rank's slice of each (:func:`_rank_batches`): global batch *k* is rows
-   ``[k·G, (k+1)·G)`` whatever the dataset's block layout, so a run's data order is fixed by the data alone. (Ray
-   Train's own split, ``streaming_split``, hands blocks to workers as its buffer fills: which rows a rank gets can
-   change between runs and between a run and its restart, and a resumed run would not train what an uninterrupted
-   one did.) Every worker reads the whole dataset; the caches the stages train on are latents, small next to the
-   pixels, and a shard that fits ``replay_mb`` is read once (5.).
+   storage_path, FailureConfig(max_failures), CheckpointConfig(num_to_keep))`` and the training data: a latent
+   cache's description, or a Ray Dataset.
+
+   A latent cache (:class:`pipelines.rank_data.CacheShards`: its Parquet files in order and its tensor columns, what
+   every stage with a cache trains on) is read by each worker for its own rank only (:mod:`pipelines.rank_data`):
+   with ``N`` encoded rows and ``m = micro_batch_size``, rank ``r`` trains on the encoded rows ``[r·P, (r+1)·P)``,
+   ``P = ((N // num_workers) // m) · m``, in order, and global batch *k* is micro-batch *k* of every rank. Each
+   worker reads every file's footer and ``error`` column (to index the encoded rows) and the tensor columns of the
+   row groups its range overlaps, nothing else: a pass costs a worker about ``1/num_workers`` of the cache (the
+   ``shard_bytes`` metric, rank 0's planned bytes per pass; ``shard_bytes_read``, the bytes its reader fetched).
+   Which rows a rank gets depends on the cache's rows alone, not on block layout, timing or a restart.
+
+   A Ray Dataset (the pixels of stage 1 without a cache, tests) is read whole by every worker in its order
+   (``preserve_order``) in global batches of ``micro_batch_size × num_workers`` rows, each worker training on its
+   rank's slice of each (:func:`_rank_batches`): global batch *k* is rows ``[k·G, (k+1)·G)`` whatever the dataset's
+   block layout. (Ray Train's own split, ``streaming_split``, hands blocks to workers as its buffer fills: which
+   rows a rank gets can change between runs and between a run and its restart, and a resumed run would not train
+   what an uninterrupted one did.) Either way a shard that fits ``replay_mb`` is read once (5.).
 2. Each worker builds its Task (``make_task()``: a top-level, importable callable) with torch's global generator
    seeded by the run's seed alone, so that every rank builds the same Task: the same random initialisations and
    the same EMA targets (DeepSpeed broadcasts only the engine's parameters from rank 0; a target built from
@@ -49,7 +59,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines.checkpointer import EXPORT_DIR, Checkpointer
 from pipelines.progress import RemoteProgress
+from pipelines.rank_data import CacheShards, RankReader
 from pipelines.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -170,7 +181,8 @@ def _worker(config: dict) -> None:
     if shown is not None:
         shown.resumed_at(start)
     replicas = {"replica_spread_start": replica_spread(task)}
-    batches = _MicroBatches(ray.train.get_dataset_shard("train"), cfg, rank, world, skip=step * cfg.grad_accum)
+    read, reader = _source(config, cfg, rank, world)
+    batches = _MicroBatches(read, cfg, world, skip=step * cfg.grad_accum)
     progress = _Progress(cfg, rank)
     for batch in batches:
         loss, metrics = task.loss(batch, step)
@@ -184,7 +196,7 @@ def _worker(config: dict) -> None:
         if step == start + 1:
             replicas["replica_spread_step"] = replica_spread(task)
         last = {"loss": float(loss.detach()), "resumed_from": start, "shard_reads": batches.reads, **replicas,
-                **{name: float(value) for name, value in metrics.items()}}  # fmt: skip
+                **_io_metrics(reader), **{name: float(value) for name, value in metrics.items()}}  # fmt: skip
         progress.log(step, last["loss"], engine)
         if shown is not None:
             shown.at(step)
@@ -193,6 +205,32 @@ def _worker(config: dict) -> None:
                                      "loss_history": list(progress.history)}, final=step == cfg.steps)  # fmt: skip
         if step >= cfg.steps:
             break
+
+
+def _source(config: dict, cfg: TrainConfig, rank: int, world: int
+            ) -> tuple[Callable[[], Iterator[dict]], RankReader | None]:  # fmt: skip
+    """One pass over this rank's micro-batches (called once per pass), and the cache reader when there is one
+    (1. of the module docstring)."""
+    shards: CacheShards | None = config.get("shards")
+    m = cfg.micro_batch_size
+    if shards is not None:
+        reader = RankReader(shards, rank=rank, world=world, micro_batch_size=m)
+        if rank == 0:
+            p = reader.plan
+            log.info("reading encoded rows [%d, %d) of %d on each of %d ranks: %d micro-batches, %.2f MB per pass "
+                     "(the whole cache: %.2f MB)", p.first, p.first + p.rows, reader.index.encoded, world,
+                     p.micro_batches, p.bytes / 1e6, reader.index.whole_bytes / 1e6)  # fmt: skip
+        return reader.batches, reader
+    data = ray.train.get_dataset_shard("train")
+    return (lambda: _rank_batches(data, m, rank, world)), None
+
+
+def _io_metrics(reader: RankReader | None) -> dict:
+    """``shard_bytes`` (this rank's planned bytes per pass) and ``shard_bytes_read`` (what its reader fetched so
+    far, the index included), for a cache."""
+    if reader is None:
+        return {}
+    return {"shard_bytes": reader.plan.bytes, "shard_bytes_read": reader.bytes_read}
 
 
 def _engine(task, cfg: TrainConfig):
@@ -253,12 +291,12 @@ class _Progress:
 
 
 class _MicroBatches:
-    """This rank's micro-batches, pass after pass over the data (1. of the module docstring), the first ``skip``
-    of them skipped (the micro-batches the checkpointed steps consumed), a pass that fit in ``replay_mb`` replayed
-    from memory (:class:`_Replay`). Raises when a pass has no full global batch."""
+    """This rank's micro-batches, pass after pass over the data (``read()``: one pass; 1. of the module docstring),
+    the first ``skip`` of them skipped (the micro-batches the checkpointed steps consumed), a pass that fit in
+    ``replay_mb`` replayed from memory (:class:`_Replay`). Raises when a pass has no full global batch."""
 
-    def __init__(self, data, cfg: TrainConfig, rank: int, world: int, *, skip: int) -> None:
-        self.data, self.cfg, self.rank, self.world, self.skip = data, cfg, rank, world, skip
+    def __init__(self, read: Callable[[], Iterator[dict]], cfg: TrainConfig, world: int, *, skip: int) -> None:
+        self.read, self.cfg, self.world, self.skip = read, cfg, world, skip
         self.replay = _Replay(cfg.replay_mb)
 
     @property
@@ -270,7 +308,7 @@ class _MicroBatches:
         m = self.cfg.micro_batch_size
         while True:
             consumed = 0
-            for batch in self.replay.batches(lambda: _rank_batches(self.data, m, self.rank, self.world)):
+            for batch in self.replay.batches(self.read):
                 consumed += 1
                 if self.skip > 0:
                     self.skip -= 1
@@ -354,23 +392,26 @@ class TrainResult:
 
 def train(
     make_task: Callable[[], Any],
-    dataset: ray.data.Dataset,
+    dataset: ray.data.Dataset | CacheShards,
     cfg: TrainConfig,
     *,
     export_dir: Path | None = None,
 ) -> TrainResult:
-    """Run ``make_task``'s Task on ``dataset`` under the shared loop (see the module docstring)."""
+    """Run ``make_task``'s Task on ``dataset`` (a latent cache's :class:`~pipelines.rank_data.CacheShards`, or a Ray
+    Dataset) under the shared loop (see the module docstring)."""
     storage = cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve())
     # The same rows per rank in the same order every run, restarts included (Ray Train otherwise takes the driver's
     # global Ray Data options, and its split assigns blocks as they arrive): not split, each rank slices (1. above).
     # That is what makes the skip-on-resume land on the micro-batches an uninterrupted run would train next.
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
+    shards = dataset if isinstance(dataset, CacheShards) else None
     with RemoteProgress(f"train {cfg.name}", cfg.steps, "steps") as shown:  # rank 0 reports its steps
         trainer = TorchTrainer(
             train_loop_per_worker=_worker,
             dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
-            train_loop_config={"train": cfg, "make_task": make_task, "progress": shown.reporter("rank0")},
+            train_loop_config={"train": cfg, "make_task": make_task, "progress": shown.reporter("rank0"),
+                               "shards": shards},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
@@ -382,7 +423,7 @@ def train(
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             ),
-            datasets={"train": dataset},
+            datasets={"train": dataset} if shards is None else None,
         )
         result = trainer.fit()
     ckpt = result.checkpoint

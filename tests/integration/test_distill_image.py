@@ -140,6 +140,21 @@ def test_the_latent_cache_holds_vae_latents_of_the_kept_images(first_run, teache
     np.testing.assert_allclose(np.asarray(row["latents"]), expected.numpy(), atol=1e-4)
 
 
+def test_the_encode_actors_write_the_same_cache_bytes_whatever_their_number(teacher_dir, curated_with_a_broken_row,
+                                                                             ray_local, tmp_path):  # fmt: skip
+    from pipelines.distill_image import encode_spec
+    from pipelines.latent_cache import EncodePool, encode_cached
+
+    src, kept = curated_with_a_broken_row
+    spec = encode_spec(_cfg(teacher_dir, tmp_path))
+    files = sorted((src / "kept").glob("*.parquet"))
+    metas = [encode_cached(spec, files, "k", cache_dir=str(tmp_path / f"actors{n}"), pool=EncodePool(8, n, 0.5, 0.0))[1]
+             for n in (2, 1)]  # fmt: skip
+    assert len(metas[0]["files"]) >= 2 and metas[0]["files"] == metas[1]["files"]  # 128 rows a file, sha256 each
+    assert metas[0]["counts"] == metas[1]["counts"] == {"rows": kept, "encoded": kept - 1,
+                                                        "failed": {"undecodable": 1}}  # fmt: skip
+
+
 def test_the_export_loads_into_a_stable_diffusion_pipeline_with_the_lcm_scheduler(first_run, teacher_dir):
     from diffusers import LCMScheduler
 

@@ -26,7 +26,7 @@ def test_a_killed_scorer_actor_is_restarted_and_the_curation_equals_a_clean_run(
 def test_a_killed_training_worker_resumes_from_its_checkpoint_to_the_same_weights(curated, ray_local, tmp_path):
     r = faults.kill_train_worker(faults.stage1_config, curated.output, tmp_path)
     assert r.data["killed"], r.detail
-    # Killed while the second checkpoint (step 6) was written: resumed from step 3 or 6, not from scratch, and
+    # Killed once the first checkpoint (step 3) was committed: resumed from step 3 or 6, not from scratch, and
     # stopped at the configured steps.
     assert r.data["resumed_from"] in (3, 6) and r.data["step"] == 12, r.detail
     assert r.recovered and r.identical and r.data["max_abs_diff"] <= faults.WEIGHT_ATOL, r.detail

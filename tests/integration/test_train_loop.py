@@ -8,6 +8,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
@@ -26,6 +28,32 @@ def regression_data(ray_local):
     x = rng.normal(size=(64, 4)).astype(np.float32)
     y = (x @ np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32) + 0.25).astype(np.float32)
     return ray.data.from_items([{"x": xi, "y": yi} for xi, yi in zip(x, y, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def regression_cache(regression_data, tmp_path_factory):
+    """The same 64 rows as a latent cache (``pipelines.rank_data``'s format: ``x`` a Ray tensor column, ``y`` a plain
+    one, an ``error`` column) in two files of row groups of 10 rows, with 8 failed rows among them."""
+    from ray.data.extensions import ArrowTensorArray
+
+    from pipelines.rank_data import CacheShards
+
+    rows = regression_data.take_all()
+    failed = {5, 17, 18, 30, 41, 52, 60, 66}
+    x, y, errors, it = [], [], [], iter(rows)
+    for i in range(len(rows) + len(failed)):
+        r = {"x": np.full(4, 99.0, np.float32), "y": np.float32(99.0)} if i in failed else next(it)
+        x.append(r["x"])
+        y.append(r["y"])
+        errors.append("undecodable: x" if i in failed else "")
+    out = tmp_path_factory.mktemp("regression_cache")
+    files = []
+    for part, (lo, hi) in enumerate([(0, 30), (30, 72)]):
+        table = pa.table({"error": errors[lo:hi], "x": ArrowTensorArray.from_numpy(np.stack(x[lo:hi])),
+                          "y": pa.array(np.array(y[lo:hi], np.float32))})  # fmt: skip
+        pq.write_table(table, out / f"part-{part}.parquet", row_group_size=10)
+        files.append(str(out / f"part-{part}.parquet"))
+    return CacheShards(tuple(files), ("x", "y"))
 
 
 def test_deepspeed_json_comes_from_the_config():
@@ -115,3 +143,31 @@ def test_what_each_rank_trains_on_depends_on_the_rows_alone_not_their_blocks_nor
         a, b = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "five" / name))
         for key in a:
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_on_a_latent_cache_each_worker_reads_its_rows_and_a_resumed_run_trains_what_an_uninterrupted_one_does(
+    regression_cache, tmp_path
+):
+    # 64 encoded rows on 2 workers in micro-batches of 4: rank r trains on encoded rows [32r, 32r + 32), 8
+    # micro-batches per pass. 10 steps straight, and 3 steps then resumed to 10: the same weights, bit for bit.
+    from pipelines.rank_data import rank_plan, read_index
+
+    base = dict(num_workers=2, micro_batch_size=4, lr=0.05, checkpoint_every=3, cpus_per_worker=0.5)
+    straight = train(make_probe, regression_cache, TrainConfig(name="straight", storage_path=str(tmp_path / "a"),
+                                                               steps=10, **base), export_dir=tmp_path / "one")
+    cfg = TrainConfig(name="resumed", storage_path=str(tmp_path / "b"), steps=3, **base)
+    train(make_probe, regression_cache, cfg)
+    resumed = train(make_probe, regression_cache, TrainConfig(**{**cfg.__dict__, "steps": 10}),
+                    export_dir=tmp_path / "two")  # fmt: skip
+    assert (resumed.metrics["resumed_from"], resumed.metrics["step"]) == (3, 10)
+    for name in ("probe.safetensors", "probe_ema.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "two" / name))
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    # Rank 0 read its plan (the index and its row groups, once: the second pass is replayed) and nothing else.
+    index = read_index(regression_cache)
+    plan = rank_plan(index, 0, 2, 4)
+    for m in (straight.metrics, resumed.metrics):
+        assert m["shard_bytes"] == m["shard_bytes_read"] == plan.bytes < index.whole_bytes
+        assert m["shard_reads"] == 1
+    assert {(r.file, r.group) for r in plan.reads} == {(0, 0), (0, 1), (0, 2), (1, 0)}  # rows 0-35 of 72
