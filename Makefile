@@ -97,7 +97,7 @@ integration: install lavis-env browser-env stack-env
 	$(PY) -m pytest -q tests/integration
 
 test: lint lavis-env browser-env stack-env
-	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -q --durations=20 tests/unit tests/integration
 
 # The UI: a Prefect server (SQLite under $(DEMO_DIR)/prefect) on 127.0.0.1:4200 serving every flow's deployment, and
 # the MLflow UI on the demo's registry at 127.0.0.1:5000; forms default to the demo's data. Ctrl-C stops everything.
