@@ -35,7 +35,7 @@ def test_a_resumed_worker_rebases_the_display(ray_local):
 def test_a_flow_run_shows_its_jobs_progress_as_a_prefect_progress_artifact(prefect_harness, ray_local):
     from prefect import flow, task
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
 
     from flows.common import progress_artifact
 
@@ -48,15 +48,19 @@ def test_a_flow_run_shows_its_jobs_progress_as_a_prefect_progress_artifact(prefe
             progress.emit(progress.parse("[raysubmit_x] progress recaption: 5/5 clips (100%), 2 clips/s"))
 
     @flow
-    def job_flow() -> None:
-        stage()
+    def job_flow():
+        from prefect.runtime import flow_run
 
-    job_flow()
-    with get_client(sync_client=True) as client:
-        arts = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["progress-evaluate-evaluate", "progress-recaption-recaption"])))}  # fmt: skip
-    assert set(arts) == {"progress-evaluate-evaluate", "progress-recaption-recaption"}
-    assert arts["progress-evaluate-evaluate"].type == "progress" and arts["progress-evaluate-evaluate"].data == 100.0
-    assert "8/8 generations" in arts["progress-evaluate-evaluate"].description
-    assert arts["progress-recaption-recaption"].data == 100.0
-    assert arts["progress-evaluate-evaluate"].flow_run_id is not None
+        stage()
+        return flow_run.id
+
+    run_id = job_flow()
+    mine = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                          type=ArtifactFilterType(any_=["progress"]))
+    with get_client(sync_client=True) as client:  # this run's artifacts (other tests' flows made some of these keys)
+        arts = client.read_artifacts(artifact_filter=mine)
+    by_key = {a.key: a for a in arts}
+    assert len(arts) == 2 and set(by_key) == {"progress-evaluate-evaluate", "progress-recaption-recaption"}
+    assert by_key["progress-evaluate-evaluate"].data == 100.0 and by_key["progress-recaption-recaption"].data == 100.0
+    assert "8/8 generations" in by_key["progress-evaluate-evaluate"].description
+    assert "5/5 clips" in by_key["progress-recaption-recaption"].description
